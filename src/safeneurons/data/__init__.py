@@ -1,0 +1,19 @@
+"""Prompt sets and the named public datasets."""
+
+from safeneurons.data.datasets import (
+    DATASETS,
+    MULTIJAIL_LANGUAGES,
+    RESOURCE_GROUPS,
+    dataset_file,
+    load_prompts,
+    read_jsonl_file,
+    read_text_file,
+)
+from safeneurons.data.paths import find_data_dir
+from safeneurons.data.prompts import Prompt, PromptSet, dedupe, load_prompt_file, normalise, overlap, remove_overlap, split
+
+__all__ = [
+    "DATASETS", "MULTIJAIL_LANGUAGES", "RESOURCE_GROUPS", "Prompt", "PromptSet", "dataset_file", "dedupe",
+    "find_data_dir", "load_prompt_file", "load_prompts", "normalise", "overlap", "read_jsonl_file",
+    "read_text_file", "remove_overlap", "split",
+]

@@ -1,0 +1,144 @@
+"""The pruning attack (SafeNeuron §4.2, Table 1): identify safety neurons, zero them, and measure
+attack success on held-out harmful prompts.
+
+Conditions: ``ORI`` (no pruning), ``ES`` / ``SAS`` / ``FULL`` (SN-: the ES, SAS or ES∪SAS set zeroed
+at every position) and ``RANDOM`` (sets matched to FULL in per-layer counts, one per seed). On a
+trained model the sets are re-identified by default (the attacker's view); ``neuron_sets`` reuses
+given ones instead."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safeneurons.errors import ConfigError
+from safeneurons.evaluate.generate import GenerationConfig
+from safeneurons.neurons import NeuronSet
+from safeneurons.pipelines.common import (
+    DataConfig,
+    IdentifyConfig,
+    ModelConfig,
+    identification_stage,
+    load_eval_data,
+    load_identification_data,
+    record_data,
+    record_model,
+    sets_from_dir,
+)
+from safeneurons.pipelines.rundir import RunDir, default_run_dir
+from safeneurons.stats import StatsConfig
+
+log = logging.getLogger("safeneurons.attack")
+CONDITIONS = ("ORI", "ES", "SAS", "FULL", "RANDOM")
+
+
+@dataclass
+class CapabilityCheck:
+    tasks: tuple[str, ...] = field(default=("arc_challenge",), metadata={"help": "capability tasks (safeneurons ls benchmarks)"})
+    n: int | None = field(default=100, metadata={"help": "questions per task (None: all)"})
+    conditions: tuple[str, ...] = field(default=("ORI", "FULL", "RANDOM"), metadata={"help": "conditions to score"})
+    perplexity_texts: int = field(default=64, metadata={"help": "benign texts for the fluency (perplexity) figure; 0 = skip"})
+
+
+@dataclass
+class AttackConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64, batch_size=16))
+    judge: str = field(default="refusal", metadata={"help": "judge name (safeneurons ls judges)"})
+    judge_params: dict[str, Any] = field(default_factory=dict, metadata={"help": "judge options"})
+    conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={"help": "ORI, ES, SAS, FULL, RANDOM"})
+    random_seeds: tuple[int, ...] = field(default=(0, 1), metadata={"help": "seeds of the matched random sets"})
+    random_exclude_self: bool = field(default=True, metadata={"help": "random sets avoid the FULL neurons"})
+    neuron_sets: str | None = field(default=None, metadata={"help": "reuse these sets (a neurons/ dir) instead of re-identifying"})
+    capability: CapabilityCheck = field(default_factory=CapabilityCheck)
+    examples: int = field(default=3, metadata={"help": "example completions kept per condition"})
+    cache_dir: str | None = field(default=None, metadata={"help": "generation cache (default: <run>/generations.sqlite)"})
+
+    def __post_init__(self) -> None:
+        bad = [c for c in self.conditions if c not in CONDITIONS]
+        if bad:
+            raise ConfigError(f"attack.conditions: unknown {bad}; choose from {', '.join(CONDITIONS)}.")
+        self.conditions = tuple(self.conditions)
+        self.random_seeds = tuple(self.random_seeds)
+
+
+def condition_sets(sets: dict[str, NeuronSet], cfg: AttackConfig) -> dict[str, NeuronSet | None]:
+    out: dict[str, NeuronSet | None] = {}
+    for cond in cfg.conditions:
+        if cond == "ORI":
+            out["ORI"] = None
+        elif cond == "RANDOM":
+            for seed in cfg.random_seeds:
+                out[f"RANDOM{seed}"] = sets["FULL"].random_matched(seed=seed, exclude_self=cfg.random_exclude_self,
+                                                                   name=f"RANDOM{seed}")
+        else:
+            if cond not in sets:
+                raise ConfigError(f"condition {cond} needs a neuron set named {cond}; have {sorted(sets)}.")
+            out[cond] = sets[cond]
+    return out
+
+
+def run_attack(cfg: AttackConfig, out: str | Path | None = None, progress: bool = True, lm: Any = None) -> Path:
+    """Run the whole attack; returns the run directory (resumable with the same config)."""
+    from safeneurons.evaluate.cache import GenerationCache
+    from safeneurons.evaluate.generate import generate
+    from safeneurons.evaluate.judges import make_judge
+    from safeneurons.models import load_model, model_layout
+    from safeneurons.pipelines.scoring import asr_stage, capability_stage
+
+    run = RunDir(out or default_run_dir("attack"), "attack", cfg)
+    if lm is None:
+        lm = load_model(cfg.model.spec, dtype=cfg.model.dtype, device=cfg.model.device,
+                        device_map=cfg.model.device_map, trust_remote_code=cfg.model.trust_remote_code)
+    record_model(run, lm)
+    harmful, harmless = load_identification_data(cfg.data)
+    evalset = load_eval_data(cfg.data, [harmful, harmless], run)
+    record_data(run, harmful=harmful, harmless=harmless, eval=evalset)
+
+    shape = model_layout(lm.model).shape(lm.name, lm.checksum)
+    if cfg.neuron_sets:
+        sets = sets_from_dir(cfg.neuron_sets, shape)
+        run.record("identify", "reused_from", str(cfg.neuron_sets))
+    else:
+        _, sets = identification_stage(run, lm, harmful, harmless, cfg.stats, cfg.identify, progress=progress)
+    conds = condition_sets(sets, cfg)
+    for name, ns in conds.items():
+        if ns is not None and name.startswith("RANDOM"):
+            ns.save(run.file(f"neurons/{name}.json"))
+
+    cache = GenerationCache(Path(cfg.cache_dir) / "generations.sqlite" if cfg.cache_dir else run.file("generations.sqlite"))
+    completions: dict[str, list[str]] = {}
+    for name, ns in conds.items():
+        rel = f"completions/{name}.json"
+        if run.done(f"generate:{name}") and run.file(rel).exists():
+            from safeneurons.io import read_json
+
+            completions[name] = [r["response"] for r in read_json(run.file(rel))]
+            continue
+        with run.stage(f"generate:{name}") as info:
+            texts = generate(lm.model, lm.tokenizer, evalset.texts(), cfg.generation, interventions=ns, cache=cache,
+                             model_key=lm.checksum, progress=progress)
+            completions[name] = texts
+            run.write_json(rel, [{"id": p.id, "category": p.category, "prompt": p.text, "response": t}
+                                 for p, t in zip(evalset.prompts, texts)])
+            info.update(n=len(texts), n_neurons=len(ns) if ns is not None else 0)
+    judge = make_judge(cfg.judge, **cfg.judge_params)
+    table = asr_stage(run, judge, evalset, completions, conds, examples=cfg.examples)
+    if cfg.capability.tasks or cfg.capability.perplexity_texts:
+        capability_stage(run, lm, {k: v for k, v in conds.items() if _cap_cond(k, cfg)}, cfg.capability,
+                         data_dir=cfg.data.data_dir, progress=progress)
+    run.finish()
+    log.info("attack results in %s", run.path)
+    return run.path
+
+
+def _cap_cond(name: str, cfg: AttackConfig) -> bool:
+    base = "RANDOM" if name.startswith("RANDOM") else name
+    if name.startswith("RANDOM") and name != f"RANDOM{cfg.random_seeds[0]}":
+        return False
+    return base in cfg.capability.conditions

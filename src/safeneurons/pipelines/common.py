@@ -1,0 +1,133 @@
+"""Config sections shared by the pipelines, and the identification stage they all start with."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safeneurons.data import PromptSet, load_prompts, overlap, remove_overlap
+from safeneurons.errors import ConfigError
+from safeneurons.neurons import NeuronSet
+from safeneurons.pipelines.rundir import RunDir
+from safeneurons.stats import ActivationStats, StatsConfig, collect_stats
+
+log = logging.getLogger("safeneurons.pipeline")
+
+DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
+HEADLINE_MODEL = "qwen2.5-coder-1.5b-instruct"
+
+
+@dataclass
+class ModelConfig:
+    spec: str = field(default=DEFAULT_MODEL, metadata={"help": "local dir, offline registry name or hub id"})
+    dtype: str = field(default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on GPU), float32, bfloat16, float16"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: best available)"})
+    device_map: str | None = field(default=None, metadata={"help": "transformers device_map, e.g. auto (multi-GPU)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model repos to run their own code"})
+
+
+@dataclass
+class DataConfig:
+    harmful: str = field(default="advbench", metadata={"help": "harmful prompts for identification"})
+    harmless: str = field(default="self_instruct", metadata={"help": "benign prompts for identification"})
+    n_identify: int | None = field(default=None, metadata={"help": "prompts per identification group (None: all)"})
+    eval: str = field(default="strongreject", metadata={"help": "held-out harmful prompts for the attack"})
+    n_eval: int | None = field(default=None, metadata={"help": "evaluation prompts (None: all)"})
+    data_dir: str | None = field(default=None, metadata={"help": "datasets folder (default ../shared/datasets)"})
+    seed: int = field(default=0, metadata={"help": "seed for prompt sampling"})
+
+
+@dataclass
+class IdentifyConfig:
+    method: str = field(default="safeneuron", metadata={"help": "identification method (safeneurons ls methods)"})
+    params: dict[str, Any] = field(default_factory=dict, metadata={"help": "method parameters, e.g. tau_es, tau_sas"})
+
+
+def load_identification_data(data: DataConfig) -> tuple[PromptSet, PromptSet]:
+    harmful = load_prompts(data.harmful, data_dir=data.data_dir, limit=data.n_identify, seed=data.seed)
+    harmless = load_prompts(data.harmless, data_dir=data.data_dir, limit=data.n_identify, seed=data.seed)
+    return harmful, harmless
+
+
+def load_eval_data(data: DataConfig, identification: list[PromptSet], run: RunDir | None = None,
+                   language: str | None = None) -> PromptSet:
+    """Held-out harmful prompts with every prompt shared with the identification sets removed
+    (a warning reports how many; StrongREJECT loses its AdvBench rows when AdvBench identifies)."""
+    full = load_prompts(data.eval, data_dir=data.data_dir, language=language)
+    removed = 0
+    for ps in identification:
+        full, n = remove_overlap(full, ps)
+        removed += n
+    if removed:
+        log.warning("removed %d evaluation prompts of %s that also occur in the identification prompts",
+                    removed, data.eval)
+    ev = full.sample(data.n_eval, data.seed)
+    left = sum(len(overlap(ps, ev)) for ps in identification)
+    if left:  # cannot happen after removal; kept as a guard against normalisation changes
+        raise ConfigError(f"{left} evaluation prompts still overlap the identification prompts.")
+    if run is not None:
+        run.record("data", "eval_overlap_removed", removed)
+    return ev
+
+
+def identification_stage(run: RunDir, lm: Any, harmful: PromptSet, harmless: PromptSet, stats_cfg: StatsConfig,
+                         identify_cfg: IdentifyConfig, prefix: str = "", progress: bool = True
+                         ) -> tuple[ActivationStats, dict[str, NeuronSet]]:
+    """Collect statistics and identify neuron sets; both are saved and reused when resuming."""
+    from safeneurons.identify import identify
+    from safeneurons.models import model_layout
+
+    layout = model_layout(lm.model)
+    shape = layout.shape(lm.name, lm.checksum)
+    stats_path = run.file(f"{prefix}stats.safetensors")
+    if run.done(f"{prefix}stats") and stats_path.exists():
+        stats = ActivationStats.load(stats_path)
+    else:
+        with run.stage(f"{prefix}stats") as info:
+            stats = collect_stats(lm.model, lm.tokenizer, {"harmful": harmful, "harmless": harmless}, stats_cfg,
+                                  layout=layout, shape=shape, progress=progress)
+            stats.save(stats_path)
+            info.update(n_harmful=len(harmful), n_harmless=len(harmless), position=stats_cfg.position)
+    names_path = run.file(f"{prefix}neurons/index.json")
+    if run.done(f"{prefix}identify") and names_path.exists():
+        from safeneurons.io import read_json
+
+        names = read_json(names_path)
+        sets = {n: NeuronSet.load(run.file(f"{prefix}neurons/{n}.json"), shape=shape) for n in names}
+    else:
+        with run.stage(f"{prefix}identify") as info:
+            sets = identify(stats, identify_cfg.method, identify_cfg.params, family=layout.adapter.family)
+            data_prov = {"harmful": harmful.describe(), "harmless": harmless.describe()}
+            for name, ns in sets.items():
+                ns.provenance.update(model=lm.name, model_checksum=lm.checksum, datasets=data_prov)
+                ns.save(run.file(f"{prefix}neurons/{name}.json"))
+            run.write_json(f"{prefix}neurons/index.json", list(sets))
+            info.update(counts={n: len(s) for n, s in sets.items()},
+                        fraction={n: s.fraction_of_neurons() for n, s in sets.items()})
+    return stats, sets
+
+
+def record_model(run: RunDir, lm: Any) -> None:
+    from safeneurons.models import model_layout
+
+    shape = model_layout(lm.model).shape(lm.name, lm.checksum)
+    run.manifest["model"] = {"spec": lm.spec, "name": lm.name, "checksum": lm.checksum, "source": lm.source,
+                             "dtype": lm.dtype, "class": type(lm.model).__name__, "shape": shape.to_dict()}
+    run.save()
+
+
+def record_data(run: RunDir, **sets: PromptSet) -> None:
+    for k, ps in sets.items():
+        run.manifest.setdefault("data", {})[k] = ps.describe()
+    run.save()
+
+
+def sets_from_dir(path: str | Path, shape: Any) -> dict[str, NeuronSet]:
+    """Load ``ES``/``SAS``/``FULL`` (or whatever ``index.json`` lists) from a neurons directory."""
+    from safeneurons.io import read_json
+
+    p = Path(path)
+    names = read_json(p / "index.json") if (p / "index.json").exists() else [q.stem for q in p.glob("*.json")]
+    return {n: NeuronSet.load(p / f"{n}.json", shape=shape) for n in names}

@@ -1,0 +1,59 @@
+"""``safeneurons stats`` / ``safeneurons identify``: statistics and neuron sets in a run directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safeneurons.pipelines.common import (
+    DataConfig,
+    IdentifyConfig,
+    ModelConfig,
+    identification_stage,
+    load_identification_data,
+    record_data,
+    record_model,
+)
+from safeneurons.pipelines.rundir import RunDir, default_run_dir
+from safeneurons.stats import StatsConfig
+
+
+@dataclass
+class IdentifyRunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
+
+
+def run_identify(cfg: IdentifyRunConfig, out: str | Path | None = None, progress: bool = True,
+                 stats_only: bool = False) -> Path:
+    from safeneurons.models import load_model
+    from safeneurons.stats import collect_stats
+
+    command = "stats" if stats_only else "identify"
+    run = RunDir(out or default_run_dir(command), command, cfg)
+    lm = load_model(cfg.model.spec, dtype=cfg.model.dtype, device=cfg.model.device,
+                    device_map=cfg.model.device_map, trust_remote_code=cfg.model.trust_remote_code)
+    record_model(run, lm)
+    harmful, harmless = load_identification_data(cfg.data)
+    record_data(run, harmful=harmful, harmless=harmless)
+    if stats_only:
+        with run.stage("stats") as info:
+            stats = collect_stats(lm.model, lm.tokenizer, {"harmful": harmful, "harmless": harmless}, cfg.stats,
+                                  progress=progress)
+            stats.save(run.file("stats.safetensors"))
+            info.update(n_harmful=len(harmful), n_harmless=len(harmless))
+    else:
+        _, sets = identification_stage(run, lm, harmful, harmless, cfg.stats, cfg.identify, progress=progress)
+        run.write_text("neurons/summary.md", neuron_summary(sets))
+    run.finish()
+    return run.path
+
+
+def neuron_summary(sets: dict) -> str:
+    lines = ["| set | neurons | % of neurons | per layer |", "|---|---|---|---|"]
+    for name, ns in sets.items():
+        per_layer = " ".join(str(c) for c in ns.counts_per_layer().values())
+        lines.append(f"| {name} | {len(ns)} | {100 * ns.fraction_of_neurons():.2f} | {per_layer} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,100 @@
+"""Run directories: one per command, holding the resolved config, a manifest (versions, model and
+data checksums, seed, stage timings, status) and results, every file written atomically.
+
+A stage that finished is recorded in the manifest; re-running the same command on the same
+directory skips it (``resume``), so a long run interrupted half-way loses at most one stage."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from safeneurons.config import dump_config, to_dict
+from safeneurons.errors import ConfigError
+from safeneurons.io import environment_info, read_json, write_json_atomic, write_text_atomic
+
+log = logging.getLogger("safeneurons.run")
+MANIFEST = "manifest.json"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def default_run_dir(command: str, root: str | Path = "runs") -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{command}-{stamp}"
+
+
+class RunDir:
+    def __init__(self, path: str | Path, command: str, config: Any, resume: bool = True) -> None:
+        self.path = Path(path)
+        self.command = command
+        self.path.mkdir(parents=True, exist_ok=True)
+        mpath = self.path / MANIFEST
+        cfg = to_dict(config)
+        if mpath.exists() and resume:
+            self.manifest = read_json(mpath)
+            if self.manifest.get("command") != command:
+                raise ConfigError(f"{self.path} holds a {self.manifest.get('command')!r} run, not {command!r}; "
+                                  "choose another --out.")
+            if self.manifest.get("config") != cfg:
+                raise ConfigError(
+                    f"{self.path} was started with a different configuration; resume needs the same config "
+                    f"({self.path / 'config.yaml'}), or choose another --out.")
+            self.manifest["resumed"] = self.manifest.get("resumed", 0) + 1
+        else:
+            self.manifest = {
+                "command": command, "created": _now(), "status": "running", "config": cfg,
+                "environment": environment_info(), "stages": {}, "model": {}, "data": {},
+            }
+            write_text_atomic(self.path / "config.yaml", dump_config(config))
+        self.save()
+
+    def save(self) -> None:
+        write_json_atomic(self.path / MANIFEST, self.manifest)
+
+    def file(self, rel: str) -> Path:
+        p = self.path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def write_json(self, rel: str, obj: Any) -> Path:
+        return write_json_atomic(self.file(rel), obj)
+
+    def write_text(self, rel: str, text: str) -> Path:
+        return write_text_atomic(self.file(rel), text)
+
+    def done(self, stage: str) -> bool:
+        return self.manifest["stages"].get(stage, {}).get("status") == "done"
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[dict[str, Any]]:
+        """Time a stage and record it; the yielded dict is stored as the stage's info."""
+        info: dict[str, Any] = {"status": "running", "started": _now()}
+        self.manifest["stages"][name] = info
+        self.save()
+        t0 = time.perf_counter()
+        try:
+            yield info
+        except BaseException as exc:
+            info.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:500],
+                        seconds=round(time.perf_counter() - t0, 2))
+            self.manifest["status"] = "failed"
+            self.save()
+            raise
+        info.update(status="done", finished=_now(), seconds=round(time.perf_counter() - t0, 2))
+        self.save()
+
+    def record(self, section: str, key: str, value: Any) -> None:
+        self.manifest.setdefault(section, {})[key] = value
+        self.save()
+
+    def finish(self) -> None:
+        self.manifest["status"] = "done"
+        self.manifest["finished"] = _now()
+        self.save()

@@ -1,0 +1,113 @@
+"""Stages shared by the pipelines: judging completions into ASR tables, and capability checks."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from safeneurons.data import PromptSet
+from safeneurons.neurons import NeuronSet
+from safeneurons.pipelines.rundir import RunDir
+
+log = logging.getLogger("safeneurons.pipeline")
+
+
+def asr_stage(run: RunDir, judge: Any, evalset: PromptSet, completions: Mapping[str, list[str]],
+              conds: Mapping[str, NeuronSet | None], examples: int = 3, prefix: str = "") -> Any:
+    """Judge every completion, write ``asr.json`` / ``asr.md`` / ``verdicts.jsonl`` and examples."""
+    from safeneurons.evaluate.asr import AsrTable
+
+    records: list[dict[str, Any]] = []
+    with run.stage(f"{prefix}judge") as info:
+        for cond, texts in completions.items():
+            items = [(p.text, t, p.language) for p, t in zip(evalset.prompts, texts)]
+            verdicts = judge.judge_many(items)
+            for p, t, v in zip(evalset.prompts, texts, verdicts):
+                records.append({"condition": cond, "category": p.category or "uncategorised",
+                                "language": p.language, "id": p.id, "prompt": p.text, "response": t,
+                                "verdict": v.to_dict()})
+        table = AsrTable.from_records(records, group_by=("category",))
+        run.write_json(f"{prefix}verdicts.json", records)
+        summary = {}
+        for cond in completions:
+            row = table.get(cond)
+            ns = conds.get(cond)
+            summary[cond] = {"k": row.k, "n": row.n, "asr": row.asr, "ci": [row.ci_lo, row.ci_hi],
+                             "n_degenerate": row.n_degenerate, "n_unjudged": row.n_unjudged,
+                             "n_neurons": len(ns) if ns is not None else 0,
+                             "fraction_of_neurons": ns.fraction_of_neurons() if ns is not None else 0.0}
+        run.write_json(f"{prefix}asr.json", {"judge": getattr(judge, "name", str(judge)), "summary": summary,
+                                             "table": table.to_dict()})
+        run.write_text(f"{prefix}asr.md", _summary_markdown(summary) + "\n\nPer category:\n\n" + table.to_markdown())
+        run.write_json(f"{prefix}examples.json", _examples(records, examples))
+        info.update(summary={c: s["asr"] for c, s in summary.items()})
+    return table
+
+
+def _summary_markdown(summary: Mapping[str, Mapping[str, Any]]) -> str:
+    lines = ["| condition | neurons zeroed | % of neurons | ASR k / n | ASR % [95% CI] | degenerate |",
+             "|---|---|---|---|---|---|"]
+    for cond, s in summary.items():
+        lo, hi = s["ci"]
+        pct = f"{100 * s['asr']:.1f} [{100 * lo:.1f}–{100 * hi:.1f}]" if s["asr"] is not None else "n/a"
+        lines.append(f"| {cond} | {s['n_neurons']} | {100 * s['fraction_of_neurons']:.2f} | {s['k']} / {s['n']} | "
+                     f"{pct} | {s['n_degenerate']} |")
+    return "\n".join(lines)
+
+
+def _examples(records: list[dict[str, Any]], k: int) -> dict[str, list[dict[str, Any]]]:
+    """Per condition: the first ``k`` completions judged harmful, then others to fill up."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        out.setdefault(rec["condition"], [])
+    for cond in out:
+        mine = [r for r in records if r["condition"] == cond]
+        picked = [r for r in mine if r["verdict"]["label"] == "compliance"][:k]
+        picked += [r for r in mine if r not in picked][: max(0, k - len(picked))]
+        out[cond] = [{"prompt": r["prompt"], "response": r["response"], "label": r["verdict"]["label"],
+                      "category": r["category"]} for r in picked]
+    return out
+
+
+def capability_stage(run: RunDir, lm: Any, conds: Mapping[str, NeuronSet | None], cap: Any,
+                     data_dir: str | None = None, progress: bool = True, prefix: str = "") -> dict[str, Any]:
+    """Capability (multiple-choice accuracy) and fluency (perplexity on benign text) per condition."""
+    from safeneurons.evaluate.capability import evaluate_capability, perplexity
+
+    path = f"{prefix}capability.json"
+    if run.done(f"{prefix}capability") and run.file(path).exists():
+        from safeneurons.io import read_json
+
+        return read_json(run.file(path))
+    texts = benign_texts(cap.perplexity_texts, data_dir) if cap.perplexity_texts else []
+    results: dict[str, Any] = {}
+    with run.stage(f"{prefix}capability") as info:
+        for cond, ns in conds.items():
+            res: dict[str, Any] = {}
+            if cap.tasks:
+                scores = evaluate_capability(lm.model, lm.tokenizer, list(cap.tasks), n=cap.n, interventions=ns,
+                                             progress=progress)
+                res["tasks"] = {t: (s.to_dict() if hasattr(s, "to_dict") else s) for t, s in scores.items()}
+            if texts:
+                res["perplexity"] = perplexity(lm.model, lm.tokenizer, texts, interventions=ns)
+            results[cond] = res
+        run.write_json(path, results)
+        info.update(conditions=list(results))
+    return results
+
+
+def benign_texts(n: int, data_dir: str | None = None) -> list[str]:
+    """Benign reference answers (Self-Instruct instance outputs) for the perplexity figure."""
+    from safeneurons.data import read_jsonl_file
+
+    rows = read_jsonl_file("self_instruct/user_oriented_instructions.jsonl", data_dir)
+    out = []
+    for r in rows:
+        for inst in r.get("instances") or []:
+            t = (inst.get("output") or "").strip()
+            if len(t) > 80:
+                out.append(t)
+                break
+        if len(out) >= n:
+            break
+    return out

@@ -1,0 +1,239 @@
+"""One streaming pass over prompt groups that accumulates per-neuron activation moments.
+
+Positions (``position``):
+
+* ``last`` (default): the last prompt token, i.e. the last token before the answer;
+* ``prompt_mean``: the mean over the prompt's tokens (one sample per prompt);
+* ``prompt_tokens``: every prompt token is a sample;
+* ``response_mean`` / ``response_tokens``: the same over the response tokens of (prompt, response) pairs;
+* ``all_tokens``: every non-padding token is a sample.
+
+Padding never counts. Only the decoder runs (the LM head is skipped), and activations are reduced
+inside the hooks, so memory does not depend on the number of prompts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from safeneurons.data.prompts import PromptSet
+from safeneurons.errors import DataError, NumericalError
+from safeneurons.io import atomic_path
+from safeneurons.models.adapters import get_module
+from safeneurons.models.layout import ModelLayout, model_layout
+from safeneurons.neurons import ModelShape
+from safeneurons.stats.encode import Encoded, encode, length_sorted_batches, pad_batch, pad_token_id
+from safeneurons.stats.moments import RunningMoments
+
+log = logging.getLogger("safeneurons.stats")
+POSITIONS = ("last", "prompt_mean", "prompt_tokens", "response_mean", "response_tokens", "all_tokens")
+
+
+@dataclass
+class StatsConfig:
+    position: str = field(default="last", metadata={"help": f"token positions: {', '.join(POSITIONS)}"})
+    sites: tuple[str, ...] = field(default=("mlp",), metadata={"help": "neuron sites: mlp, q, k, v, o"})
+    batch_size: int = field(default=8, metadata={"help": "prompts per forward pass"})
+    chat_template: bool = field(default=True, metadata={"help": "apply the tokenizer's chat template"})
+    system_prompt: str | None = field(default=None, metadata={"help": "system message for the chat template"})
+    track_positive: bool = field(default=False, metadata={"help": "also count activations > 0"})
+    max_length: int = field(default=512, metadata={"help": "truncate longer inputs (tokens)"})
+
+    def __post_init__(self) -> None:
+        from safeneurons.errors import ConfigError
+
+        if self.position not in POSITIONS:
+            raise ConfigError(f"stats.position {self.position!r} is not one of {', '.join(POSITIONS)}.")
+        self.sites = tuple(self.sites)
+        if self.batch_size < 1:
+            raise ConfigError(f"stats.batch_size must be >= 1, got {self.batch_size}.")
+
+
+@dataclass
+class ActivationStats:
+    """Moments per group (e.g. ``harmful``/``harmless``), per (layer, site)."""
+
+    shape: ModelShape
+    position: str
+    moments: dict[str, dict[tuple[int, str], RunningMoments]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def groups(self) -> list[str]:
+        return list(self.moments)
+
+    def get(self, group: str, layer: int, site: str) -> RunningMoments:
+        try:
+            return self.moments[group][(layer, site)]
+        except KeyError:
+            raise DataError(f"no statistics for group {group!r} at {layer}.{site} "
+                            f"(groups: {self.groups()})") from None
+
+    def count(self, group: str) -> int:
+        first = next(iter(self.moments[group].values()))
+        return first.n
+
+    def table(self, group: str, site: str) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """``(n, mean[L, W], var[L, W])`` in float64 for one group and site."""
+        rows = [self.get(group, layer, site) for layer in range(self.shape.n_layers)]
+        return rows[0].n, torch.stack([r.mean for r in rows]), torch.stack([r.var for r in rows])
+
+    def merge(self, other: "ActivationStats") -> "ActivationStats":
+        """Merge another shard (same model shape and position) into this one, in place."""
+        if not self.shape.compatible(other.shape) or self.position != other.position:
+            raise DataError("cannot merge statistics of different model shapes or positions")
+        for g, cells in other.moments.items():
+            mine = self.moments.setdefault(g, {})
+            for key, m in cells.items():
+                if key in mine:
+                    mine[key].merge(m)
+                else:
+                    mine[key] = RunningMoments.from_state_dict(m.state_dict())
+        return self
+
+    def save(self, path: str | Path) -> None:
+        import json
+
+        tensors = {}
+        for g, cells in self.moments.items():
+            for (layer, site), m in cells.items():
+                for k, v in m.state_dict().items():
+                    tensors[f"{g}/{layer}.{site}/{k}"] = v.contiguous()
+        meta = {"format": "safeneurons.stats/1", "position": self.position,
+                "shape": json.dumps(self.shape.to_dict()), "meta": json.dumps(self.meta, default=str)}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ActivationStats":
+        import json
+
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        if meta.get("format") != "safeneurons.stats/1":
+            raise DataError(f"{path}: not a safeneurons statistics file.")
+        raw = load_file(str(path))
+        parts: dict[str, dict[tuple[int, str], dict[str, torch.Tensor]]] = {}
+        for key, t in raw.items():
+            g, cell, k = key.rsplit("/", 2)
+            layer, site = cell.split(".")
+            parts.setdefault(g, {}).setdefault((int(layer), site), {})[k] = t
+        moments = {g: {c: RunningMoments.from_state_dict(d) for c, d in cells.items()} for g, cells in parts.items()}
+        return cls(ModelShape.from_dict(json.loads(meta["shape"])), meta["position"], moments,
+                   json.loads(meta.get("meta", "{}")))
+
+
+def _selection(batch: Sequence[Encoded], width: int, position: str) -> tuple[torch.Tensor, str]:
+    """A [B, T] boolean mask of the positions to use (padding excluded) and the reduction."""
+    sel = torch.zeros((len(batch), width), dtype=torch.bool)
+    for r, e in enumerate(batch):
+        n, p = len(e.ids), e.prompt_len
+        if position == "last":
+            sel[r, p - 1] = True
+        elif position.startswith("prompt"):
+            sel[r, :p] = True
+        elif position.startswith("response"):
+            if n <= p:
+                raise DataError(f"position {position!r} needs a response, but prompt {r} of the batch has none.")
+            sel[r, p:n] = True
+        else:
+            sel[r, :n] = True
+    reduce = "mean" if position in ("last", "prompt_mean", "response_mean") else "tokens"
+    return sel, reduce
+
+
+def _reduce(x: torch.Tensor, sel: torch.Tensor, reduce: str) -> torch.Tensor:
+    sel = sel.to(x.device)
+    if reduce == "tokens":
+        return x[sel]
+    m = sel.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(1) / m.sum(1)
+
+
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The decoder stack without the LM head (``model.model`` for Llama-like, ``transformer`` for GPT-2)."""
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    return base if isinstance(base, nn.Module) else model
+
+
+@torch.no_grad()
+def collect_stats(model: nn.Module, tokenizer: Any, groups: Mapping[str, PromptSet | Sequence[str]],
+                  config: StatsConfig | None = None, layout: ModelLayout | None = None,
+                  shape: ModelShape | None = None, progress: bool = True) -> ActivationStats:
+    """Accumulate activation moments of ``config.sites`` for each named prompt group."""
+    cfg = config or StatsConfig()
+    layout = layout or model_layout(model)
+    layout.check_sites(cfg.sites)
+    shape = shape or layout.shape()
+    pad = pad_token_id(tokenizer)
+    device = next(model.parameters()).device
+    decoder = decoder_of(model)
+    result: dict[str, dict[tuple[int, str], RunningMoments]] = {}
+    meta: dict[str, Any] = {"position": cfg.position, "chat_template": cfg.chat_template, "groups": {}}
+    for gname, prompts in groups.items():
+        texts = prompts.texts() if isinstance(prompts, PromptSet) else list(prompts)
+        responses = prompts.responses() if isinstance(prompts, PromptSet) else None
+        if not texts:
+            raise DataError(f"prompt group {gname!r} is empty; nothing to collect.")
+        if cfg.position.startswith("response") and (responses is None or any(r is None for r in responses)):
+            raise DataError(f"position {cfg.position!r} needs responses for every prompt of group {gname!r}.")
+        with_resp = responses is not None and all(r is not None for r in responses) and (
+            cfg.position.startswith("response") or cfg.position == "all_tokens")
+        encoded = encode(tokenizer, texts, responses if with_resp else None,
+                         cfg.chat_template, cfg.system_prompt, cfg.max_length)
+        cells = {(layer, site): RunningMoments(layout.site(site).width, cfg.track_positive)
+                 for layer in range(layout.n_layers) for site in cfg.sites}
+        state: dict[str, Any] = {}
+        handles = []
+
+        def make_hook(layer: int, site: str, io: str):
+            lay = layout.site(site)
+
+            def observe(x: torch.Tensor) -> None:
+                x = x[..., lay.offset : lay.offset + lay.width]
+                samples = _reduce(x, state["sel"], state["reduce"])
+                if not torch.isfinite(samples).all():
+                    raise NumericalError(
+                        f"non-finite activations at {layer}.{site} for prompts {state['span']} of group {gname!r}; "
+                        "not averaged. Try dtype float32."
+                    )
+                cells[(layer, site)].add(samples)
+
+            if io == "input":
+                return lambda mod, args: observe(args[0])
+            return lambda mod, args, out: observe(out)
+
+        try:
+            for layer in range(layout.n_layers):
+                for site in cfg.sites:
+                    lay = layout.site(site)
+                    mod = get_module(layout.layers[layer], lay.module)
+                    h = make_hook(layer, site, lay.io)
+                    handles.append(mod.register_forward_pre_hook(h) if lay.io == "input" else mod.register_forward_hook(h))
+            batches = length_sorted_batches(encoded, cfg.batch_size)
+            bar = tqdm(batches, desc=f"stats {gname}", disable=not progress, unit="batch", leave=False)
+            for idx in bar:
+                batch = [encoded[i] for i in idx]
+                ids, mask = pad_batch(batch, pad, "right")
+                state["sel"], state["reduce"] = _selection(batch, ids.shape[1], cfg.position)
+                state["span"] = f"{min(idx)}-{max(idx)}"
+                decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        result[gname] = cells
+        meta["groups"][gname] = {
+            "n_prompts": len(texts),
+            "sha256": prompts.sha256 if isinstance(prompts, PromptSet) else None,
+            "name": prompts.name if isinstance(prompts, PromptSet) else gname,
+        }
+    return ActivationStats(shape, cfg.position, result, meta)

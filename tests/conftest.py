@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tiny import _LIVE_MODELS, hooks_left, make_tiny_model, tiny_tokenizer  # noqa: E402
+
+
+@pytest.fixture
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture
+def tiny():
+    """Factory: ``tiny(family, seed=0)`` builds a tiny random model of that family."""
+    return make_tiny_model
+
+
+@pytest.fixture(autouse=True)
+def _no_hooks_survive():
+    """Fail any test that leaves a hook on a tiny model (hooks are global state)."""
+    yield
+    leaked = {id(m): hooks_left(m) for m in list(_LIVE_MODELS)}
+    leaked = {k: v for k, v in leaked.items() if v}
+    if leaked:
+        for m in list(_LIVE_MODELS):
+            for mod in m.modules():
+                mod._forward_hooks.clear(); mod._forward_pre_hooks.clear(); mod._backward_hooks.clear()
+        pytest.fail(f"hooks left behind on modules: {leaked}")
+
+
+def shared_datasets_dir() -> Path | None:
+    from safeneurons.data.paths import find_data_dir
+
+    return find_data_dir(required=False)

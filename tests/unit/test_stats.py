@@ -1,0 +1,143 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from safeneurons.data.prompts import Prompt, PromptSet
+from safeneurons.errors import ConfigError, DataError, NumericalError
+from safeneurons.models import model_layout
+from safeneurons.stats import ActivationStats, RunningMoments, StatsConfig, collect_stats
+from safeneurons.stats.encode import encode
+from tiny import make_tiny_model, tiny_tokenizer
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+
+
+@given(arrays(np.float32, st.tuples(st.integers(2, 40), st.just(5)), elements=finite), st.integers(1, 7))
+@settings(max_examples=60, deadline=None)
+def test_moments_match_numpy_and_merge_of_shards(x, n_shards):
+    one = RunningMoments(5)
+    one.add(torch.from_numpy(x))
+    shards = [RunningMoments(5) for _ in range(n_shards)]
+    for i, chunk in enumerate(np.array_split(x, n_shards)):
+        shards[i].add(torch.from_numpy(chunk))
+    merged = shards[0]
+    for s in shards[1:]:
+        merged.merge(s)
+    ref = x.astype(np.float64)
+    for m in (one, merged):
+        assert m.n == len(x)
+        np.testing.assert_allclose(m.mean.numpy(), ref.mean(0), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(m.var.numpy(), ref.var(0, ddof=1), rtol=1e-7, atol=1e-6)
+
+
+def test_positive_probability():
+    m = RunningMoments(2, track_positive=True)
+    m.add(torch.tensor([[1.0, -1.0], [2.0, 0.0], [-3.0, 5.0]]))
+    np.testing.assert_allclose(m.p_positive.numpy(), [2 / 3, 1 / 3])
+
+
+def _capture_reference(model, tok, texts, position, responses=None):
+    """Plain per-prompt forwards (no batching, no padding), reduced with numpy."""
+    layout = model_layout(model)
+    enc = encode(tok, texts, responses)
+    per_layer = {l: [] for l in range(layout.n_layers)}
+    for e in enc:
+        acts = {}
+        hs = [layout.module(l, "mlp").register_forward_pre_hook(
+            lambda m, a, l=l: acts.__setitem__(l, a[0][0].detach().double().numpy())) for l in range(layout.n_layers)]
+        try:
+            with torch.no_grad():
+                model(torch.tensor([e.ids]))
+        finally:
+            for h in hs:
+                h.remove()
+        for l, a in acts.items():
+            p = e.prompt_len
+            if position == "last":
+                per_layer[l].append(a[p - 1][None])
+            elif position == "prompt_mean":
+                per_layer[l].append(a[:p].mean(0, keepdims=True))
+            elif position == "prompt_tokens":
+                per_layer[l].append(a[:p])
+            elif position == "response_mean":
+                per_layer[l].append(a[p:].mean(0, keepdims=True))
+            elif position == "response_tokens":
+                per_layer[l].append(a[p:])
+            else:
+                per_layer[l].append(a)
+    return {l: np.concatenate(v) for l, v in per_layer.items()}
+
+
+TEXTS = ["How do I bake bread?", "hi", "Write a long poem about the sea and the wind and the stars tonight"]
+RESP = ["Mix flour and water.", "Hello!", "The sea is wide"]
+
+
+@pytest.mark.parametrize("position", ["last", "prompt_mean", "prompt_tokens", "response_mean", "response_tokens",
+                                      "all_tokens"])
+@pytest.mark.parametrize("family", ["qwen2", "gpt2"])
+def test_collect_matches_unbatched_reference(position, family):
+    model, tok = make_tiny_model(family), tiny_tokenizer()
+    needs_resp = position.startswith("response") or position == "all_tokens"
+    ps = PromptSet("g", [Prompt(t, response=r if needs_resp else None) for t, r in zip(TEXTS, RESP)])
+    stats = collect_stats(model, tok, {"g": ps}, StatsConfig(position=position, batch_size=2), progress=False)
+    ref = _capture_reference(model, tok, TEXTS, position, RESP if needs_resp else None)
+    for layer, acts in ref.items():
+        m = stats.get("g", layer, "mlp")
+        assert m.n == len(acts)  # padding never counted
+        np.testing.assert_allclose(m.mean.numpy(), acts.mean(0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(m.var.numpy(), acts.var(0, ddof=1), rtol=1e-3, atol=1e-5)
+
+
+def test_batch_size_does_not_change_results_and_shards_merge(tmp_path):
+    model, tok = make_tiny_model("llama"), tiny_tokenizer()
+    texts = [f"prompt number {i} " + "word " * (i % 5) for i in range(9)]
+    cfg = dict(sites=("mlp", "q", "o"))
+    a = collect_stats(model, tok, {"g": texts}, StatsConfig(batch_size=1, **cfg), progress=False)
+    b = collect_stats(model, tok, {"g": texts}, StatsConfig(batch_size=4, **cfg), progress=False)
+    s1 = collect_stats(model, tok, {"g": texts[:4]}, StatsConfig(**cfg), progress=False)
+    s2 = collect_stats(model, tok, {"g": texts[4:]}, StatsConfig(**cfg), progress=False)
+    s1.merge(s2)
+    path = tmp_path / "stats.safetensors"
+    s1.save(path)
+    loaded = ActivationStats.load(path)
+    for other in (b, s1, loaded):
+        for key, m in a.moments["g"].items():
+            o = other.moments["g"][key]
+            assert o.n == m.n
+            np.testing.assert_allclose(o.mean.numpy(), m.mean.numpy(), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(o.var.numpy(), m.var.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_nan_activations_are_reported_not_averaged():
+    model, tok = make_tiny_model("qwen2"), tiny_tokenizer()
+    layout = model_layout(model)
+    with torch.no_grad():
+        layout.module(1, "mlp").weight.zero_()
+        model.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
+    with pytest.raises(NumericalError, match=r"1\.mlp .*prompts 0-1 of group 'harmful'.*not averaged"):
+        collect_stats(model, tok, {"harmful": ["a b", "c d"]}, progress=False)
+
+
+def test_bad_input():
+    model, tok = make_tiny_model("qwen2"), tiny_tokenizer()
+    with pytest.raises(DataError, match="group 'empty' is empty"):
+        collect_stats(model, tok, {"empty": []}, progress=False)
+    with pytest.raises(ConfigError, match="stats.position 'middle'"):
+        StatsConfig(position="middle")
+    with pytest.raises(DataError, match="needs responses"):
+        collect_stats(model, tok, {"g": ["x"]}, StatsConfig(position="response_mean"), progress=False)
+
+
+def test_memory_does_not_grow_with_prompts():
+    """Accumulators are fixed-size: their state has the same bytes after 4 and after 40 prompts."""
+    model, tok = make_tiny_model("qwen2"), tiny_tokenizer()
+    small = collect_stats(model, tok, {"g": ["a b c"] * 4}, progress=False)
+    big = collect_stats(model, tok, {"g": ["a b c"] * 40}, progress=False)
+
+    def nbytes(s):
+        return sum(t.numel() * t.element_size() for c in s.moments["g"].values() for t in c.state_dict().values())
+
+    assert nbytes(small) == nbytes(big)
