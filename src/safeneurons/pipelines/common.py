@@ -104,6 +104,9 @@ def identification_stage(run: RunDir, lm: Any, harmful: PromptSet, harmless: Pro
                 ns.provenance.update(model=lm.name, model_checksum=lm.checksum, datasets=data_prov)
                 ns.save(run.file(f"{prefix}neurons/{name}.json"))
             run.write_json(f"{prefix}neurons/index.json", list(sets))
+            if identify_cfg.method == "safeneuron":
+                run.write_json(f"{prefix}neurons/score_histograms.json",
+                               score_histograms(stats, identify_cfg, sets["FULL"].provenance))
             info.update(counts={n: len(s) for n, s in sets.items()},
                         fraction={n: s.fraction_of_neurons() for n, s in sets.items()})
     return stats, sets
@@ -131,3 +134,23 @@ def sets_from_dir(path: str | Path, shape: Any) -> dict[str, NeuronSet]:
     p = Path(path)
     names = read_json(p / "index.json") if (p / "index.json").exists() else [q.stem for q in p.glob("*.json")]
     return {n: NeuronSet.load(p / f"{n}.json", shape=shape) for n in names}
+
+
+def score_histograms(stats: ActivationStats, identify_cfg: IdentifyConfig, prov: dict[str, Any],
+                     bins: int = 80) -> dict[str, Any]:
+    """Histograms of the ES effect sizes and SAS z-scores of all neurons, with the thresholds used
+    (so reports can draw the distributions without loading statistics or torch)."""
+    import numpy as np
+
+    from safeneurons.identify import SafeNeuronConfig, safeneuron_scores
+
+    sc = safeneuron_scores(stats, SafeNeuronConfig(**identify_cfg.params))
+    out: dict[str, Any] = {"tau_es": prov.get("tau_es"), "tau_sas": prov.get("tau_sas"),
+                           "statistic": prov.get("statistic")}
+    for key, arr in (("effect_size", sc.effect), ("sas_z", sc.z)):
+        vals = arr[np.abs(arr) < 1e5].ravel()
+        lo, hi = float(np.percentile(vals, 0.01)), float(vals.max())
+        counts, edges = np.histogram(vals, bins=bins, range=(lo, hi))
+        out[key] = {"edges": edges.tolist(), "counts": counts.tolist(), "n": int(vals.size),
+                    "max_per_layer": arr.max(axis=1).tolist()}
+    return out

@@ -1,0 +1,92 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from safeneurons.cli.main import app
+from safeneurons.config import load_config
+from safeneurons.errors import ConfigError
+from safeneurons.pipelines.attack import AttackConfig
+from safeneurons.pipelines.rundir import RunDir
+
+runner = CliRunner()
+
+
+def test_precedence_defaults_yaml_set_explicit(tmp_path):
+    y = tmp_path / "run.yaml"
+    y.write_text("model:\n  spec: from-yaml\ndata:\n  n_eval: 10\nidentify:\n  params: {tau_sas: 2.5}\n")
+    cfg = load_config(AttackConfig, y, ["data.n_eval=20", "stats.sites=[mlp,q]", "generation.max_new_tokens=12"],
+                      {"model.spec": "explicit"})
+    assert cfg.model.spec == "explicit" and cfg.data.n_eval == 20
+    assert cfg.stats.sites == ("mlp", "q") and cfg.generation.max_new_tokens == 12
+    assert cfg.identify.params == {"tau_sas": 2.5}
+    assert load_config(AttackConfig).data.n_eval is None  # defaults untouched
+
+
+def test_unknown_key_names_file_and_suggests(tmp_path):
+    y = tmp_path / "run.yaml"
+    y.write_text("identify:\n  mehtod: es\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: unknown key 'identify\.mehtod' \(did you mean 'identify\.method'\?\)"):
+        load_config(AttackConfig, y)
+    with pytest.raises(ConfigError, match=r"data\.n_eval: expected a number"):
+        load_config(AttackConfig, None, ["data.n_eval=lots"])
+    y.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(AttackConfig, y)
+    with pytest.raises(ConfigError, match="stats.position 'middle'"):
+        load_config(AttackConfig, None, ["stats.position=middle"])
+
+
+@pytest.mark.parametrize("cmd", [[], ["attack"], ["identify"], ["stats"], ["demo"], ["model"], ["model", "pull"], ["ls"]])
+def test_help(cmd):
+    res = runner.invoke(app, [*cmd, "--help"])
+    assert res.exit_code == 0, res.output
+    assert "Usage" in res.output
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path):
+    y = tmp_path / "bad.yaml"
+    y.write_text("identify:\n  treshold: 1\n")
+    res = runner.invoke(app, ["attack", "--config", str(y)])
+    assert res.exit_code == 2
+    assert "unknown key 'identify.treshold'" in res.output
+    res = runner.invoke(app, ["ls", "nothing"])
+    assert res.exit_code == 2 and "unknown registry" in res.output
+
+
+def test_ls_lists_registries():
+    res = runner.invoke(app, ["ls", "methods"])
+    assert res.exit_code == 0 and "safeneuron" in res.output
+    res = runner.invoke(app, ["ls", "architectures"])
+    assert "Qwen2ForCausalLM" in res.output and "GPT2LMHeadModel" in res.output
+
+
+def test_run_dir_manifest_resume_and_config_guard(tmp_path):
+    cfg = load_config(AttackConfig)
+    run = RunDir(tmp_path / "r", "attack", cfg)
+    with run.stage("a") as info:
+        info["x"] = 1
+    with pytest.raises(ValueError):
+        with run.stage("b"):
+            raise ValueError("boom")
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert m["stages"]["a"]["status"] == "done" and m["stages"]["b"]["status"] == "failed"
+    assert m["environment"]["libraries"]["torch"]
+    again = RunDir(tmp_path / "r", "attack", cfg)
+    assert again.done("a") and not again.done("b")
+    other = load_config(AttackConfig, None, ["data.n_eval=3"])
+    with pytest.raises(ConfigError, match="different configuration"):
+        RunDir(tmp_path / "r", "attack", other)
+
+
+def test_interrupted_write_leaves_old_file(tmp_path):
+    from safeneurons.io import atomic_path, write_json_atomic
+
+    target = tmp_path / "result.json"
+    write_json_atomic(target, {"v": 1})
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as tmp:
+            tmp.write_text('{"v": 2, "half')
+            raise KeyboardInterrupt
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
