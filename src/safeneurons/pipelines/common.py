@@ -53,15 +53,22 @@ def load_identification_data(data: DataConfig) -> tuple[PromptSet, PromptSet]:
 
 def load_eval_data(data: DataConfig, identification: list[PromptSet], run: RunDir | None = None,
                    language: str | None = None) -> PromptSet:
-    """Held-out harmful prompts with every prompt shared with the identification sets removed
-    (a warning reports how many; StrongREJECT loses its AdvBench rows when AdvBench identifies)."""
+    """Held-out harmful prompts, disjoint from identification: every evaluation prompt that occurs in the
+    identification *datasets* (all their rows, not only the sampled ones) is removed, and a warning says how
+    many (StrongREJECT loses its 25 AdvBench rows when AdvBench identifies)."""
     full = load_prompts(data.eval, data_dir=data.data_dir, language=language)
     removed = 0
-    for ps in identification:
+    sources = list(identification)
+    for spec in (data.harmful, data.harmless):
+        try:
+            sources.append(load_prompts(spec, data_dir=data.data_dir))
+        except Exception as exc:  # a file that cannot be re-read unsampled: the samples still guard
+            log.debug("overlap check uses the sample only for %s: %s", spec, exc)
+    for ps in sources:
         full, n = remove_overlap(full, ps)
         removed += n
     if removed:
-        log.warning("removed %d evaluation prompts of %s that also occur in the identification prompts",
+        log.warning("removed %d evaluation prompts of %s that also occur in the identification datasets",
                     removed, data.eval)
     ev = full.sample(data.n_eval, data.seed)
     left = sum(len(overlap(ps, ev)) for ps in identification)
