@@ -1,0 +1,55 @@
+"""The composed pipelines run end to end on a tiny random model (plumbing; numbers are meaningless)."""
+
+import json
+
+import pytest
+
+from safeneurons.data.paths import find_data_dir
+from safeneurons.models.loading import LoadedModel
+from tiny import make_tiny_model, tiny_tokenizer
+
+pytestmark = pytest.mark.skipif(find_data_dir(required=False) is None, reason="../shared/datasets not found")
+
+
+def tiny_lm():
+    return LoadedModel(make_tiny_model("qwen2"), tiny_tokenizer(), "tiny", "tiny-qwen2", None, "sha256:tiny",
+                       "float32", "local")
+
+
+def test_attack_pipeline_writes_tables_and_resumes(tmp_path):
+    from safeneurons.config import load_config
+    from safeneurons.pipelines.attack import AttackConfig, run_attack
+
+    cfg = load_config(AttackConfig, None, ["data.n_identify=6", "data.n_eval=4", "generation.max_new_tokens=3",
+                                           "identify.params={tau_es: 0.5, tau_sas: 1.0}", "capability.n=2",
+                                           "capability.perplexity_texts=2", "random_seeds=[0]"])
+    out = run_attack(cfg, tmp_path / "run", progress=False, lm=tiny_lm())
+    summary = json.loads((out / "asr.json").read_text())["summary"]
+    assert set(summary) == {"ORI", "ES", "SAS", "FULL", "RANDOM0"}
+    assert all(s["n"] == 4 for s in summary.values())
+    assert summary["RANDOM0"]["n_neurons"] == summary["FULL"]["n_neurons"] > 0
+    cap = json.loads((out / "capability.json").read_text())
+    assert set(cap) == {"ORI", "FULL", "RANDOM0"} and "perplexity" in cap["ORI"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["data"]["eval_overlap_removed"] == 25
+    # resume: every stage done, nothing recomputed
+    before = {k: v["finished"] for k, v in manifest["stages"].items()}
+    run_attack(cfg, out, progress=False, lm=tiny_lm())
+    after = json.loads((out / "manifest.json").read_text())["stages"]
+    assert all(after[k]["finished"] == before[k] for k in before if k.startswith(("stats", "identify", "generate")))
+
+
+def test_multilingual_pipeline(tmp_path):
+    from safeneurons.config import load_config
+    from safeneurons.pipelines.multilingual import MultilingualConfig, run_multilingual
+
+    cfg = load_config(MultilingualConfig, None, ["languages=[en,zh,sw]", "n_identify=3", "n_eval=2", "n_norm=3",
+                                                 "generation.max_new_tokens=3", "importance.n_probes=2", "p=0.25"])
+    out = run_multilingual(cfg, tmp_path / "ml", progress=False, lm=tiny_lm())
+    asr = json.loads((out / "multilingual" / "asr.json").read_text())
+    assert set(asr) == {"ORI", "SUPPRESS_SS", "SUPPRESS_MS_EN", "RANDOM_SS", "REINFORCE_SS"}
+    assert set(asr["ORI"]) == {"en", "zh", "sw"} and asr["ORI"]["zh"]["n"] == 2
+    overlap = json.loads((out / "multilingual" / "overlap.json").read_text())
+    assert overlap["languages"] == ["en", "zh", "sw"] and overlap["jaccard"][0][0] == 1.0
+    counts = json.loads((out / "multilingual" / "counts.json").read_text())
+    assert counts["en"]["SS"] == counts["en"]["MS"] and counts["zh"]["SS"] <= counts["zh"]["MS"]
