@@ -59,8 +59,9 @@ def as_interventions(x: "Sequence[Intervention] | Intervention | NeuronSet") -> 
 
 
 def _module_width(module: nn.Module, io: str) -> int:
-    w = module.weight
-    conv1d = type(module).__name__ == "Conv1D"
+    base = getattr(module, "base_layer", module)  # PEFT LoRA wraps the original layer
+    w = base.weight
+    conv1d = type(base).__name__ == "Conv1D"
     if io == "input":
         return int(w.shape[0] if conv1d else w.shape[1])
     return int(w.shape[1] if conv1d else w.shape[0])
