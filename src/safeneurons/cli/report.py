@@ -1,0 +1,44 @@
+"""``safeneurons report RUN_DIR`` and ``safeneurons compare RUN_A RUN_B ... --out DIR``.
+
+The lead's ``cli/main.py`` adds both with ``register(app)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from safeneurons.cli.common import QuietOpt, echo, friendly_errors, setup_logging
+
+RunDirArg = Annotated[Path, typer.Argument(
+    help="Run directory written by a safeneurons command (holds manifest.json).")]
+
+
+@friendly_errors
+def report_cmd(run_dir: RunDirArg,
+               out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for report.html and figures/ "
+                                                         "(default: the run directory).")] = None,
+               quiet: QuietOpt = False) -> None:
+    """Write a self-contained report.html (figures embedded, PNGs in figures/) for a run directory."""
+    from safeneurons.report import build_report
+
+    setup_logging(quiet)
+    echo(f"report: {build_report(run_dir, out)}")
+
+
+@friendly_errors
+def compare_cmd(run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
+                out: Annotated[Path, typer.Option("--out", "-o", help="Folder for compare.html and figures/.")],
+                quiet: QuietOpt = False) -> None:
+    """Compare runs side by side: tables per condition, set and task, and overlaid plots (compare.html)."""
+    from safeneurons.report import compare_runs
+
+    setup_logging(quiet)
+    echo(f"comparison: {compare_runs(run_dirs, out)}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``report`` and ``compare`` commands to ``app``."""
+    app.command("report")(report_cmd)
+    app.command("compare")(compare_cmd)

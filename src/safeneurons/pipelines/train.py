@@ -1,0 +1,209 @@
+"""``safeneurons train safeneuron``: SafeNeuron training and its robustness report (SafeNeuron §3.3, §4).
+
+1. Identify safety neurons on the starting model (FULL = ES ∪ SAS).
+2. Build preference pairs: on-policy safety pairs (chosen = the model's refusal, rejected = the compliant
+   answer of its FULL-pruned version), optional HH-RLHF harmless-base pairs, and general helpfulness pairs
+   (chosen = the model's answer to a benign prompt, rejected = its answer to a *different* benign prompt:
+   fluent, off-topic, no length bias), mixed at ``safety_fraction`` (paper: 30 % safety / 70 % general).
+3. Train each method from the same starting weights on the same pairs: ``safeneuron`` (DPO with FULL
+   frozen and ablated while training; ``rounds > 1`` re-identifies and grows the frozen set), ``dpo``
+   (plain DPO, the paper's "RLHF-Safety") and ``sn_tune`` (SFT of the safety neurons only).
+4. Robustness: for the original and every trained model, the pruning attack with neurons re-identified on
+   that model (the attacker's view), over-refusal on XSTest safe prompts, and capability.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safeneurons.errors import ConfigError
+from safeneurons.evaluate.generate import GenerationConfig
+from safeneurons.pipelines.attack import AttackConfig
+from safeneurons.pipelines.common import DataConfig, IdentifyConfig, ModelConfig, identification_stage, load_identification_data, record_model
+from safeneurons.pipelines.rundir import RunDir, default_run_dir
+from safeneurons.stats import StatsConfig
+from safeneurons.train.dpo_config import SafeNeuronDPOConfig
+from safeneurons.train.sft import MaskedSFTConfig
+
+log = logging.getLogger("safeneurons.train")
+METHODS = ("safeneuron", "dpo", "sn_tune")
+
+
+@dataclass
+class PairsConfig:
+    n_safety: int = field(default=64, metadata={"help": "harmful prompts for on-policy safety pairs"})
+    n_general: int = field(default=150, metadata={"help": "benign prompts for helpfulness pairs"})
+    hh_rlhf: int = field(default=0, metadata={"help": "HH-RLHF harmless-base pairs to add to the safety part"})
+    safety_fraction: float = field(default=0.3, metadata={"help": "share of safety pairs in the mix (paper 0.3)"})
+    general_dataset: str = field(default="self_instruct", metadata={"help": "benign prompts for helpfulness pairs"})
+    degrade: str = field(default="other_prompt", metadata={"help": "rejected general answer: other_prompt, truncate, pruned"})
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=96, batch_size=16))
+
+
+@dataclass
+class TrainRunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    methods: tuple[str, ...] = field(default=("safeneuron", "dpo"), metadata={"help": ", ".join(METHODS)})
+    rounds: int = field(default=1, metadata={"help": "SafeNeuron iterative rounds (Eq. 13)"})
+    dpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "SafeNeuronDPOConfig fields (paper defaults)"})
+    sft: dict[str, Any] = field(default_factory=dict, metadata={"help": "MaskedSFTConfig fields for sn_tune"})
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    over_refusal_n: int = field(default=100, metadata={"help": "XSTest safe prompts for over-refusal (0 = skip)"})
+
+    def __post_init__(self) -> None:
+        self.methods = tuple(self.methods)
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ConfigError(f"train.methods: unknown {bad}; choose from {', '.join(METHODS)}.")
+        if self.rounds < 1:
+            raise ConfigError(f"train.rounds must be >= 1, got {self.rounds}.")
+
+
+def _dpo_config(cfg: TrainRunConfig) -> SafeNeuronDPOConfig:
+    try:
+        return SafeNeuronDPOConfig.from_dict(cfg.dpo) if cfg.dpo else SafeNeuronDPOConfig()
+    except TypeError as exc:
+        raise ConfigError(f"train.dpo: {exc}") from None
+
+
+def build_pairs(run: RunDir, lm: Any, cfg: TrainRunConfig, harmful: Any, full: Any) -> list[Any]:
+    from safeneurons.data import load_prompts
+    from safeneurons.evaluate.cache import GenerationCache
+    from safeneurons.evaluate.judges import make_judge
+    from safeneurons.train.preference_data import (
+        generate_fn_for,
+        helpfulness_pairs,
+        hh_rlhf_pairs,
+        load_pairs,
+        mix,
+        onpolicy_safety_pairs,
+        save_pairs,
+    )
+
+    path = run.file("pairs.jsonl")
+    if run.done("pairs") and path.exists():
+        return load_pairs(path)
+    with run.stage("pairs") as info:
+        cache = GenerationCache(run.file("generations.sqlite"))
+        gen = generate_fn_for(lm.model, lm.tokenizer, cfg.pairs.generation, cache=cache, model_key=lm.checksum)
+        judge = make_judge(cfg.attack.judge, **cfg.attack.judge_params)
+        safety, rep_s = onpolicy_safety_pairs(harmful.texts()[: cfg.pairs.n_safety], gen, full, judge)
+        if cfg.pairs.hh_rlhf:
+            hh, _ = hh_rlhf_pairs(data_dir=cfg.data.data_dir, single_turn=True, limit=cfg.pairs.hh_rlhf)
+            safety = list(safety) + list(hh)
+        benign = load_prompts(cfg.pairs.general_dataset, data_dir=cfg.data.data_dir, limit=cfg.pairs.n_general,
+                              seed=cfg.data.seed + 1)
+        general, rep_g = helpfulness_pairs(benign.texts(), gen, strategy=cfg.pairs.degrade,
+                                           interventions=full if cfg.pairs.degrade == "pruned" else None)
+        if not safety:
+            raise ConfigError("no on-policy safety pairs: the model refused none of the harmful prompts that its "
+                              "pruned version answered; add prompts or use pairs.hh_rlhf.")
+        pairs = mix(safety, general, safety_fraction=cfg.pairs.safety_fraction, seed=cfg.data.seed)
+        save_pairs(path, pairs)
+        info.update(n_safety=len(safety), n_general=len(general), n_mixed=len(pairs),
+                    safety_report=getattr(rep_s, "__dict__", str(rep_s)), general_report=getattr(rep_g, "__dict__", str(rep_g)))
+    return pairs
+
+
+def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool = True) -> Path:
+    from safeneurons.models import load_model
+    from safeneurons.pipelines.attack import run_attack
+    from safeneurons.stats import collect_stats
+    from safeneurons.train.dpo import iterate_rounds, train_safeneuron_dpo
+    from safeneurons.train.sft import sn_tune
+
+    run = RunDir(out or default_run_dir("train"), "train", cfg)
+
+    def fresh() -> Any:
+        return load_model(cfg.model.spec, dtype=cfg.model.dtype, device=cfg.model.device,
+                          device_map=cfg.model.device_map, trust_remote_code=cfg.model.trust_remote_code)
+
+    lm = fresh()
+    record_model(run, lm)
+    harmful, harmless = load_identification_data(cfg.data)
+    _, sets = identification_stage(run, lm, harmful, harmless, cfg.stats, cfg.identify, prefix="base/",
+                                   progress=progress)
+    pairs = build_pairs(run, lm, cfg, harmful, sets["FULL"])
+    dpo_cfg = _dpo_config(cfg)
+    models: dict[str, Path | str] = {"original": cfg.model.spec}
+    for method in cfg.methods:
+        mdir = run.path / method
+        if run.done(f"train:{method}"):
+            models[method] = run.manifest["stages"][f"train:{method}"]["model_dir"]
+            continue
+        lm_m = fresh()
+        with run.stage(f"train:{method}") as info:
+            if method == "safeneuron" and cfg.rounds > 1:
+                def identify_fn(model: Any) -> Any:
+                    from safeneurons.identify import identify
+                    from safeneurons.models import model_layout
+
+                    st = collect_stats(model, lm_m.tokenizer, {"harmful": harmful, "harmless": harmless}, cfg.stats,
+                                       progress=progress)
+                    return identify(st, cfg.identify.method, cfg.identify.params,
+                                    family=model_layout(model).adapter.family)["FULL"]
+
+                rounds = iterate_rounds(lm_m.model, lm_m.tokenizer, identify_fn, pairs, cfg.rounds, dpo_cfg, mdir)
+                info["rounds"] = [r.__dict__ for r in rounds]
+                model_dir = str(Path(rounds[-1].directory) / "model")
+            elif method in ("safeneuron", "dpo"):
+                res = train_safeneuron_dpo(lm_m.model, lm_m.tokenizer, pairs,
+                                           sets["FULL"] if method == "safeneuron" else None, dpo_cfg, mdir)
+                info.update(frozen_drift=res.frozen_drift, trainable_fraction=res.trainable_fraction,
+                            train_loss=res.train_loss, steps=res.global_step)
+                model_dir = res.model_dir or str(mdir / "model")
+            else:
+                sft_cfg = MaskedSFTConfig.from_dict(cfg.sft) if cfg.sft else MaskedSFTConfig()
+                res = sn_tune(lm_m.model, lm_m.tokenizer, harmful.texts(), sets["FULL"], config=sft_cfg, output_dir=mdir)
+                info.update(trainable_fraction=res.trainable_fraction, train_loss=res.train_loss)
+                model_dir = res.model_dir or str(mdir / "model")
+            info["model_dir"] = model_dir
+        models[method] = model_dir
+        del lm_m
+    robustness: dict[str, Any] = {}
+    for name, spec in models.items():
+        m = lm if name == "original" else load_model(str(spec), dtype=cfg.model.dtype, device=cfg.model.device)
+        apath = run_attack(cfg.attack, run.path / f"attack-{name}", progress=progress, lm=m)
+        robustness[name] = {"attack_dir": str(apath)}
+        if cfg.over_refusal_n:
+            robustness[name]["over_refusal"] = _over_refusal(run, m, cfg, name)
+    run.write_json("robustness.json", _robustness_table(run.path, robustness))
+    run.finish()
+    return run.path
+
+
+def _over_refusal(run: RunDir, lm: Any, cfg: TrainRunConfig, name: str) -> dict[str, Any]:
+    from safeneurons.data import load_prompts
+    from safeneurons.evaluate.overrefusal import over_refusal
+
+    rel = f"over_refusal/{name}.json"
+    if run.file(rel).exists():
+        from safeneurons.io import read_json
+
+        return read_json(run.file(rel))
+    prompts = load_prompts("xstest", data_dir=cfg.data.data_dir, limit=cfg.over_refusal_n, seed=cfg.data.seed)
+    res = over_refusal(lm.model, lm.tokenizer, prompts, generation=cfg.attack.generation)
+    run.write_json(rel, res)
+    return res
+
+
+def _robustness_table(root: Path, robustness: dict[str, Any]) -> dict[str, Any]:
+    from safeneurons.io import read_json
+
+    rows = {}
+    for name, r in robustness.items():
+        a = Path(r["attack_dir"])
+        summary = read_json(a / "asr.json")["summary"] if (a / "asr.json").exists() else {}
+        cap = read_json(a / "capability.json") if (a / "capability.json").exists() else {}
+        rows[name] = {"asr": {c: s["asr"] for c, s in summary.items()},
+                      "over_refusal": (r.get("over_refusal") or {}).get("refusal_rate"),
+                      "capability": {t: v.get("acc") for t, v in cap.get("ORI", {}).get("tasks", {}).items()},
+                      "attack_dir": str(a.relative_to(root)) if a.is_relative_to(root) else str(a)}
+    return rows

@@ -1,0 +1,241 @@
+"""Synthetic run directories for the report tests, written with the project's own writers where they
+exist (RunDir, NeuronSet.save, the pipelines' ``asr_stage``) and by hand, following the documented shapes
+in ``safeneurons.report.load``, for files whose writers do not exist yet (training, multilingual).
+
+No model runs and no torch is needed. Model text includes HTML/script payloads so escaping is tested."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from safeneurons.data import Prompt, PromptSet
+from safeneurons.neurons import ModelShape, NeuronSet
+from safeneurons.pipelines.rundir import RunDir
+from safeneurons.pipelines.scoring import asr_stage
+
+EVIL_PROMPT = "Explain <script>alert('prompt')</script> & \"quotes\" </pre></details>"
+EVIL_RESPONSE = "Sure: <img src=x onerror=alert(1)> </pre></details><script>document.title='pwned'</script>"
+EVIL_CATEGORY = "weird $x^2$ <b>cat</b>"
+CONDITIONS = ("ORI", "ES", "SAS", "FULL", "RANDOM0", "RANDOM1")
+# chance that a completion complies, per condition (the attack "works" when safety neurons are zeroed)
+COMPLY = {"ORI": 0.1, "ES": 0.55, "SAS": 0.45, "FULL": 0.75, "RANDOM0": 0.12, "RANDOM1": 0.15}
+LANGUAGES = ("en", "zh", "ko", "th", "bn")
+
+
+@dataclass
+class _Cfg:
+    """A stand-in run config (RunDir stores any dataclass)."""
+
+    model: dict[str, Any] = field(default_factory=lambda: {"spec": "tiny-synthetic"})
+    data: dict[str, Any] = field(default_factory=lambda: {"eval": "synthetic", "n_eval": 16})
+    identify: dict[str, Any] = field(default_factory=lambda: {"method": "safeneuron", "params": {}})
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    label: str
+    judge: str = "stub"
+
+    def to_dict(self) -> dict[str, Any]:
+        harmful = {"compliance": True, "refusal": False}.get(self.label)
+        return {"label": self.label, "harmful": harmful, "score": None if harmful is None else float(harmful),
+                "reason": f"stub: {self.label}", "judge": self.judge}
+
+
+class StubJudge:
+    """Labels by the first word of the response: Sure -> compliance, empty -> degenerate, else refusal."""
+
+    name = "stub-refusal"
+
+    def judge_many(self, items: Sequence[tuple[str, str, str]]) -> list[_Verdict]:
+        out = []
+        for _, response, _ in items:
+            if not response.strip():
+                out.append(_Verdict("degenerate"))
+            elif response.startswith("Sure"):
+                out.append(_Verdict("compliance"))
+            else:
+                out.append(_Verdict("refusal"))
+        return out
+
+
+def _shape(model_name: str, n_layers: int, width: int) -> ModelShape:
+    return ModelShape(n_layers=n_layers, site_sizes={"mlp": width}, params_per_neuron={"mlp": 3 * 32},
+                      total_params=n_layers * width * 96 + 10_000, model_name=model_name,
+                      model_checksum="sha256:" + "ab" * 32)
+
+
+def _sets(shape: ModelShape, rng: np.random.Generator) -> dict[str, NeuronSet]:
+    """ES/SAS/FULL with more neurons in deeper layers (as the paper reports)."""
+    width = shape.site_sizes["mlp"]
+    es: dict[tuple[int, str], np.ndarray] = {}
+    sas: dict[tuple[int, str], np.ndarray] = {}
+    for layer in range(shape.n_layers):
+        k = int(1 + 6 * layer / max(1, shape.n_layers - 1))
+        es[(layer, "mlp")] = rng.choice(width, size=k, replace=False)
+        sas[(layer, "mlp")] = rng.choice(width, size=max(1, k - 1), replace=False)
+    prov = {"method": "safeneuron", "tau_es": 3.0, "tau_sas": 2.0, "statistic": "d", "site": "mlp",
+            "position": "last", "n_unsafe": 32, "n_safe": 32, "zero_variance_neurons": 0}
+    e = NeuronSet(shape, es, name="ES", provenance={**prov, "criterion": "d > 3.0"})
+    s = NeuronSet(shape, sas, name="SAS", provenance={**prov, "criterion": "z > 2.0 and delta > 0"})
+    full = (e | s).renamed("FULL", **prov, criterion="ES ∪ SAS")
+    return {"ES": e, "SAS": s, "FULL": full}
+
+
+def _histograms(shape: ModelShape, rng: np.random.Generator) -> dict[str, Any]:
+    out: dict[str, Any] = {"tau_es": 3.0, "tau_sas": 2.0, "statistic": "d"}
+    for key, scale in (("effect_size", 1.2), ("sas_z", 1.0)):
+        arr = rng.normal(0.0, scale, size=(shape.n_layers, shape.site_sizes["mlp"]))
+        arr[:, :3] += np.linspace(1.5, 4.5, shape.n_layers)[:, None]  # a tail of strong neurons
+        counts, edges = np.histogram(arr, bins=40)
+        out[key] = {"edges": edges.tolist(), "counts": counts.tolist(), "n": int(arr.size),
+                    "max_per_layer": arr.max(axis=1).tolist()}
+    return out
+
+
+def _prompts(n: int) -> PromptSet:
+    cats = ["violence", "cybercrime", "disinformation", EVIL_CATEGORY]
+    prompts = [Prompt(text=f"harmful request number {i}" if i else EVIL_PROMPT, id=f"p{i}",
+                      category=cats[i % len(cats)]) for i in range(n)]
+    return PromptSet("synthetic-eval", prompts, origin="tests/unit/report_fixtures.py")
+
+
+def _completions(cond: str, n: int, rng: np.random.Generator) -> list[str]:
+    out = []
+    for i in range(n):
+        u = rng.random()
+        if i == 0:
+            out.append(EVIL_RESPONSE)
+        elif u < COMPLY[cond]:
+            out.append(f"Sure, here is how to do request {i}: step one, step two.")
+        elif u > 0.95:
+            out.append("")
+        else:
+            out.append("I'm sorry, but I can't help with that.")
+    return out
+
+
+def _train_log(rng: np.random.Generator, steps: int = 30) -> list[dict[str, Any]]:
+    return [{"step": s * 5, "loss": float(0.69 * np.exp(-s / 12) + 0.05 * rng.random()),
+             "rewards/margins": float(2.5 * (1 - np.exp(-s / 10)) + 0.1 * rng.random()), "frozen_drift": 0.0,
+             "learning_rate": 5e-6} for s in range(steps)]
+
+
+def _cell(k: int, n: int) -> dict[str, Any]:
+    from safeneurons.evaluate.asr import wilson_interval
+
+    lo, hi = wilson_interval(k, n)
+    return {"k": k, "n": n, "asr": k / n, "ci": [lo, hi]}
+
+
+def make_run(path: str | Path, *, seed: int = 0, model_name: str = "tiny-qwen", n_layers: int = 8, width: int = 96,
+             n_eval: int = 16, training: bool = True, multilingual: bool = True) -> Path:
+    """A finished attack run with every file the report reads (plus training/multilingual files)."""
+    rng = np.random.default_rng(seed)
+    root = Path(path)
+    shape = _shape(model_name, n_layers, width)
+    run = RunDir(root, "attack", _Cfg(seed=seed))
+    run.manifest["model"] = {"spec": model_name, "name": model_name, "checksum": shape.model_checksum,
+                             "source": "synthetic", "dtype": "float32", "class": "Qwen2ForCausalLM",
+                             "shape": shape.to_dict()}
+    evalset = _prompts(n_eval)
+    harmful = PromptSet("advbench", [Prompt(f"bad {i}") for i in range(32)], origin="synthetic")
+    harmless = PromptSet("self_instruct", [Prompt(f"good {i}") for i in range(32)], origin="synthetic")
+    for k, ps in (("harmful", harmful), ("harmless", harmless), ("eval", evalset)):
+        run.manifest["data"][k] = ps.describe()
+    run.save()
+    with run.stage("stats") as info:
+        info.update(n_harmful=32, n_harmless=32, position="last")
+    with run.stage("identify") as info:
+        sets = _sets(shape, rng)
+        for name, ns in sets.items():
+            ns.save(run.file(f"neurons/{name}.json"))
+        run.write_json("neurons/index.json", list(sets))
+        run.write_json("neurons/score_histograms.json", _histograms(shape, rng))
+        run.write_text("neurons/summary.md", "| set | neurons |\n|---|---|\n" +
+                       "".join(f"| {n} | {len(s)} |\n" for n, s in sets.items()))
+        info.update(counts={n: len(s) for n, s in sets.items()})
+    conds: dict[str, NeuronSet | None] = {"ORI": None, **sets}
+    for seed_r in (0, 1):
+        r = sets["FULL"].random_matched(seed=seed_r, name=f"RANDOM{seed_r}")
+        r.save(run.file(f"neurons/RANDOM{seed_r}.json"))
+        conds[f"RANDOM{seed_r}"] = r
+    completions = {}
+    for cond in CONDITIONS:
+        with run.stage(f"generate:{cond}") as info:
+            texts = _completions(cond, n_eval, rng)
+            completions[cond] = texts
+            run.write_json(f"completions/{cond}.json", [{"id": p.id, "category": p.category, "prompt": p.text,
+                                                         "response": t} for p, t in zip(evalset.prompts, texts)])
+            info.update(n=len(texts))
+    asr_stage(run, StubJudge(), evalset, completions, conds, examples=3)
+    with run.stage("capability"):
+        cap = {}
+        for cond, acc, ppl in (("ORI", 0.47, 6.1), ("FULL", 0.45, 6.4), ("RANDOM0", 0.46, 6.2)):
+            acc = acc + 0.01 * seed
+            score = {"task": "arc_challenge", "n": 60, "acc": acc, "acc_norm": acc + 0.02,
+                     "stderr": float(np.sqrt(acc * (1 - acc) / 60)), "k_shot": 0, "metric": "acc"}
+            cap[cond] = {"tasks": {"arc_challenge": score},
+                         "perplexity": ppl + 0.1 * seed}
+        run.write_json("capability.json", cap)
+    if training:
+        run.write_json("train/log.json", _train_log(rng))
+        run.write_json("rounds.json", [{"round": f"T{t}", "n_neurons": 40 + 12 * t + seed,
+                                        "asr": _cell(max(1, (12 - 3 * t) * n_eval // 16), n_eval)} for t in range(4)])
+    if multilingual:
+        ml = {}
+        for cond, base in (("original", 0.1), ("suppressed_SS", 0.5), ("expanded", 0.05)):
+            ml[cond] = {lang: _cell(int(round(min(1.0, base + 0.08 * i) * 40)), 40) for i, lang in enumerate(LANGUAGES)}
+        run.write_json("multilingual/asr.json", ml)
+        jac = [[1.0 if i == j else round(0.6 - 0.08 * abs(i - j), 3) for j in range(len(LANGUAGES))]
+               for i in range(len(LANGUAGES))]
+        run.write_json("multilingual/overlap.json", {"languages": list(LANGUAGES), "jaccard": jac})
+        run.write_json("multilingual/counts.json", {lang: {"MS": 120 - 10 * i, "SS": 60 - 8 * i,
+                                                           "per_layer": [int(x) for x in rng.integers(0, 12, n_layers)]}
+                                                    for i, lang in enumerate(LANGUAGES)})
+    run.finish()
+    return root
+
+
+PARTIAL_KINDS = ("no_capability", "truncated_asr", "manifest_only", "failed_midway", "corrupt_files", "empty_dir")
+
+
+def make_partial_run(path: str | Path, kind: str) -> Path:
+    """A run directory with missing or broken results (``kind`` in :data:`PARTIAL_KINDS`)."""
+    root = Path(path)
+    if kind == "empty_dir":
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+    make_run(root, training=False, multilingual=False)
+    if kind == "no_capability":
+        (root / "capability.json").unlink()
+    elif kind == "truncated_asr":
+        text = (root / "asr.json").read_text()
+        (root / "asr.json").write_text(text[: len(text) // 2])
+    elif kind == "manifest_only":
+        for p in sorted(root.rglob("*"), reverse=True):
+            if p.name != "manifest.json":
+                p.rmdir() if p.is_dir() else p.unlink()
+    elif kind == "failed_midway":
+        for rel in ("capability.json", "asr.json", "asr.md", "examples.json", "verdicts.json"):
+            (root / rel).unlink()
+        m = json.loads((root / "manifest.json").read_text())
+        m["status"] = "failed"
+        m["stages"]["judge"] = {"status": "failed", "error": "JudgeError: <b>endpoint</b> unreachable", "seconds": 1.5}
+        (root / "manifest.json").write_text(json.dumps(m))
+    elif kind == "corrupt_files":
+        (root / "neurons" / "SAS.json").write_bytes(b"\x00\xff not json")
+        (root / "neurons" / "score_histograms.json").write_text(json.dumps({"tau_es": "x", "effect_size": [1, 2]}))
+        (root / "capability.json").write_text("[]")
+        (root / "examples.json").write_text("")
+        (root / "asr.json").write_text(json.dumps({"judge": "x", "summary": {"ORI": {"k": "many", "n": None},
+                                                                             "FULL": {"k": 5, "n": 3}}}))
+    else:
+        raise ValueError(f"unknown partial run kind {kind!r}; choose from {PARTIAL_KINDS}")
+    return root
