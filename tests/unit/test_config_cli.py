@@ -37,7 +37,8 @@ def test_unknown_key_names_file_and_suggests(tmp_path):
         load_config(AttackConfig, None, ["stats.position=middle"])
 
 
-@pytest.mark.parametrize("cmd", [[], ["attack"], ["identify"], ["stats"], ["demo"], ["model"], ["model", "pull"], ["ls"]])
+@pytest.mark.parametrize("cmd", [[], ["attack"], ["identify"], ["stats"], ["demo"], ["model"], ["model", "pull"], ["ls"],
+                                 ["train"], ["train", "safeneuron"], ["multilingual"], ["report"], ["compare"]])
 def test_help(cmd):
     res = runner.invoke(app, [*cmd, "--help"])
     assert res.exit_code == 0, res.output

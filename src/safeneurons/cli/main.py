@@ -128,12 +128,48 @@ def demo_cmd(out: OutOpt = None, headline: Annotated[bool, typer.Option(
     _finish(path, True)
 
 
-def _finish(path, report: bool) -> None:
+train_app = typer.Typer(help="Training: SafeNeuron DPO (frozen + ablated safety neurons), baselines, robustness.",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("safeneuron")
+@friendly_errors
+def train_safeneuron_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
+                         rounds: Annotated[int | None, typer.Option(help="SafeNeuron iterative rounds")] = None,
+                         quiet: QuietOpt = False) -> None:
+    """Identify, build preference pairs, train SafeNeuron and the baselines, then attack every model."""
+    from safeneurons.config import load_config
+    from safeneurons.pipelines.train import TrainRunConfig, run_train
+
+    setup_logging(quiet)
+    cfg = load_config(TrainRunConfig, config, set_, explicit(**{"model.spec": model, "rounds": rounds}))
+    path = run_train(cfg, out, progress=not quiet)
+    echo((path / "robustness.json").read_text())
+    _finish(path, True, tables=False)
+
+
+@app.command("multilingual")
+@friendly_errors
+def multilingual_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
+                     quiet: QuietOpt = False) -> None:
+    """SS-Neurons: per-language MS/SS sets on MultiJail, overlap, suppression/reinforcement ASR per language."""
+    from safeneurons.config import load_config
+    from safeneurons.pipelines.multilingual import MultilingualConfig, run_multilingual
+
+    setup_logging(quiet)
+    cfg = load_config(MultilingualConfig, config, set_, explicit(**{"model.spec": model}))
+    path = run_multilingual(cfg, out, progress=not quiet)
+    echo((path / "multilingual" / "asr.md").read_text())
+    _finish(path, True, tables=False)
+
+
+def _finish(path, report: bool, tables: bool = True) -> None:
     md = path / "asr.md"
-    if md.exists():
+    if tables and md.exists():
         echo(md.read_text().split("\n\nPer category")[0])
     cap = path / "capability.json"
-    if cap.exists():
+    if tables and cap.exists():
         echo(json.dumps(json.loads(cap.read_text()), indent=1)[:2000])
     if report:
         try:
