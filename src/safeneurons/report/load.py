@@ -60,6 +60,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, TypeVar
 
+from safeneurons.evaluate.asr import wilson_interval  # noqa: F401  (re-exported; imports no torch)
+
 log = logging.getLogger("safeneurons.report")
 
 T = TypeVar("T")
@@ -166,21 +168,6 @@ def _list(x: Any, what: str) -> list[Any]:
 def _kind_of(x: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
             int: "a number", float: "a number"}.get(type(x), type(x).__name__)
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval (same formula as :func:`safeneurons.evaluate.asr.wilson_interval`, repeated so
-    that the report never imports the evaluation package)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = k / n
-    z2 = z * z
-    denom = 1 + z2 / n
-    center = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    lo = 0.0 if k == 0 else max(0.0, center - half)
-    hi = 1.0 if k == n else min(1.0, center + half)
-    return lo, hi
 
 
 def read_json(root: Path, rel: str) -> Any:
