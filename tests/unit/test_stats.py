@@ -141,3 +141,12 @@ def test_memory_does_not_grow_with_prompts():
         return sum(t.numel() * t.element_size() for c in s.moments["g"].values() for t in c.state_dict().values())
 
     assert nbytes(small) == nbytes(big)
+
+
+def test_long_prompts_keep_their_last_token():
+    tok = tiny_tokenizer()
+    long = "word " * 300
+    (e,) = encode(tok, [long], ["an answer"], max_length=64)
+    full = encode(tok, [long], max_length=10_000)[0]
+    assert e.prompt_len == 64 and len(e.ids) == 64
+    assert e.ids[e.prompt_len - 1] == full.ids[full.prompt_len - 1]  # still the generation-prompt token

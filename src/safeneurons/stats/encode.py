@@ -5,12 +5,15 @@ The prompt part ends where the assistant turn starts (the template's generation 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
 from safeneurons.errors import DataError
+
+log = logging.getLogger("safeneurons.stats")
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,14 @@ def encode(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str | Non
         pid = tokenizer(text, add_special_tokens=special)["input_ids"]
         resp = responses[i] if responses is not None else None
         rid = tokenizer(resp, add_special_tokens=False)["input_ids"] if resp else []
-        ids = (pid + rid)[:max_length]
         if not pid:
             raise DataError(f"prompt {i} encodes to no tokens.")
-        out.append(Encoded(ids, min(len(pid), len(ids))))
+        if len(pid) > max_length:
+            # keep the end: the last prompt token must stay the one before the answer
+            log.warning("prompt %d has %d tokens; keeping its last %d (max_length)", i, len(pid), max_length)
+            pid = pid[-max_length:]
+        ids = pid + rid[: max(0, max_length - len(pid))]
+        out.append(Encoded(ids, len(pid)))
     return out
 
 
