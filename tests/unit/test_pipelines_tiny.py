@@ -97,3 +97,25 @@ def test_train_pipeline_tiny(tmp_path):
             b = getattr(get_module(trained.layers[layer], ps.module), ps.param)
             sel = torch.as_tensor(idx + ps.offset)
             assert torch.equal(a.index_select(ps.dim, sel), b.index_select(ps.dim, sel))
+
+
+def test_analyze_pipeline_tiny(tmp_path):
+    from safeneurons.config import load_config
+    from safeneurons.pipelines.analyze import AnalyzeConfig, run_analyze
+
+    sets_dir = tmp_path / "sets"
+    cfg = load_config(AnalyzeConfig, None, ["n_per_category=4", "min_per_category=4", "n_harmless=6",
+                                            "identify.params={tau_es: 0.5, tau_sas: 1.0}"])
+    out = run_analyze(cfg, tmp_path / "an", progress=False, lm=tiny_lm())
+    res = json.loads((out / "analysis.json").read_text())
+    d = res["decomposition"]
+    assert len(d["categories"]) >= 2 and d["core"] + d["shared"] + d["specific"] == d["union"]
+    assert res["overlap_curve"][0]["K"] == 1 and res["overlap_curve"][-1]["K"] == len(d["categories"])
+    # pairwise comparison of saved sets
+    files = sorted((out / "neurons" / "categories").glob("*.json"))[:2]
+    cfg2 = load_config(AnalyzeConfig, None, ["n_per_category=4", "min_per_category=4", "n_harmless=6",
+                                             "identify.params={tau_es: 0.5, tau_sas: 1.0}",
+                                             f"sets=[{files[0]},{files[1]}]"])
+    out2 = run_analyze(cfg2, tmp_path / "an2", progress=False, lm=tiny_lm())
+    pw = json.loads((out2 / "analysis.json").read_text())["pairwise"]
+    assert len(pw["names"]) == 2 and pw["jaccard"][0][0] == 1.0

@@ -128,6 +128,21 @@ def demo_cmd(out: OutOpt = None, headline: Annotated[bool, typer.Option(
     _finish(path, True)
 
 
+@app.command("analyze")
+@friendly_errors
+def analyze_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
+                quiet: QuietOpt = False) -> None:
+    """Layer-wise and cross-category analysis: per-category safety neurons, core/shared/specific, overlap vs K."""
+    from safeneurons.config import load_config
+    from safeneurons.pipelines.analyze import AnalyzeConfig, run_analyze
+
+    setup_logging(quiet)
+    cfg = load_config(AnalyzeConfig, config, set_, explicit(**{"model.spec": model}))
+    path = run_analyze(cfg, out, progress=not quiet)
+    res = json.loads((path / "analysis.json").read_text())
+    echo(json.dumps({"decomposition": res["decomposition"], "overlap_curve": res["overlap_curve"]}, indent=1))
+
+
 train_app = typer.Typer(help="Training: SafeNeuron DPO (frozen + ablated safety neurons), baselines, robustness.",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
