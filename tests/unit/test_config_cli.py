@@ -38,7 +38,7 @@ def test_unknown_key_names_file_and_suggests(tmp_path):
 
 
 @pytest.mark.parametrize("cmd", [[], ["attack"], ["identify"], ["stats"], ["demo"], ["model"], ["model", "pull"], ["ls"],
-                                 ["train"], ["train", "safeneuron"], ["multilingual"], ["report"], ["compare"], ["analyze"]])
+                                 ["train"], ["train", "safeneuron"], ["multilingual"], ["report"], ["compare"], ["analyze"], ["publish"]])
 def test_help(cmd):
     res = runner.invoke(app, [*cmd, "--help"])
     assert res.exit_code == 0, res.output

@@ -37,6 +37,12 @@ def test_attack_pipeline_writes_tables_and_resumes(tmp_path):
     run_attack(cfg, out, progress=False, lm=tiny_lm())
     after = json.loads((out / "manifest.json").read_text())["stages"]
     assert all(after[k]["finished"] == before[k] for k in before if k.startswith(("stats", "identify", "generate")))
+    # publishing keeps the citable files only
+    from safeneurons.report.publish import publish_run
+
+    files = {p.relative_to(tmp_path / "pub").as_posix() for p in publish_run(out, tmp_path / "pub")}
+    assert {"asr.json", "asr.md", "manifest.json", "neurons/FULL.json", "report.html"} <= files
+    assert not any(f.endswith((".safetensors", ".sqlite")) or f.startswith("completions/") for f in files)
 
 
 def test_multilingual_pipeline(tmp_path):

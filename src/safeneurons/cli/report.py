@@ -38,7 +38,20 @@ def compare_cmd(run_dirs: Annotated[list[Path], typer.Argument(help="Two or more
     echo(f"comparison: {compare_runs(run_dirs, out)}")
 
 
+@friendly_errors
+def publish_cmd(run_dir: RunDirArg,
+                dest: Annotated[Path, typer.Argument(help="Folder to copy the citable results into (e.g. docs/results/x).")],
+                quiet: QuietOpt = False) -> None:
+    """Copy a run's tables, neuron sets, manifest and report (no weights, stats or caches) to commit them."""
+    from safeneurons.report.publish import publish_run
+
+    setup_logging(quiet)
+    files = publish_run(run_dir, dest)
+    echo(f"{len(files)} files copied to {dest}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``report`` and ``compare`` commands to ``app``."""
+    """Add the ``report``, ``compare`` and ``publish`` commands to ``app``."""
+    app.command("publish")(publish_cmd)
     app.command("report")(report_cmd)
     app.command("compare")(compare_cmd)
