@@ -528,21 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.worker_out:
-        return worker(args)
-    result = run(args)
-    print(print_table(result))
-    if not args.no_write:
-        path = common.write_result(
-            args.name,
-            result,
-            args.out_dir,
-            args.tag,
-            argv=[sys.argv[0], *(sys.argv[1:] if argv is None else argv)],
-        )
-        print(f"wrote {path}", file=sys.stderr)
-    return 0
+    return common.bench_main(argv, build_parser(), run, print_table, worker)
 
 
 if __name__ == "__main__":

@@ -351,3 +351,18 @@ def table(rows: list[list[str]], header: list[str], left: Sequence[int] = (0,)) 
         ).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def bench_main(argv: list[str] | None, parser: Any, run: Callable[[Any], dict[str, Any]],
+               table: Callable[[dict[str, Any]], str], worker: Callable[[Any], int] | None = None) -> int:
+    """The shared command-line flow of every benchmark script: parse, (worker mode,) run, print, write JSON."""
+    args = parser.parse_args(argv)
+    if worker is not None and getattr(args, "worker_out", None):
+        return worker(args)
+    result = run(args)
+    print(table(result))
+    if not args.no_write:
+        path = write_result(args.name, result, args.out_dir, args.tag,
+                            argv=[sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
