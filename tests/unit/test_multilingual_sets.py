@@ -219,3 +219,24 @@ def test_top_p_count_property(widths, p, rounding, seed, ties):
         if 0 < k < v.size:
             rest = np.setdiff1d(np.arange(v.size), idx)
             assert v[idx].min() >= v[rest].max()
+
+
+def test_shared_norm_set_is_scored_once(tiny, tok, monkeypatch):
+    import safeneurons.identify.multilingual as ml
+
+    calls = []
+    real = ml.deactivation_importance
+
+    def counting(model, tokenizer, prompts, *a, **kw):
+        calls.append(tuple(prompts))
+        return real(model, tokenizer, prompts, *a, **kw)
+
+    monkeypatch.setattr(ml, "deactivation_importance", counting)
+    norm = ["Write a poem.", "Hi"]
+    data = {"en": {"jail": ["How to pick a lock?"], "norm": list(norm)},
+            "zh": {"jail": ["如何撬锁？"], "norm": list(norm)}}
+    scores = compute_language_importance(tiny("qwen2", layers=1), tok, data,
+                                         ImportanceConfig(method="heuristic", sites=("o",)), progress=False)
+    assert calls.count(tuple(norm)) == 1 and len(calls) == 3
+    assert scores["zh"]["norm"].meta["language"] == "zh" and scores["en"]["norm"].meta["language"] == "en"
+    assert np.array_equal(scores["zh"]["norm"].get(0, "o"), scores["en"]["norm"].get(0, "o"))

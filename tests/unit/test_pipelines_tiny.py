@@ -49,11 +49,43 @@ def test_multilingual_pipeline(tmp_path):
     from safeneurons.config import load_config
     from safeneurons.pipelines.multilingual import MultilingualConfig, run_multilingual
 
-    cfg = load_config(MultilingualConfig, None, ["languages=[en,zh,sw]", "n_identify=3", "n_eval=2", "n_norm=3",
-                                                 "generation.max_new_tokens=3", "importance.n_probes=2", "p=0.25"])
-    out = run_multilingual(cfg, tmp_path / "ml", progress=False, lm=tiny_lm())
+    import torch
+
+    from safeneurons.neurons import NeuronSet
+
+    cfg = load_config(MultilingualConfig, None, [
+        "languages=[en,zh,sw]", "n_identify=3", "n_eval=2", "n_norm=3", "generation.max_new_tokens=3",
+        "importance.n_probes=2", "p=0.25", "expansion.target=union", "expansion.holdout=[sw]",
+        "expansion.leave_one_out=true", "expansion.over_refusal_n=2",
+        "expansion.sft={max_steps: 1, per_device_train_batch_size: 2, gradient_accumulation_steps: 1, "
+        "learning_rate: 0.01, warmup_ratio: 0.0, max_length: 64}"])
+    lm = tiny_lm()
+    original = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    out = run_multilingual(cfg, tmp_path / "ml", progress=False, lm=lm)
+    assert all(torch.equal(v, original[k]) for k, v in lm.model.state_dict().items())  # expansion trains a copy
     asr = json.loads((out / "multilingual" / "asr.json").read_text())
-    assert set(asr) == {"ORI", "SUPPRESS_SS", "SUPPRESS_MS_EN", "RANDOM_SS", "REINFORCE_SS"}
+    assert set(asr) == {"ORI", "SUPPRESS_SS", "SUPPRESS_MS_EN", "RANDOM_SS", "REINFORCE_SS", "EXPANDED",
+                        "EXPANDED_LOLO"}
+    assert set(asr["EXPANDED"]) == {"en", "zh", "sw"} and set(asr["EXPANDED_LOLO"]) == {"zh", "sw"}
+    exp = json.loads((out / "multilingual" / "expansion.json").read_text())
+    target = NeuronSet.load(out / "neurons" / "multilingual" / "expansion_target.json")
+    assert exp["train_languages"] == ["en", "zh"] and exp["n_examples"] == 6
+    assert exp["trainable_params"] == target.n_params() > 0 and exp["frozen_drift"] == 0.0
+    assert exp["trainable_fraction"] == target.fraction_of_parameters()
+    assert set(exp["over_refusal"]) == {"original", "expanded"} and set(exp["leave_one_out"]) == {"zh", "sw"}
+    assert exp["leave_one_out"]["zh"]["train_languages"] == ["en"]
+    assert set(exp["asr"]["per_language"]) == {"en", "zh", "sw"}
+    # the expanded model differs from the original only inside the target neurons' slices
+    from safetensors.torch import load_file
+
+    saved = load_file(str(next((out / "expansion" / "main" / "model").glob("*.safetensors"))))
+    changed = {k for k, v in saved.items() if not torch.equal(v, original[k])}
+    assert changed and all(any(f"layers.{layer}." in k for layer in target.layers()) for k in changed)
+    # resume: the expansion stages are not trained again
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    run_multilingual(cfg, out, progress=False, lm=tiny_lm())
+    again = json.loads((out / "manifest.json").read_text())["stages"]
+    assert all(again[k]["finished"] == stages[k]["finished"] for k in stages if k.startswith("expansion:"))
     assert set(asr["ORI"]) == {"en", "zh", "sw"} and asr["ORI"]["zh"]["n"] == 2
     overlap = json.loads((out / "multilingual" / "overlap.json").read_text())
     assert overlap["languages"] == ["en", "zh", "sw"] and overlap["jaccard"][0][0] == 1.0
@@ -88,6 +120,8 @@ def test_train_pipeline_tiny(tmp_path):
     for row in rob.values():
         assert set(row["asr"]) == {"ORI", "ES", "SAS", "FULL", "RANDOM0"}
         assert 0.0 <= row["over_refusal"] <= 1.0
+    md = (out / "robustness.md").read_text()
+    assert "| safeneuron |" in md and "ASR FULL" in md and "| round |" not in md
     # the trained SafeNeuron model kept the frozen neurons' parameters exactly
     import torch
 
@@ -103,6 +137,30 @@ def test_train_pipeline_tiny(tmp_path):
             b = getattr(get_module(trained.layers[layer], ps.module), ps.param)
             sel = torch.as_tensor(idx + ps.offset)
             assert torch.equal(a.index_select(ps.dim, sel), b.index_select(ps.dim, sel))
+
+
+def test_train_pipeline_rounds_attack_every_round(tmp_path):
+    """rounds = 2: each round's model is attacked and the round table lists identified/frozen counts."""
+    from safeneurons.config import load_config
+    from safeneurons.pipelines.train import TrainRunConfig, run_train
+
+    d = tmp_path / "tiny-model"
+    make_tiny_model("qwen2").save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    overrides = [f"model.spec={d}", "data.n_identify=6", "identify.params={tau_es: 0.5, tau_sas: 1.0}",
+                 "pairs.n_safety=4", "pairs.n_general=6", "pairs.hh_rlhf=4", "pairs.generation.max_new_tokens=4",
+                 "dpo={max_steps: 1, per_device_train_batch_size: 2, gradient_accumulation_steps: 1}",
+                 "methods=[safeneuron]", "rounds=2", "attack.data.n_identify=6", "attack.data.n_eval=3",
+                 "attack.generation.max_new_tokens=3", "attack.identify.params={tau_es: 0.5, tau_sas: 1.0}",
+                 "attack.capability.tasks=[]", "attack.capability.perplexity_texts=0", "attack.conditions=[ORI, FULL]",
+                 "over_refusal_n=0"]
+    out = run_train(load_config(TrainRunConfig, None, overrides), tmp_path / "run", progress=False)
+    rob = json.loads((out / "robustness.json").read_text())
+    assert set(rob) == {"original", "safeneuron_T1", "safeneuron_T2"}
+    rounds = json.loads((out / "manifest.json").read_text())["stages"]["train:safeneuron"]["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and rounds[1]["frozen"] >= rounds[0]["frozen"] > 0
+    md = (out / "robustness.md").read_text()
+    assert "| T1 |" in md and "| T2 |" in md
 
 
 def test_analyze_pipeline_tiny(tmp_path):

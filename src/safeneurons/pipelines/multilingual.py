@@ -8,6 +8,11 @@
    with per-language ASR.
 4. Causal tests on held-out rows: suppress (zero) the language's SS set, English MS, and a random set
    matched to SS; reinforce SS (scale by ``alpha``); per-language ASR with the multilingual judge.
+5. SS-Neuron expansion (``expansion``): masked SFT of the target neurons only (English MS by default) on
+   parallel (harmful identification row, refusal) data in the training languages; per-language ASR of the
+   expanded model on the held-out rows (condition ``EXPANDED``), over-refusal on XSTest before and after,
+   the share of parameters updated, and optionally leave-one-language-out (``EXPANDED_LOLO``: language L
+   scored by a model trained without L).
 
 Choices the paper leaves open (defaults here, each an option): ``D_norm`` is the same English benign set
 for every language (``norm_source: english``; ``translate`` asks the model itself to translate it);
@@ -26,6 +31,7 @@ from typing import Any
 
 from safeneurons.data import MULTIJAIL_LANGUAGES, Prompt, PromptSet, load_prompts
 from safeneurons.errors import ConfigError
+from safeneurons.io import read_json
 from safeneurons.evaluate.generate import GenerationConfig
 from safeneurons.identify.importance import ImportanceConfig
 from safeneurons.intervene import Intervention
@@ -35,6 +41,40 @@ from safeneurons.pipelines.rundir import RunDir, default_run_dir
 
 log = logging.getLogger("safeneurons.multilingual")
 CONDITIONS = ("ORI", "SUPPRESS_SS", "SUPPRESS_MS_EN", "RANDOM_SS", "REINFORCE_SS")
+EXPANSION_TARGETS = ("ms_en", "ss", "union")
+EXPANSION_RESPONSES = ("templates", "model_en")
+
+
+@dataclass
+class ExpansionConfig:
+    """SS-Neuron expansion (SS-Neurons §B.6): ``θ ← θ − η (M ⊙ ∇L)``, SFT restricted to the target neurons."""
+
+    enabled: bool = field(default=True, metadata={"help": "run the expansion stage"})
+    target: str = field(default="ms_en", metadata={
+        "help": "neurons to train: ms_en (English MS, the paper's), ss (union of every language's SS), "
+                "union (both)"})
+    train_languages: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "languages of the parallel training data (None: every configured language)"})
+    holdout: tuple[str, ...] = field(default=(), metadata={
+        "help": "languages kept out of the training data (their ASR is zero-shot transfer)"})
+    leave_one_out: bool = field(default=False, metadata={
+        "help": "also train once per non-reference language without it and score that language"})
+    responses: str = field(default="templates", metadata={
+        "help": "safe responses: templates (one refusal per language, train.sft.REFUSALS) or model_en (the "
+                "model's own English refusal to the parallel English row)"})
+    n_train: int | None = field(default=None, metadata={"help": "training rows per language (None: all identification rows)"})
+    sft: dict[str, Any] = field(default_factory=dict, metadata={"help": "MaskedSFTConfig fields"})
+    over_refusal_n: int = field(default=50, metadata={"help": "XSTest safe prompts scored before and after (0 = skip)"})
+
+    def __post_init__(self) -> None:
+        self.holdout = tuple(self.holdout)
+        if self.train_languages is not None:
+            self.train_languages = tuple(self.train_languages)
+        if self.target not in EXPANSION_TARGETS:
+            raise ConfigError(f"multilingual.expansion.target: {self.target!r}; choose from {', '.join(EXPANSION_TARGETS)}.")
+        if self.responses not in EXPANSION_RESPONSES:
+            raise ConfigError(f"multilingual.expansion.responses: {self.responses!r}; choose from "
+                              f"{', '.join(EXPANSION_RESPONSES)}.")
 
 
 @dataclass
@@ -54,6 +94,7 @@ class MultilingualConfig:
     alpha: float = field(default=2.0, metadata={"help": "reinforcement scale for REINFORCE_SS"})
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=48, batch_size=16))
     judge: str = field(default="refusal", metadata={"help": "judge name"})
+    expansion: ExpansionConfig = field(default_factory=ExpansionConfig)
     seed: int = field(default=0, metadata={"help": "row split and random-set seed"})
     data_dir: str | None = field(default=None, metadata={"help": "datasets folder"})
 
@@ -69,6 +110,11 @@ class MultilingualConfig:
             raise ConfigError("multilingual.norm_source must be 'english' or 'translate'.")
         if self.jail_filter not in ("none", "refused"):
             raise ConfigError("multilingual.jail_filter must be 'none' or 'refused'.")
+        unknown = [l for l in (*(self.expansion.train_languages or ()), *self.expansion.holdout)
+                   if l not in self.languages]
+        if unknown:
+            raise ConfigError(f"multilingual.expansion: languages {unknown} are not in multilingual.languages "
+                              f"{list(self.languages)}.")
 
 
 def split_rows(cfg: MultilingualConfig) -> tuple[dict[str, PromptSet], dict[str, PromptSet]]:
@@ -170,25 +216,12 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
                                    "RANDOM_SS": ss.random_matched(seed=cfg.seed, name=f"RANDOM_SS[{lang}]"),
                                    "REINFORCE_SS": Intervention(ss, "scale", alpha=cfg.alpha)}
         for cond in cfg.conditions:
-            iv = cond_iv[cond]
-            stage = f"generate:{lang}:{cond}"
-            rel = f"multilingual/completions/{lang}/{cond}.json"
-            if run.done(stage) and run.file(rel).exists():
-                from safeneurons.io import read_json
+            records += _condition_records(run, lm.model, lm.tokenizer, lang, cond, held[lang], cfg, judge, cache,
+                                          lm.checksum, cond_iv[cond], progress)
 
-                outs = [r["response"] for r in read_json(run.file(rel))]
-            else:
-                with run.stage(stage):
-                    ns = iv.neurons if isinstance(iv, Intervention) else iv
-                    outs = generate(lm.model, lm.tokenizer, held[lang].texts(), cfg.generation,
-                                    interventions=iv if (ns is not None and len(ns)) else None,
-                                    cache=cache, model_key=lm.checksum, progress=progress)
-                    run.write_json(rel, [{"id": p.id, "prompt": p.text, "response": o}
-                                         for p, o in zip(held[lang].prompts, outs)])
-            verdicts = judge.judge_many([(p.text, o, lang) for p, o in zip(held[lang].prompts, outs)])
-            for p, o, v in zip(held[lang].prompts, outs, verdicts):
-                records.append({"condition": cond, "language": lang, "category": p.category or "-", "id": p.id,
-                                "prompt": p.text, "response": o, "verdict": v.to_dict()})
+    # 5. SS-Neuron expansion
+    if cfg.expansion.enabled:
+        records += run_expansion(run, lm, cfg, sets, ident, held, judge, cache, progress)
     table = AsrTable.from_records(records, group_by=("language",))
     asr: dict[str, dict[str, Any]] = {}
     for r in table.rows:
@@ -202,8 +235,178 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
     ori = {lang: v["asr"] for lang, v in asr.get("ORI", {}).items() if v["asr"] is not None}
     run.write_json("multilingual/correlation.json",
                    count_asr_correlation(set_counts(sets, "SS", exclude=(cfg.hr_language,)), ori))
+    if cfg.expansion.enabled:
+        summary = read_json(run.file("multilingual/expansion.json"))
+        run.write_json("multilingual/expansion.json", summary | {"asr": _expansion_asr(asr, cfg)})
     run.finish()
     return run.path
+
+
+def _condition_records(run: RunDir, model: Any, tokenizer: Any, lang: str, cond: str, prompts: PromptSet,
+                       cfg: MultilingualConfig, judge: Any, cache: Any, model_key: str, iv: Any,
+                       progress: bool) -> list[dict[str, Any]]:
+    """Generate (or reload) one language × condition and judge it; one record per prompt."""
+    from safeneurons.evaluate.generate import generate
+
+    stage = f"generate:{lang}:{cond}"
+    rel = f"multilingual/completions/{lang}/{cond}.json"
+    if run.done(stage) and run.file(rel).exists():
+        outs = [r["response"] for r in read_json(run.file(rel))]
+    else:
+        with run.stage(stage):
+            ns = iv.neurons if isinstance(iv, Intervention) else iv
+            outs = generate(model, tokenizer, prompts.texts(), cfg.generation,
+                            interventions=iv if (ns is not None and len(ns)) else None,
+                            cache=cache, model_key=model_key, progress=progress)
+            run.write_json(rel, [{"id": p.id, "prompt": p.text, "response": o} for p, o in zip(prompts.prompts, outs)])
+    verdicts = judge.judge_many([(p.text, o, lang) for p, o in zip(prompts.prompts, outs)])
+    return [{"condition": cond, "language": lang, "category": p.category or "-", "id": p.id, "prompt": p.text,
+             "response": o, "verdict": v.to_dict()} for p, o, v in zip(prompts.prompts, outs, verdicts)]
+
+
+def expansion_target(sets: dict[str, dict[str, NeuronSet]], target: str, hr: str = "en") -> NeuronSet:
+    """The neurons SS-Neuron expansion trains: English MS (default), the union of all SS sets, or both."""
+    ms_en = sets[hr]["MS"]
+    ss_all = NeuronSet.empty(ms_en.shape)
+    for lang, kinds in sets.items():
+        if lang != hr:
+            ss_all = ss_all | kinds["SS"]
+    chosen = {"ms_en": ms_en, "ss": ss_all, "union": ms_en | ss_all}[target]
+    if not chosen:
+        raise ConfigError(f"multilingual.expansion.target = {target!r} selects no neurons on this model; "
+                          "choose another target or raise p.")
+    return chosen.renamed(f"expansion_target[{target}]")
+
+
+def expansion_examples(cfg: MultilingualConfig, ident: dict[str, PromptSet], languages: list[str],
+                       english_refusals: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """Parallel (harmful prompt, safe response) pairs from the identification rows of ``languages``."""
+    from safeneurons.train.sft import REFUSALS
+
+    examples: list[tuple[str, str]] = []
+    for lang in languages:
+        for p in ident[lang].prompts[: cfg.expansion.n_train]:
+            if cfg.expansion.responses == "templates":
+                if lang not in REFUSALS:
+                    raise ConfigError(f"multilingual.expansion.responses = 'templates' has no refusal for {lang!r}; "
+                                      "use responses: model_en.")
+                examples.append((p.text, REFUSALS[lang]))
+            elif english_refusals and p.id in english_refusals:
+                examples.append((p.text, english_refusals[p.id]))
+    if not examples:
+        raise ConfigError("multilingual.expansion: no training examples (no languages left after holdout, or the "
+                          "model refused none of the English rows with responses: model_en).")
+    return examples
+
+
+def _expanded_model(run: RunDir, lm: Any, cfg: MultilingualConfig, target: NeuronSet,
+                    examples: list[tuple[str, str]], tag: str) -> tuple[Any, dict[str, Any]]:
+    """A copy of the model after masked SFT of ``target`` (resumed from ``expansion/<tag>/model``)."""
+    import copy
+
+    from safeneurons.train.dpo import load_weights
+    from safeneurons.train.sft import MaskedSFTConfig, masked_sft
+
+    out = run.path / "expansion" / tag
+    model = copy.deepcopy(lm.model)
+    stage = f"expansion:{tag}"
+    if run.done(stage) and (out / "model").is_dir():
+        load_weights(model, out / "model")
+        return model, dict(run.manifest["stages"][stage])
+    try:
+        sft_cfg = MaskedSFTConfig.from_dict(cfg.expansion.sft) if cfg.expansion.sft else MaskedSFTConfig()
+    except TypeError as exc:
+        raise ConfigError(f"multilingual.expansion.sft: {exc}") from None
+    with run.stage(stage) as info:
+        res = masked_sft(model, lm.tokenizer, examples, target, sft_cfg, out, kind="ss_expansion")
+        info.update(target_neurons=len(target), n_examples=len(examples), trainable_params=res.trainable_params,
+                    total_params=res.total_params, trainable_fraction=res.trainable_fraction,
+                    train_loss=res.train_loss, steps=res.global_step, seconds=res.seconds,
+                    frozen_drift=res.frozen_drift)
+    model.eval()
+    return model, dict(run.manifest["stages"][stage])
+
+
+def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str, dict[str, NeuronSet]],
+                  ident: dict[str, PromptSet], held: dict[str, PromptSet], judge: Any, cache: Any,
+                  progress: bool) -> list[dict[str, Any]]:
+    """Stage 5: train the expansion model(s), score them per language, and write ``expansion.json``."""
+    import hashlib
+    import json
+
+    from safeneurons.evaluate.generate import generate
+
+    exp = cfg.expansion
+    target = expansion_target(sets, exp.target, cfg.hr_language)
+    target.save(run.file("neurons/multilingual/expansion_target.json"))
+    train_langs = [l for l in (exp.train_languages or cfg.languages) if l not in exp.holdout]
+    english_refusals: dict[str, str] | None = None
+    if exp.responses == "model_en":
+        en = ident[cfg.hr_language]
+        outs = generate(lm.model, lm.tokenizer, en.texts(), cfg.generation, cache=cache, model_key=lm.checksum,
+                        progress=progress)
+        verdicts = judge.judge_many([(p.text, o, cfg.hr_language) for p, o in zip(en.prompts, outs)])
+        english_refusals = {p.id: o for p, o, v in zip(en.prompts, outs, verdicts) if v.label == "refusal"}
+    digest = hashlib.sha256(json.dumps([exp.target, exp.responses, exp.n_train, exp.sft, len(target)],
+                                       sort_keys=True, default=str).encode()).hexdigest()[:12]
+    records: list[dict[str, Any]] = []
+    model, info = _expanded_model(run, lm, cfg, target, expansion_examples(cfg, ident, train_langs, english_refusals),
+                                  "main")
+    key = f"{lm.checksum}:expansion:{digest}:{','.join(train_langs)}"
+    for lang in cfg.languages:
+        records += _condition_records(run, model, lm.tokenizer, lang, "EXPANDED", held[lang], cfg, judge, cache, key,
+                                      None, progress)
+    over = {}
+    if exp.over_refusal_n:
+        from safeneurons.evaluate.overrefusal import over_refusal
+
+        xs = load_prompts("xstest", data_dir=cfg.data_dir, limit=exp.over_refusal_n, seed=cfg.seed)
+        for name, m, k in (("original", lm.model, lm.checksum), ("expanded", model, key)):
+            rel = f"multilingual/over_refusal/{name}.json"
+            if not run.file(rel).exists():
+                run.write_json(rel, over_refusal(m, lm.tokenizer, xs, judge, cfg.generation, cache=cache,
+                                                 model_key=k, progress=progress))
+            over[name] = read_json(run.file(rel))["refusal_rate"]
+    del model
+    lolo: dict[str, Any] = {}
+    if exp.leave_one_out:
+        for lang in cfg.languages:
+            if lang == cfg.hr_language:
+                continue
+            langs = [l for l in train_langs if l != lang]
+            m, linfo = _expanded_model(run, lm, cfg, target, expansion_examples(cfg, ident, langs, english_refusals),
+                                       f"lolo-{lang}")
+            records += _condition_records(run, m, lm.tokenizer, lang, "EXPANDED_LOLO", held[lang], cfg, judge, cache,
+                                          f"{lm.checksum}:expansion:{digest}:{','.join(langs)}", None, progress)
+            lolo[lang] = {"train_languages": langs, "train_loss": linfo.get("train_loss")}
+            del m
+    run.write_json("multilingual/expansion.json", {
+        "target": exp.target, "target_neurons": len(target), "train_languages": train_langs,
+        "holdout": list(exp.holdout), "responses": exp.responses,
+        **{k: info.get(k) for k in ("n_examples", "trainable_params", "total_params", "trainable_fraction",
+                                    "train_loss", "steps", "seconds", "frozen_drift")},
+        "over_refusal": over, "leave_one_out": lolo})
+    return records
+
+
+def _expansion_asr(asr: dict[str, dict[str, Any]], cfg: MultilingualConfig) -> dict[str, Any]:
+    """Per-language ASR before/after expansion and the mean over the non-reference languages."""
+    def mean(cond: str) -> float | None:
+        vals = [v["asr"] for l, v in asr.get(cond, {}).items() if l != cfg.hr_language and v["asr"] is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    before, after = mean("ORI"), mean("EXPANDED")
+    hr = cfg.hr_language
+    return {
+        "per_language": {l: {"ORI": asr.get("ORI", {}).get(l, {}).get("asr"),
+                             "EXPANDED": asr.get("EXPANDED", {}).get(l, {}).get("asr"),
+                             "EXPANDED_LOLO": asr.get("EXPANDED_LOLO", {}).get(l, {}).get("asr")}
+                         for l in cfg.languages},
+        "mean_non_reference": {"ORI": before, "EXPANDED": after,
+                               "relative_reduction": (before - after) / before if before and after is not None else None},
+        "reference_delta": (asr.get("EXPANDED", {}).get(hr, {}).get("asr") or 0.0)
+                           - (asr.get("ORI", {}).get(hr, {}).get("asr") or 0.0),
+    }
 
 
 def suppression_sets(sets: dict[str, dict[str, NeuronSet]], lang: str, hr: str = "en") -> dict[str, NeuronSet]:

@@ -136,7 +136,7 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
     for method in cfg.methods:
         mdir = run.path / method
         if run.done(f"train:{method}"):
-            models[method] = run.manifest["stages"][f"train:{method}"]["model_dir"]
+            models.update(_trained_models(method, run.manifest["stages"][f"train:{method}"]))
             continue
         lm_m = fresh()
         with run.stage(f"train:{method}") as info:
@@ -165,7 +165,7 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
                 info.update(trainable_fraction=res.trainable_fraction, train_loss=res.train_loss)
                 model_dir = res.model_dir or str(mdir / "model")
             info["model_dir"] = model_dir
-        models[method] = model_dir
+        models.update(_trained_models(method, info))
         del lm_m
     robustness: dict[str, Any] = {}
     for name, spec in models.items():
@@ -174,9 +174,20 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
         robustness[name] = {"attack_dir": str(apath)}
         if cfg.over_refusal_n:
             robustness[name]["over_refusal"] = _over_refusal(run, m, cfg, name)
-    run.write_json("robustness.json", _robustness_table(run.path, robustness))
+    table = _robustness_table(run.path, robustness)
+    run.write_json("robustness.json", table)
+    rounds = run.manifest["stages"].get("train:safeneuron", {}).get("rounds", [])
+    run.write_text("robustness.md", robustness_markdown(table, rounds))
     run.finish()
     return run.path
+
+
+def _trained_models(method: str, info: dict[str, Any]) -> dict[str, str]:
+    """The models a finished training stage contributes to the robustness table: one per SafeNeuron
+    round (``safeneuron_T1`` .. ``safeneuron_TT``, the iterative-round table) or the single final model."""
+    if info.get("rounds"):
+        return {f"{method}_T{r['round']}": str(Path(r["directory"]) / "model") for r in info["rounds"]}
+    return {method: str(info["model_dir"])}
 
 
 def _over_refusal(run: RunDir, lm: Any, cfg: TrainRunConfig, name: str) -> dict[str, Any]:
@@ -207,3 +218,28 @@ def _robustness_table(root: Path, robustness: dict[str, Any]) -> dict[str, Any]:
                       "capability": {t: v.get("acc") for t, v in cap.get("ORI", {}).get("tasks", {}).items()},
                       "attack_dir": str(a.relative_to(root)) if a.is_relative_to(root) else str(a)}
     return rows
+
+
+def robustness_markdown(table: dict[str, Any], rounds: list[dict[str, Any]] | None = None) -> str:
+    """The robustness table (ASR per attack condition, over-refusal, capability per model) and, for an
+    iterative run, the round table (neurons identified / frozen, FULL ASR), as Markdown."""
+    def pct(x: Any) -> str:
+        return "–" if x is None else f"{100 * x:.1f}"
+
+    conds = sorted({c for r in table.values() for c in r["asr"]}, key=lambda c: ("ORI", "ES", "SAS", "FULL").index(c)
+                   if c in ("ORI", "ES", "SAS", "FULL") else 9)
+    tasks = sorted({t for r in table.values() for t in r["capability"]})
+    head = ["model", *[f"ASR {c}" for c in conds], "over-refusal", *tasks]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in table.items():
+        cells = [name, *[pct(r["asr"].get(c)) for c in conds], pct(r["over_refusal"]),
+                 *[pct(r["capability"].get(t)) for t in tasks]]
+        lines.append("| " + " | ".join(cells) + " |")
+    out = "All figures in %. ASR per pruning condition (neurons re-identified on each model); over-refusal on " \
+          "XSTest safe prompts; capability accuracy.\n\n" + "\n".join(lines) + "\n"
+    if rounds:
+        out += "\n| round | identified | frozen (union) | ASR FULL |\n|---|---|---|---|\n"
+        for r in rounds:
+            full = table.get(f"safeneuron_T{r['round']}", {}).get("asr", {}).get("FULL")
+            out += f"| T{r['round']} | {r['identified']} | {r['frozen']} | {pct(full)} |\n"
+    return out

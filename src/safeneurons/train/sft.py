@@ -36,6 +36,20 @@ logger = logging.getLogger("safeneurons.train")
 
 Example = tuple[str, str] | Sequence[Mapping[str, str]]
 DEFAULT_REFUSAL = "I'm sorry, but I can't assist with that."
+# One plain refusal per MultiJail language (written for this project), the safe responses of the parallel
+# SS-Neuron expansion data when the model's own refusals are not used.
+REFUSALS: dict[str, str] = {
+    "en": "I'm sorry, but I can't help with that request because it could cause harm.",
+    "zh": "抱歉，我无法协助处理这个请求，因为它可能造成伤害。",
+    "it": "Mi dispiace, ma non posso aiutarti con questa richiesta perché potrebbe causare danni.",
+    "vi": "Xin lỗi, tôi không thể hỗ trợ yêu cầu này vì nó có thể gây hại.",
+    "ar": "عذرًا، لا أستطيع المساعدة في هذا الطلب لأنه قد يسبب ضررًا.",
+    "ko": "죄송하지만 이 요청은 해를 끼칠 수 있어서 도와드릴 수 없습니다.",
+    "th": "ขออภัย แต่ฉันไม่สามารถช่วยเหลือคำขอนี้ได้ เพราะอาจก่อให้เกิดอันตราย",
+    "bn": "দুঃখিত, কিন্তু আমি এই অনুরোধে সাহায্য করতে পারব না, কারণ এটি ক্ষতির কারণ হতে পারে।",
+    "sw": "Samahani, siwezi kusaidia na ombi hili kwa sababu linaweza kusababisha madhara.",
+    "jv": "Nyuwun pangapunten, kula mboten saged mbiyantu panyuwunan punika amargi saged nuwuhaken bebaya.",
+}
 
 
 @dataclass
@@ -177,4 +191,4 @@ def sn_tune(
     )
 
 
-__all__ = ["DEFAULT_REFUSAL", "MaskedSFTConfig", "masked_sft", "sn_tune"]
+__all__ = ["DEFAULT_REFUSAL", "REFUSALS", "MaskedSFTConfig", "masked_sft", "sn_tune"]
