@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -149,6 +150,42 @@ def _save_model(model: nn.Module, tokenizer: Any, path: Path) -> None:
 MakeTrainer = Callable[[nn.Module, list[TrainerCallback], NeuronFreezer | None], Any]
 
 
+def check_launch(trainer: Any, freezer: NeuronFreezer | None) -> None:
+    """Refuse launch modes in which masked training would silently go wrong (docs/scale-out.md).
+
+    * A multi-process launch that the trainer did not join: under ``torchrun``/``accelerate launch`` on
+      a machine without a GPU, accelerate runs each rank alone unless told to use the CPU, so every rank
+      would train its own copy and all would write the same output directory.
+    * Neuron freezing under FSDP or DeepSpeed ZeRO-3: the freezer holds whole parameters, and the
+      trainer shards them after the freezer is attached. FSDP1 turns them into flat 1-D shards (the
+      restore fails), FSDP2 replaces them with new DTensor parameters (the freezer keeps restoring the
+      old tensors while the frozen slices train, with no error)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    joined = int(trainer.args.world_size)
+    if launched > 1 and joined != launched:
+        raise ConfigError(
+            f"the launcher started {launched} processes (WORLD_SIZE) but the trainer runs as {joined}: "
+            "accelerate found no GPU and was not told to use the CPU. For DDP on CPU set "
+            "ACCELERATE_USE_CPU=true (or trainer_overrides={'use_cpu': True}); see docs/scale-out.md."
+        )
+    if freezer is None:
+        return
+    zero3 = trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
+    if trainer.is_fsdp_enabled or zero3:
+        mode = "FSDP" if trainer.is_fsdp_enabled else "DeepSpeed ZeRO-3"
+        raise ConfigError(
+            f"neuron freezing under {mode} is not supported: it shards the parameters the freezer holds, "
+            "so frozen slices would not stay fixed. Launch with DDP (configs/accelerate/ddp-gpu.yaml) or "
+            "DeepSpeed ZeRO-1/2; see docs/scale-out.md."
+        )
+    if trainer.is_deepspeed_enabled:
+        logger.warning(
+            "neuron freezing under DeepSpeed ZeRO-%s is untested; run `python -m safeneurons.train.smoke` "
+            "under the same launch config first (docs/scale-out.md).",
+            trainer.accelerator.state.deepspeed_plugin.zero_stage,
+        )
+
+
 def run_masked_training(
     model: nn.Module,
     tokenizer: Any,
@@ -201,6 +238,7 @@ def run_masked_training(
                 else sum(p.numel() for p in train_model.parameters() if p.requires_grad)
             )
             trainer = make_trainer(train_model, callbacks, freezer)
+            check_launch(trainer, freezer)
             is_main = bool(trainer.is_world_process_zero())
             ablation = (
                 freezer.ablation() if (freezer is not None and ablate_during_training) else nullcontext()
@@ -269,6 +307,21 @@ def run_masked_training(
     return result
 
 
+def _disk_backed(dataset: Any, args: Any, directory: Path) -> Any:
+    """``dataset`` saved to ``directory`` by rank 0 and loaded back on every rank.
+
+    With ``precompute_ref_log_probs`` TRL (1.16) writes the reference log-probs on rank 0 into the
+    dataset's cache directory and every rank reads them back from there. An in-memory dataset has no
+    cache directory: each process would use its own temporary one and the other ranks fail with
+    ``FileNotFoundError``. ``directory`` must be visible to all ranks (shared storage across nodes)."""
+    from datasets import Dataset
+
+    with args.main_process_first(local=False, desc="saving the preference data for the reference pass"):
+        if args.process_index == 0:
+            dataset.save_to_disk(str(directory))
+        return Dataset.load_from_disk(str(directory))
+
+
 def train_safeneuron_dpo(
     model: nn.Module,
     tokenizer: Any,
@@ -318,6 +371,8 @@ def train_safeneuron_dpo(
         precompute_ref_log_probs=precompute,
         **config.trainer_overrides,
     )
+    if precompute and args.world_size > 1:
+        dataset = _disk_backed(dataset, args, out / "trainer" / "preference_data")
 
     def make_trainer(
         train_model: nn.Module, callbacks: list[TrainerCallback], freezer: NeuronFreezer | None
@@ -478,6 +533,7 @@ def iterate_rounds(
 __all__ = [
     "RoundResult",
     "TrainLogCallback",
+    "check_launch",
     "check_trainer_overrides",
     "iterate_rounds",
     "load_weights",

@@ -35,7 +35,10 @@ In ``freeze`` mode the freezer zeroes ``B`` rows / ``A`` columns of the frozen n
 holds them at zero (gradient mask + restore), so the merged delta on the frozen slices is exactly zero for
 the whole run; in ``train_only`` mode it does the same to the complement. DoRA and other PEFT tuners are
 refused, and so are sharded parameters (DeepSpeed ZeRO-3, FSDP): the hooks would see flattened shards.
-DDP keeps whole parameters and is tested (2 gloo ranks stay bit-identical); ZeRO-1/2 is untested.
+A trainer shards *after* the freezer is attached, so the masked trainers also refuse FSDP and ZeRO-3 at
+launch (:func:`safeneurons.train.dpo.check_launch`). DDP keeps whole parameters and is tested (2 gloo
+ranks stay bit-identical, directly and under ``accelerate launch``); ZeRO-1/2 is untested
+(docs/scale-out.md).
 
 Optional training-time ablation (Algorithm 1 step 3, "h[:, :, S] ← 0"): :meth:`NeuronFreezer.ablation`
 zeroes the frozen neurons in the forward pass for the duration of a ``with`` block (training), through
