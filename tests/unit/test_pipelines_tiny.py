@@ -159,6 +159,10 @@ def test_train_pipeline_rounds_attack_every_round(tmp_path):
     assert set(rob) == {"original", "safeneuron_T1", "safeneuron_T2"}
     rounds = json.loads((out / "manifest.json").read_text())["stages"]["train:safeneuron"]["rounds"]
     assert [r["round"] for r in rounds] == [1, 2] and rounds[1]["frozen"] >= rounds[0]["frozen"] > 0
+    from safeneurons.neurons import NeuronSet
+
+    base = NeuronSet.load(out / "base/neurons/FULL.json")  # round 1 = the starting weights: base sets reused
+    assert NeuronSet.load(out / "safeneuron/round_1/neurons.json") == base.renamed("frozen_round_1", round=1)
     md = (out / "robustness.md").read_text()
     assert "| T1 |" in md and "| T2 |" in md
 
