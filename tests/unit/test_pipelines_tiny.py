@@ -165,6 +165,12 @@ def test_train_pipeline_rounds_attack_every_round(tmp_path):
     assert NeuronSet.load(out / "safeneuron/round_1/neurons.json") == base.renamed("frozen_round_1", round=1)
     md = (out / "robustness.md").read_text()
     assert "| T1 |" in md and "| T2 |" in md
+    from safeneurons.report.publish import publish_run
+
+    files = {p.relative_to(tmp_path / "pub").as_posix() for p in publish_run(out, tmp_path / "pub")}
+    assert {"robustness.md", "pairs.jsonl", "safeneuron/round_2/neurons.json", "safeneuron/round_2/train_log.json",
+            "attack-safeneuron_T2/asr.json"} <= files
+    assert not any("/model/" in f or "/trainer/" in f or f.endswith(".safetensors") for f in files)
 
 
 def test_analyze_pipeline_tiny(tmp_path):

@@ -397,12 +397,12 @@ def _distances(h_abl: torch.Tensor, h0: torch.Tensor, score_w: torch.Tensor, rep
 
 
 class _Progress:
-    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+    def __init__(self, total: int, desc: str, enabled: bool, unit: str = "neuron") -> None:
         self.bar = None
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit="neuron", leave=False, dynamic_ncols=True)
+            self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
 
     def update(self, n: int) -> None:
         if self.bar is not None:
@@ -876,7 +876,7 @@ def _first_order(model: nn.Module, layout: ModelLayout, cfg: ImportanceConfig, b
     sums = {c: _empty_cell(layout.site(c[1]).width, shard) for c in todo}
     n_vjp = 0
     vstate: dict[str, bool] = {}
-    bar = _Progress(len(batches), f"importance {cfg.method} ({len(todo)} cells)", progress)
+    bar = _Progress(len(batches), f"importance {cfg.method} ({len(todo)} cells)", progress, unit="batch")
     try:
         for batch in batches:
             acts: dict[Cell, torch.Tensor] = {}
@@ -985,7 +985,7 @@ def _heuristic(model: nn.Module, layout: ModelLayout, cfg: ImportanceConfig, bat
     decoder = decoder_of(model)
     sums = {c: _empty_cell(layout.site(c[1]).width, shard) for c in todo}
     norms = {c: _outgoing_norms(layout, *c) for c in todo}
-    bar = _Progress(len(batches), f"importance heuristic ({len(todo)} cells)", progress)
+    bar = _Progress(len(batches), f"importance heuristic ({len(todo)} cells)", progress, unit="batch")
     try:
         for batch in batches:
             acc: dict[Cell, torch.Tensor] = {}

@@ -8,14 +8,15 @@ from pathlib import Path
 
 from safeneurons.errors import DataError
 
-KEEP_SUFFIXES = {".json", ".md", ".yaml", ".html", ".png"}
-SKIP_DIRS = {"completions", "importance", "partial"}
+KEEP_SUFFIXES = {".json", ".jsonl", ".md", ".yaml", ".html", ".png"}
+SKIP_DIRS = {"completions", "importance", "partial", "model", "trainer"}
 MAX_BYTES = 2_000_000
 
 
 def publish_run(run_dir: str | Path, dest: str | Path) -> list[Path]:
-    """Copy result files under ``MAX_BYTES`` each (no ``*.safetensors``, ``*.sqlite``, model dirs,
-    raw completions: ``verdicts.json`` already holds every prompt, response and verdict)."""
+    """Copy result files under ``MAX_BYTES`` each (no ``*.safetensors``, ``*.sqlite``, model or trainer dirs,
+    raw completions: ``verdicts.json`` already holds every prompt, response and verdict). Training runs
+    keep their preference pairs, train logs and each round's neuron sets."""
     from safeneurons.report import build_report
 
     src, out = Path(run_dir), Path(dest)
@@ -26,8 +27,6 @@ def publish_run(run_dir: str | Path, dest: str | Path) -> list[Path]:
     for p in sorted(src.rglob("*")):
         rel = p.relative_to(src)
         if not p.is_file() or p.suffix not in KEEP_SUFFIXES or set(rel.parts[:-1]) & SKIP_DIRS:
-            continue
-        if any(part == "model" or part.startswith("round_") for part in rel.parts[:-1]):
             continue
         if p.stat().st_size > MAX_BYTES:
             continue
