@@ -93,6 +93,18 @@ def test_multilingual_pipeline(tmp_path):
     assert counts["en"]["SS"] == counts["en"]["MS"] and counts["zh"]["SS"] <= counts["zh"]["MS"]
 
 
+def train_overrides(model_dir, *extra):
+    """A tiny model saved to ``model_dir`` and the smallest train-pipeline settings that exercise it."""
+    make_tiny_model("qwen2").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    return [f"model.spec={model_dir}", "data.n_identify=6", "identify.params={tau_es: 0.5, tau_sas: 1.0}",
+            "pairs.n_safety=4", "pairs.n_general=6", "pairs.hh_rlhf=4", "pairs.generation.max_new_tokens=4",
+            "dpo={max_steps: 1, per_device_train_batch_size: 2, gradient_accumulation_steps: 1}",
+            "attack.data.n_identify=6", "attack.data.n_eval=3", "attack.generation.max_new_tokens=3",
+            "attack.identify.params={tau_es: 0.5, tau_sas: 1.0}", "attack.capability.tasks=[]",
+            "attack.capability.perplexity_texts=0", "attack.random_seeds=[0]", *extra]
+
+
 def test_train_pipeline_tiny(tmp_path):
     """Identify → pairs → SafeNeuron DPO and plain DPO → re-identified attack on each trained model."""
     from safeneurons.config import load_config
@@ -101,14 +113,7 @@ def test_train_pipeline_tiny(tmp_path):
     from safeneurons.train.preference_data import load_pairs
 
     d = tmp_path / "tiny-model"
-    make_tiny_model("qwen2").save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    overrides = [f"model.spec={d}", "data.n_identify=6", "identify.params={tau_es: 0.5, tau_sas: 1.0}",
-                 "pairs.n_safety=4", "pairs.n_general=6", "pairs.hh_rlhf=4", "pairs.generation.max_new_tokens=4",
-                 "dpo={max_steps: 1, per_device_train_batch_size: 2, gradient_accumulation_steps: 1}",
-                 "attack.data.n_identify=6", "attack.data.n_eval=3", "attack.generation.max_new_tokens=3",
-                 "attack.identify.params={tau_es: 0.5, tau_sas: 1.0}", "attack.capability.tasks=[]",
-                 "attack.capability.perplexity_texts=0", "attack.random_seeds=[0]", "over_refusal_n=3"]
+    overrides = train_overrides(d, "over_refusal_n=3")
     cfg = load_config(TrainRunConfig, None, overrides)
     out = run_train(cfg, tmp_path / "run", progress=False)
     m = json.loads((out / "manifest.json").read_text())
@@ -144,16 +149,8 @@ def test_train_pipeline_rounds_attack_every_round(tmp_path):
     from safeneurons.config import load_config
     from safeneurons.pipelines.train import TrainRunConfig, run_train
 
-    d = tmp_path / "tiny-model"
-    make_tiny_model("qwen2").save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    overrides = [f"model.spec={d}", "data.n_identify=6", "identify.params={tau_es: 0.5, tau_sas: 1.0}",
-                 "pairs.n_safety=4", "pairs.n_general=6", "pairs.hh_rlhf=4", "pairs.generation.max_new_tokens=4",
-                 "dpo={max_steps: 1, per_device_train_batch_size: 2, gradient_accumulation_steps: 1}",
-                 "methods=[safeneuron]", "rounds=2", "attack.data.n_identify=6", "attack.data.n_eval=3",
-                 "attack.generation.max_new_tokens=3", "attack.identify.params={tau_es: 0.5, tau_sas: 1.0}",
-                 "attack.capability.tasks=[]", "attack.capability.perplexity_texts=0", "attack.conditions=[ORI, FULL]",
-                 "over_refusal_n=0"]
+    overrides = train_overrides(tmp_path / "tiny-model", "methods=[safeneuron]", "rounds=2",
+                                "attack.conditions=[ORI, FULL]", "over_refusal_n=0")
     out = run_train(load_config(TrainRunConfig, None, overrides), tmp_path / "run", progress=False)
     rob = json.loads((out / "robustness.json").read_text())
     assert set(rob) == {"original", "safeneuron_T1", "safeneuron_T2"}
