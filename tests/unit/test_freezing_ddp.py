@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from safeneurons.models import model_layout
-from safeneurons.models.adapters import get_module
 from safeneurons.neurons import SITES, NeuronSet
 from safeneurons.train.freezing import NeuronFreezer
 
@@ -99,10 +98,8 @@ def test_frozen_slices_bit_identical_under_ddp(tmp_path):
     model = make_tiny_model("qwen2", seed=0)  # the same initial weights as the workers
     layout = model_layout(model)
     names = {id(p): n for n, p in model.named_parameters()}
-    for (layer, site), idx in _neurons(layout).groups().items():
-        for ps in layout.sites[site].params:
-            t0 = getattr(get_module(layout.layers[layer], ps.module), ps.param)
-            name = names[id(t0)]
-            i = torch.as_tensor(idx + ps.offset)
-            assert torch.equal(r0[name].index_select(ps.dim, i), t0.detach().index_select(ps.dim, i)), name
-            assert not torch.equal(r0[name], t0.detach()), f"{name} did not train at all"
+    for sl in layout.neuron_slices(_neurons(layout)):
+        t0, dim, i = sl.tensor, sl.param.dim, sl.coords
+        name = names[id(t0)]
+        assert torch.equal(r0[name].index_select(dim, i), t0.detach().index_select(dim, i)), name
+        assert not torch.equal(r0[name], t0.detach()), f"{name} did not train at all"

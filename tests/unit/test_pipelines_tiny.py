@@ -131,17 +131,13 @@ def test_train_pipeline_tiny(tmp_path):
     import torch
 
     from safeneurons.models import load_model, model_layout
-    from safeneurons.models.adapters import get_module
 
     full = NeuronSet.load(out / "base/neurons/FULL.json")
     base = model_layout(load_model(str(d)).model)
     trained = model_layout(load_model(m["stages"]["train:safeneuron"]["model_dir"]).model)
-    for (layer, site), idx in full.groups().items():
-        for ps in base.sites[site].params:
-            a = getattr(get_module(base.layers[layer], ps.module), ps.param)
-            b = getattr(get_module(trained.layers[layer], ps.module), ps.param)
-            sel = torch.as_tensor(idx + ps.offset)
-            assert torch.equal(a.index_select(ps.dim, sel), b.index_select(ps.dim, sel))
+    for a, b in zip(base.neuron_slices(full), trained.neuron_slices(full), strict=True):
+        dim = a.param.dim
+        assert torch.equal(a.tensor.index_select(dim, a.coords), b.tensor.index_select(dim, b.coords))
 
 
 def test_train_pipeline_rounds_attack_every_round(tmp_path):

@@ -75,12 +75,7 @@ def every_site(layout, idx=(1, 5)):
 
 
 def held_slices(layout, ns):
-    out = []
-    for (layer, site), idx in ns.groups().items():
-        for ps in layout.sites[site].params:
-            t = getattr(get_module(layout.layers[layer], ps.module), ps.param)
-            out.append((t, ps.dim, torch.as_tensor(idx + ps.offset)))
-    return out
+    return [(sl.tensor, sl.param.dim, sl.coords) for sl in layout.neuron_slices(ns)]
 
 
 def snapshot(model):

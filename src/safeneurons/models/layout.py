@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable
+from typing import NamedTuple
 
+import torch
 from torch import nn
 
 from safeneurons.errors import ArchitectureError
 from safeneurons.models.adapters import (
     ArchitectureAdapter,
+    ParamSlice,
     SiteLayout,
     adapter_for,
     get_module,
     param_numel_per_neuron,
     site_layouts,
 )
-from safeneurons.neurons import SITES, ModelShape
+from safeneurons.neurons import SITES, ModelShape, NeuronSet
+
+
+class NeuronSlice(NamedTuple):
+    """The coordinates of one (layer, site) group of neurons in one of the site's parameters."""
+
+    layer: int
+    module: nn.Module
+    param: ParamSlice
+    coords: torch.Tensor  # indices along ``param.dim`` (neuron index + ``param.offset``)
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        return getattr(self.module, self.param.param)
 
 
 @dataclass
@@ -40,6 +56,14 @@ class ModelLayout:
         if site not in self.sites:
             raise ArchitectureError(f"unknown site {site!r}; sites are {', '.join(SITES)}.")
         return self.sites[site]
+
+    def neuron_slices(self, neurons: NeuronSet) -> Iterator[NeuronSlice]:
+        """Every parameter slice ``neurons`` own, in (layer, site) order: for an MLP neuron its gate/up rows
+        and down column, for an attention neuron its Q/K/V row or O column (and bias entries)."""
+        for (layer, site), idx in sorted(neurons.groups().items()):
+            idx_t = torch.as_tensor(idx, dtype=torch.long)
+            for ps in self.site(site).params:
+                yield NeuronSlice(layer, get_module(self.layers[layer], ps.module), ps, idx_t + ps.offset)
 
     def check_sites(self, sites: Iterable[str]) -> list[str]:
         sites = list(sites)

@@ -64,7 +64,7 @@ from transformers import TrainerCallback
 
 from safeneurons.errors import ConfigError
 from safeneurons.intervene.hooks import ablate
-from safeneurons.models.adapters import ParamSlice, get_module
+from safeneurons.models.adapters import ParamSlice
 from safeneurons.models.layout import ModelLayout, model_layout
 from safeneurons.neurons import SITES, NeuronSet
 
@@ -258,21 +258,16 @@ class NeuronFreezer:
                 )
             return h
 
-        for (layer, site), idx in sorted(self.neurons.groups().items()):
-            lay = self.layout.site(site)
-            idx_t = torch.as_tensor(idx, dtype=torch.long)
-            for ps in lay.params:
-                mod = get_module(self.layout.layers[layer], ps.module)
-                where = f"layer {layer} {ps.module}"
-                _check_supported_wrapper(mod, where)
-                coords = idx_t + ps.offset
-                if _is_lora(mod):
-                    self.has_lora = True
-                    self._plan_lora(mod, ps, coords, held_for)
-                    base_t = getattr(mod.base_layer, ps.param)
-                else:
-                    base_t = getattr(mod, ps.param)
-                held_for(base_t, False).add(ps.dim, coords)
+        for sl in self.layout.neuron_slices(self.neurons):
+            mod, ps = sl.module, sl.param
+            _check_supported_wrapper(mod, f"layer {sl.layer} {ps.module}")
+            if _is_lora(mod):
+                self.has_lora = True
+                self._plan_lora(mod, ps, sl.coords, held_for)
+                base_t = getattr(mod.base_layer, ps.param)
+            else:
+                base_t = sl.tensor
+            held_for(base_t, False).add(ps.dim, sl.coords)
         for h in by_id.values():
             if hasattr(h.tensor, "ds_id") or type(h.tensor).__name__ == "DTensor":
                 raise ConfigError(

@@ -41,7 +41,6 @@ from torch import nn
 
 from safeneurons.errors import SafeneuronsError
 from safeneurons.io import environment_info, write_json_atomic
-from safeneurons.models.adapters import get_module
 from safeneurons.models.layout import model_layout
 from safeneurons.models.tiny import tiny_model, tiny_tokenizer
 from safeneurons.neurons import SITES, NeuronSet
@@ -67,13 +66,10 @@ _PROMPTS = [
 def frozen_masks(model: nn.Module, neurons: NeuronSet) -> dict[str, torch.Tensor]:
     """A dense boolean mask per parameter name of the coordinates ``neurons`` owns, computed from the
     layout independently of the freezer's own bookkeeping (fine for a tiny model)."""
-    layout = model_layout(model)
     names = {id(p): n for n, p in model.named_parameters()}
     masks = {n: torch.zeros(p.shape, dtype=torch.bool) for n, p in model.named_parameters()}
-    for (layer, site), idx in neurons.groups().items():
-        for ps in layout.site(site).params:
-            t = getattr(get_module(layout.layers[layer], ps.module), ps.param)
-            masks[names[id(t)]].index_fill_(ps.dim, torch.as_tensor(idx + ps.offset), True)
+    for sl in model_layout(model).neuron_slices(neurons):
+        masks[names[id(sl.tensor)]].index_fill_(sl.param.dim, sl.coords, True)
     return masks
 
 
