@@ -24,7 +24,6 @@ groups (high: en zh it vi; medium: ar ko th; low: bn sw jv).
 from __future__ import annotations
 
 import copy
-
 import logging
 import math
 import warnings
@@ -39,6 +38,7 @@ from safeneurons.identify.importance import (
     PAPER,
     ImportanceConfig,
     ImportanceScores,
+    _texts_and_responses,
     deactivation_importance,
     top_indices,
     top_k_count,
@@ -151,24 +151,22 @@ def compute_language_importance(model: Any, tokenizer: Any, data: Mapping[str, M
 
     ``resume_dir``/``<lang>-<role>`` holds each run's partial results; ``save_dir`` (optional)
     receives ``importance-<lang>-<role>.safetensors``. A prompt set shared by several languages (the
-    default English ``D_norm``) is scored once."""
+    default English ``D_norm``: same texts and responses) is scored once."""
     out: dict[str, dict[str, ImportanceScores]] = {}
-    scored: dict[tuple[str, ...], ImportanceScores] = {}
+    scored: dict[tuple[Any, ...], ImportanceScores] = {}
     for lang, roles in data.items():
         out[lang] = {}
         for role in ROLES:
             if role not in roles:
                 raise DataError(f"compute_language_importance: language {lang!r} has no {role!r} prompts.")
-            texts = tuple(roles[role].texts()) if hasattr(roles[role], "texts") else tuple(map(str, roles[role]))
-            if texts in scored:
-                s = copy.deepcopy(scored[texts])
-            else:
+            texts, responses = _texts_and_responses(roles[role], None)
+            key = (tuple(texts), tuple(responses) if responses else None)  # what the scores depend on
+            if key not in scored:
                 rp = Path(resume_dir) / f"{lang}-{role}" if resume_dir is not None else None
                 log.info("deactivation importance: language %s, %s prompts", lang, role)
-                s = deactivation_importance(model, tokenizer, roles[role], config, layout=layout,
-                                            progress=progress, resume_path=rp)
-                scored[texts] = s
-                s = copy.deepcopy(s)
+                scored[key] = deactivation_importance(model, tokenizer, roles[role], config, layout=layout,
+                                                        progress=progress, resume_path=rp)
+            s = copy.deepcopy(scored[key])  # each language gets its own copy and meta
             s.meta.update({"language": lang, "role": role})
             if save_dir is not None:
                 s.save(Path(save_dir) / f"importance-{lang}-{role}.safetensors")

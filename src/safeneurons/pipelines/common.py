@@ -119,6 +119,21 @@ def identification_stage(run: RunDir, lm: Any, harmful: PromptSet, harmless: Pro
     return stats, sets
 
 
+def over_refusal_stage(run: RunDir, rel: str, model: Any, tokenizer: Any, *, n: int, data_dir: str | None,
+                       seed: int, **kwargs: Any) -> dict[str, Any]:
+    """Over-refusal on ``n`` XSTest safe prompts, kept in ``run/rel`` (reloaded when a resumed run has it);
+    ``kwargs`` go to :func:`safeneurons.evaluate.overrefusal.over_refusal` (judge, generation, cache...)."""
+    from safeneurons.evaluate.overrefusal import over_refusal
+    from safeneurons.io import read_json
+
+    if run.file(rel).exists():
+        return read_json(run.file(rel))
+    prompts = load_prompts("xstest", data_dir=data_dir, limit=n, seed=seed)
+    res = over_refusal(model, tokenizer, prompts, **kwargs)
+    run.write_json(rel, res)
+    return res
+
+
 def record_model(run: RunDir, lm: Any) -> None:
     from safeneurons.models import model_layout
 

@@ -31,12 +31,12 @@ from typing import Any
 
 from safeneurons.data import MULTIJAIL_LANGUAGES, Prompt, PromptSet, load_prompts
 from safeneurons.errors import ConfigError
-from safeneurons.io import read_json
 from safeneurons.evaluate.generate import GenerationConfig
 from safeneurons.identify.importance import ImportanceConfig
 from safeneurons.intervene import Intervention
+from safeneurons.io import read_json
 from safeneurons.neurons import NeuronSet
-from safeneurons.pipelines.common import ModelConfig, record_model
+from safeneurons.pipelines.common import ModelConfig, over_refusal_stage, record_model
 from safeneurons.pipelines.rundir import RunDir, default_run_dir
 
 log = logging.getLogger("safeneurons.multilingual")
@@ -220,8 +220,10 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
                                           lm.checksum, cond_iv[cond], progress)
 
     # 5. SS-Neuron expansion
+    expansion: dict[str, Any] | None = None
     if cfg.expansion.enabled:
-        records += run_expansion(run, lm, cfg, sets, ident, held, judge, cache, progress)
+        exp_records, expansion = run_expansion(run, lm, cfg, sets, ident, held, judge, cache, progress)
+        records += exp_records
     table = AsrTable.from_records(records, group_by=("language",))
     asr: dict[str, dict[str, Any]] = {}
     for r in table.rows:
@@ -235,9 +237,8 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
     ori = {lang: v["asr"] for lang, v in asr.get("ORI", {}).items() if v["asr"] is not None}
     run.write_json("multilingual/correlation.json",
                    count_asr_correlation(set_counts(sets, "SS", exclude=(cfg.hr_language,)), ori))
-    if cfg.expansion.enabled:
-        summary = read_json(run.file("multilingual/expansion.json"))
-        run.write_json("multilingual/expansion.json", summary | {"asr": _expansion_asr(asr, cfg)})
+    if expansion is not None:
+        run.write_json("multilingual/expansion.json", expansion | {"asr": _expansion_asr(asr, cfg)})
     run.finish()
     return run.path
 
@@ -313,12 +314,9 @@ def _expanded_model(run: RunDir, lm: Any, cfg: MultilingualConfig, target: Neuro
     if run.done(stage) and (out / "model").is_dir():
         load_weights(model, out / "model")
         return model, dict(run.manifest["stages"][stage])
-    try:
-        sft_cfg = MaskedSFTConfig.from_dict(cfg.expansion.sft) if cfg.expansion.sft else MaskedSFTConfig()
-    except TypeError as exc:
-        raise ConfigError(f"multilingual.expansion.sft: {exc}") from None
     with run.stage(stage) as info:
-        res = masked_sft(model, lm.tokenizer, examples, target, sft_cfg, out, kind="ss_expansion")
+        res = masked_sft(model, lm.tokenizer, examples, target, MaskedSFTConfig.from_dict(cfg.expansion.sft), out,
+                         kind="ss_expansion")
         info.update(target_neurons=len(target), n_examples=len(examples), trainable_params=res.trainable_params,
                     total_params=res.total_params, trainable_fraction=res.trainable_fraction,
                     train_loss=res.train_loss, steps=res.global_step, seconds=res.seconds,
@@ -329,8 +327,9 @@ def _expanded_model(run: RunDir, lm: Any, cfg: MultilingualConfig, target: Neuro
 
 def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str, dict[str, NeuronSet]],
                   ident: dict[str, PromptSet], held: dict[str, PromptSet], judge: Any, cache: Any,
-                  progress: bool) -> list[dict[str, Any]]:
-    """Stage 5: train the expansion model(s), score them per language, and write ``expansion.json``."""
+                  progress: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Stage 5: train the expansion model(s) and score them per language; returns the ASR records and the
+    ``expansion.json`` summary (without the ASR part, which needs every condition's table)."""
     import hashlib
     import json
 
@@ -358,15 +357,11 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
                                       None, progress)
     over = {}
     if exp.over_refusal_n:
-        from safeneurons.evaluate.overrefusal import over_refusal
-
-        xs = load_prompts("xstest", data_dir=cfg.data_dir, limit=exp.over_refusal_n, seed=cfg.seed)
         for name, m, k in (("original", lm.model, lm.checksum), ("expanded", model, key)):
-            rel = f"multilingual/over_refusal/{name}.json"
-            if not run.file(rel).exists():
-                run.write_json(rel, over_refusal(m, lm.tokenizer, xs, judge, cfg.generation, cache=cache,
-                                                 model_key=k, progress=progress))
-            over[name] = read_json(run.file(rel))["refusal_rate"]
+            over[name] = over_refusal_stage(
+                run, f"multilingual/over_refusal/{name}.json", m, lm.tokenizer, n=exp.over_refusal_n,
+                data_dir=cfg.data_dir, seed=cfg.seed, judge=judge, generation=cfg.generation, cache=cache,
+                model_key=k, progress=progress)["refusal_rate"]
     del model
     lolo: dict[str, Any] = {}
     if exp.leave_one_out:
@@ -380,13 +375,13 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
                                           f"{lm.checksum}:expansion:{digest}:{','.join(langs)}", None, progress)
             lolo[lang] = {"train_languages": langs, "train_loss": linfo.get("train_loss")}
             del m
-    run.write_json("multilingual/expansion.json", {
+    summary = {
         "target": exp.target, "target_neurons": len(target), "train_languages": train_langs,
         "holdout": list(exp.holdout), "responses": exp.responses,
         **{k: info.get(k) for k in ("n_examples", "trainable_params", "total_params", "trainable_fraction",
                                     "train_loss", "steps", "seconds", "frozen_drift")},
-        "over_refusal": over, "leave_one_out": lolo})
-    return records
+        "over_refusal": over, "leave_one_out": lolo}
+    return records, summary
 
 
 def _expansion_asr(asr: dict[str, dict[str, Any]], cfg: MultilingualConfig) -> dict[str, Any]:

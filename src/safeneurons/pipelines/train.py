@@ -21,8 +21,16 @@ from typing import Any
 
 from safeneurons.errors import ConfigError
 from safeneurons.evaluate.generate import GenerationConfig
-from safeneurons.pipelines.attack import AttackConfig
-from safeneurons.pipelines.common import DataConfig, IdentifyConfig, ModelConfig, identification_stage, load_identification_data, record_model
+from safeneurons.pipelines.attack import CONDITIONS, AttackConfig
+from safeneurons.pipelines.common import (
+    DataConfig,
+    IdentifyConfig,
+    ModelConfig,
+    identification_stage,
+    load_identification_data,
+    over_refusal_stage,
+    record_model,
+)
 from safeneurons.pipelines.rundir import RunDir, default_run_dir
 from safeneurons.stats import StatsConfig
 from safeneurons.train.dpo_config import SafeNeuronDPOConfig
@@ -167,8 +175,8 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
                             train_loss=res.train_loss, steps=res.global_step)
                 model_dir = res.model_dir or str(mdir / "model")
             else:
-                sft_cfg = MaskedSFTConfig.from_dict(cfg.sft) if cfg.sft else MaskedSFTConfig()
-                res = sn_tune(lm_m.model, lm_m.tokenizer, harmful.texts(), sets["FULL"], config=sft_cfg, output_dir=mdir)
+                res = sn_tune(lm_m.model, lm_m.tokenizer, harmful.texts(), sets["FULL"],
+                              config=MaskedSFTConfig.from_dict(cfg.sft), output_dir=mdir)
                 info.update(trainable_fraction=res.trainable_fraction, train_loss=res.train_loss)
                 model_dir = res.model_dir or str(mdir / "model")
             info["model_dir"] = model_dir
@@ -180,7 +188,9 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
         apath = run_attack(cfg.attack, run.path / f"attack-{name}", progress=progress, lm=m)
         robustness[name] = {"attack_dir": str(apath)}
         if cfg.over_refusal_n:
-            robustness[name]["over_refusal"] = _over_refusal(run, m, cfg, name)
+            robustness[name]["over_refusal"] = over_refusal_stage(
+                run, f"over_refusal/{name}.json", m.model, m.tokenizer, n=cfg.over_refusal_n,
+                data_dir=cfg.data.data_dir, seed=cfg.data.seed, generation=cfg.attack.generation)
     table = _robustness_table(run.path, robustness)
     run.write_json("robustness.json", table)
     rounds = run.manifest["stages"].get("train:safeneuron", {}).get("rounds", [])
@@ -195,21 +205,6 @@ def _trained_models(method: str, info: dict[str, Any]) -> dict[str, str]:
     if info.get("rounds"):
         return {f"{method}_T{r['round']}": str(Path(r["directory"]) / "model") for r in info["rounds"]}
     return {method: str(info["model_dir"])}
-
-
-def _over_refusal(run: RunDir, lm: Any, cfg: TrainRunConfig, name: str) -> dict[str, Any]:
-    from safeneurons.data import load_prompts
-    from safeneurons.evaluate.overrefusal import over_refusal
-
-    rel = f"over_refusal/{name}.json"
-    if run.file(rel).exists():
-        from safeneurons.io import read_json
-
-        return read_json(run.file(rel))
-    prompts = load_prompts("xstest", data_dir=cfg.data.data_dir, limit=cfg.over_refusal_n, seed=cfg.data.seed)
-    res = over_refusal(lm.model, lm.tokenizer, prompts, generation=cfg.attack.generation)
-    run.write_json(rel, res)
-    return res
 
 
 def _robustness_table(root: Path, robustness: dict[str, Any]) -> dict[str, Any]:
@@ -233,8 +228,8 @@ def robustness_markdown(table: dict[str, Any], rounds: list[dict[str, Any]] | No
     def pct(x: Any) -> str:
         return "–" if x is None else f"{100 * x:.1f}"
 
-    conds = sorted({c for r in table.values() for c in r["asr"]}, key=lambda c: ("ORI", "ES", "SAS", "FULL").index(c)
-                   if c in ("ORI", "ES", "SAS", "FULL") else 9)
+    order = {c: i for i, c in enumerate(CONDITIONS)}  # RANDOM<seed> sorts after FULL, by seed
+    conds = sorted({c for r in table.values() for c in r["asr"]}, key=lambda c: (order.get(c, len(order)), c))
     tasks = sorted({t for r in table.values() for t in r["capability"]})
     head = ["model", *[f"ASR {c}" for c in conds], "over-refusal", *tasks]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
