@@ -317,6 +317,24 @@ def test_iterative_rounds_save_union_and_resume(tok, tmp_path):
         iterate_rounds(fresh, tok, identify, PAIRS, rounds=0, output_dir=tmp_path)
 
 
+def test_iterative_rounds_first_identified_skips_round_one_identification(tok, tmp_path):
+    model = make_tiny_model("llama")
+    layout = model_layout(model)
+    given = NeuronSet.from_triples(layout.shape(), [(0, "mlp", 1), (1, "q", 2)], name="base")
+    later = NeuronSet.from_triples(layout.shape(), [(1, "mlp", 7)], name="later")
+    calls = []
+
+    def identify(m):
+        calls.append(1)
+        return later
+
+    res = iterate_rounds(model, tok, identify, PAIRS, rounds=2, config=quick(max_steps=1, gradient_accumulation_steps=1),
+                         output_dir=tmp_path, first_identified=given)
+    assert len(calls) == 1 and [r.identified for r in res] == [2, 1]
+    assert NeuronSet.load(tmp_path / "round_1" / "identified.json") == given
+    assert NeuronSet.load(tmp_path / "round_2" / "neurons.json") == given | later
+
+
 def test_load_weights_reports_missing_checkpoint(tmp_path):
     with pytest.raises(DataError, match="no \\*.safetensors"):
         load_weights(make_tiny_model("llama"), tmp_path)

@@ -124,7 +124,7 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
     from safeneurons.models import load_model
     from safeneurons.pipelines.attack import run_attack
     from safeneurons.stats import collect_stats
-    from safeneurons.train.dpo import ROUND_MARKER, iterate_rounds, train_safeneuron_dpo
+    from safeneurons.train.dpo import iterate_rounds, train_safeneuron_dpo
     from safeneurons.train.sft import sn_tune
 
     run = RunDir(out or default_run_dir("train"), "train", cfg)
@@ -149,23 +149,17 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
         lm_m = fresh()
         with run.stage(f"train:{method}") as info:
             if method == "safeneuron" and cfg.rounds > 1:
-                reuse_base = [not (mdir / "round_1" / ROUND_MARKER).exists()]
-
                 def identify_fn(model: Any) -> Any:
-                    """FULL on the current weights; round 1 of a fresh run (the starting weights) reuses the
-                    base identification instead of recomputing the same statistics."""
                     from safeneurons.identify import identify
                     from safeneurons.models import model_layout
 
-                    if reuse_base[0]:
-                        reuse_base[0] = False
-                        return sets["FULL"]
                     st = collect_stats(model, lm_m.tokenizer, {"harmful": harmful, "harmless": harmless}, cfg.stats,
                                        progress=progress)
                     return identify(st, cfg.identify.method, cfg.identify.params,
                                     family=model_layout(model).adapter.family)["FULL"]
 
-                rounds = iterate_rounds(lm_m.model, lm_m.tokenizer, identify_fn, pairs, cfg.rounds, dpo_cfg, mdir)
+                rounds = iterate_rounds(lm_m.model, lm_m.tokenizer, identify_fn, pairs, cfg.rounds, dpo_cfg, mdir,
+                                        first_identified=sets["FULL"])  # round 1 = the starting weights
                 info["rounds"] = [r.__dict__ for r in rounds]
                 model_dir = str(Path(rounds[-1].directory) / "model")
             elif method in ("safeneuron", "dpo"):

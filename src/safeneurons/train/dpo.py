@@ -468,10 +468,12 @@ def iterate_rounds(
     rounds: int = 3,
     config: SafeNeuronDPOConfig | None = None,
     output_dir: str | Path = "safeneuron_rounds",
+    first_identified: NeuronSet | None = None,
 ) -> list[RoundResult]:
     """SafeNeuron's iterative regime (Eq. 13): for t = 1..rounds, identify on the current model
     (``identify_fn(model) -> NeuronSet``), freeze the union with all earlier sets, train from the current
-    weights. Round t lives in ``output_dir/round_{t}/`` (``identified.json``, ``neurons.json`` = the union,
+    weights. ``first_identified``: round 1's set when it is already known (identified on the starting
+    weights), so ``identify_fn`` is not run again on them. Round t lives in ``output_dir/round_{t}/`` (``identified.json``, ``neurons.json`` = the union,
     ``model/``, then ``round.json`` written last as the completion marker). Finished rounds are skipped on a
     rerun and the model is loaded from the last finished one, so an interrupted run resumes."""
     if rounds < 1:
@@ -505,7 +507,7 @@ def iterate_rounds(
     for t in range(done + 1, rounds + 1):
         rdir = out / f"round_{t}"
         model.eval()
-        identified = identify_fn(model)
+        identified = first_identified if (t == 1 and first_identified is not None) else identify_fn(model)
         if not isinstance(identified, NeuronSet):
             raise ConfigError(
                 f"iterate_rounds: identify_fn returned {type(identified).__name__}; it must return a "
