@@ -277,12 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--worker-timeout", type=float, default=1800)
-    ap.add_argument("--name", default="dpo_step", help="result name: <out-dir>/<name>-<machine>.json")
-    ap.add_argument("--out-dir", default=None)
-    ap.add_argument("--tag", default=None)
-    ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--variant", help=argparse.SUPPRESS)
-    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
+    common.add_output_args(ap, "dpo_step", workers=True)
     return ap
 
 

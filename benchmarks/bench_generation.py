@@ -123,10 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--name", default="generation", help="result name: <out-dir>/<name>-<machine>.json")
-    ap.add_argument("--out-dir", default=None)
-    ap.add_argument("--tag", default=None)
-    ap.add_argument("--no-write", action="store_true")
+    common.add_output_args(ap, "generation")
     return ap
 
 

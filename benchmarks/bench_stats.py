@@ -518,12 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not time bare passes inside the ours_* workers",
     )
     ap.add_argument("--worker-timeout", type=float, default=1800)
-    ap.add_argument("--name", default="stats", help="result name: <out-dir>/<name>-<machine>.json")
-    ap.add_argument("--out-dir", default=None, help="results folder (default benchmarks/results)")
-    ap.add_argument("--tag", default=None, help="machine tag in the result file name (default: detected)")
-    ap.add_argument("--no-write", action="store_true", help="print only; no JSON file")
-    ap.add_argument("--variant", help=argparse.SUPPRESS)
-    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
+    common.add_output_args(ap, "stats", workers=True)
     return ap
 
 

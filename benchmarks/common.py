@@ -10,6 +10,7 @@ the JSON says so (``peak_method``).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -351,6 +352,17 @@ def table(rows: list[list[str]], header: list[str], left: Sequence[int] = (0,)) 
         ).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def add_output_args(ap: Any, name: str, workers: bool = False) -> None:
+    """The result-file options ``bench_main`` reads, and (``workers``) the hidden ones ``run_worker`` passes."""
+    ap.add_argument("--name", default=name, help="result name: <out-dir>/<name>-<machine>.json")
+    ap.add_argument("--out-dir", default=None, help="results folder (default benchmarks/results)")
+    ap.add_argument("--tag", default=None, help="machine tag in the result file name (default: detected)")
+    ap.add_argument("--no-write", action="store_true", help="print only; no JSON file")
+    if workers:
+        ap.add_argument("--variant", help=argparse.SUPPRESS)
+        ap.add_argument("--worker-out", help=argparse.SUPPRESS)
 
 
 def bench_main(argv: list[str] | None, parser: Any, run: Callable[[Any], dict[str, Any]],
