@@ -395,3 +395,28 @@ def test_evaluate_capability_on_real_files_tiny_model(tiny, tok):
     assert set(out) == {"arc_challenge", "hellaswag", "mmlu"}
     assert all(r.n == 3 and 0 <= r.acc <= 1 for r in out.values())
     assert hooks_left(model) == []
+
+
+def test_paired_difference_uses_the_same_questions():
+    from safeneurons.evaluate.capability import paired_difference
+
+    def res(ids, correct):
+        return CapabilityResult("arc_challenge", len(ids), sum(correct) / len(ids), None, 0.0, 0, 0.0,
+                                ids=list(ids), correct=[float(c) for c in correct])
+
+    base = res("abcdef", [1, 1, 0, 0, 1, 0])
+    same_acc = res("fedcba", [0, 1, 0, 0, 1, 1])  # same questions right, listed in another order
+    d = paired_difference(base, same_acc)
+    assert d["n"] == 6 and d["delta"] == 0.0 and d["stderr"] == 0.0 and d["changed"] == 0
+    worse = res("abcdefg", [0, 1, 0, 0, 1, 0, 1])  # one more question than the base: not compared
+    d = paired_difference(base, worse)
+    diffs = [-1, 0, 0, 0, 0, 0]
+    assert d["n"] == 6 and d["delta"] == pytest.approx(-1 / 6) and d["changed"] == 1
+    assert d["stderr"] == pytest.approx(np.std(diffs, ddof=1) / math.sqrt(6))
+    assert d["ci"][0] < d["delta"] < d["ci"][1]
+    with pytest.raises(DataError, match="per-question"):
+        paired_difference(base, CapabilityResult("arc_challenge", 6, 0.5, None, 0.0, 0, 0.0))
+    with pytest.raises(DataError, match="no questions"):
+        paired_difference(base, res("xyz", [1, 0, 1]))
+    back = CapabilityResult.from_dict(json.loads(json.dumps(worse.to_dict())))
+    assert back.ids == worse.ids and back.correct == worse.correct

@@ -76,6 +76,8 @@ class CapabilityResult:
     acc_norm_stderr: float | None = None
     metric: str = "acc"  # what ``acc`` is: "acc" (MC log-likelihood) or "exact_match" (GSM8K)
     meta: dict[str, Any] = field(default_factory=dict)
+    ids: list[str] = field(default_factory=list)  # question ids, in scoring order
+    correct: list[float] = field(default_factory=list)  # 0/1 per question for ``acc`` (paired comparisons)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,7 +90,24 @@ class CapabilityResult:
         return cls(task=str(d["task"]), n=int(d["n"]), acc=float(d["acc"]), acc_norm=opt("acc_norm"),
                    stderr=float(d["stderr"]), k_shot=int(d["k_shot"]), seconds=float(d["seconds"]),
                    acc_norm_stderr=opt("acc_norm_stderr"), metric=str(d.get("metric", "acc")),
-                   meta=dict(d.get("meta") or {}))
+                   meta=dict(d.get("meta") or {}), ids=[str(i) for i in d.get("ids") or []],
+                   correct=[float(c) for c in d.get("correct") or []])
+
+
+def paired_difference(base: CapabilityResult, other: CapabilityResult, z: float = 1.96) -> dict[str, Any]:
+    """``other.acc − base.acc`` on the questions both scored, with the paired standard error
+    ``sd(c_other − c_base) / sqrt(n)`` (the questions are the same, so their difficulty cancels: far
+    tighter than two independent intervals) and a normal ``z`` interval. Needs per-question results
+    (``correct``/``ids``); raises :class:`DataError` without them or without common questions."""
+    if not (base.correct and other.correct):
+        raise DataError(f"{base.task}: paired comparison needs per-question results (rerun the capability check).")
+    b = dict(zip(base.ids, base.correct))
+    diffs = [c - b[i] for i, c in zip(other.ids, other.correct) if i in b]
+    if not diffs:
+        raise DataError(f"{base.task}: the two results share no questions (different n or seed).")
+    delta, se = sum(diffs) / len(diffs), mean_stderr(diffs)
+    return {"task": base.task, "n": len(diffs), "delta": delta, "stderr": se,
+            "ci": [delta - z * se, delta + z * se], "changed": sum(d != 0 for d in diffs)}
 
 
 def mean_stderr(scores: Sequence[float]) -> float:
@@ -396,7 +415,8 @@ def _mc_result(task: str, scores: MCScores, k_shot: int, seconds: float, meta: d
     return CapabilityResult(task=task, n=len(scores.docs), acc=m["acc"], acc_norm=m["acc_norm"],
                             stderr=m["acc_stderr"], k_shot=k_shot, seconds=seconds,
                             acc_norm_stderr=m["acc_norm_stderr"], metric="acc",
-                            meta={**meta, "acc_bytes": m["acc_bytes"]})
+                            meta={**meta, "acc_bytes": m["acc_bytes"]}, ids=[d.id for d in scores.docs],
+                            correct=scores.correct())
 
 
 def _check_k(k_shot: int) -> int:
@@ -542,6 +562,7 @@ def evaluate_gsm8k(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: 
               "no_answer": sum(p is None for p in preds),
               "examples": [{"question": rows[i]["question"], "output": o, "pred": p, "gold": g}
                            for i, o, p, g in list(zip(idx, outputs, preds, golds))[:3]]},
+        ids=[str(i) for i in idx], correct=correct,
     )
 
 

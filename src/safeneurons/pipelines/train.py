@@ -202,17 +202,31 @@ def _trained_models(method: str, info: dict[str, Any]) -> dict[str, str]:
 
 
 def _robustness_table(root: Path, robustness: dict[str, Any]) -> dict[str, Any]:
+    """One row per model: ASR per attack condition, over-refusal, capability accuracy and, against the
+    original, the paired capability difference (same questions; see ``paired_difference``)."""
+    from safeneurons.errors import DataError
+    from safeneurons.evaluate.capability import CapabilityResult, paired_difference
     from safeneurons.io import read_json
 
-    rows = {}
+    rows, results = {}, {}
     for name, r in robustness.items():
         a = Path(r["attack_dir"])
         summary = read_json(a / "asr.json")["summary"] if (a / "asr.json").exists() else {}
         cap = read_json(a / "capability.json") if (a / "capability.json").exists() else {}
+        results[name] = {t: CapabilityResult.from_dict(v) for t, v in cap.get("ORI", {}).get("tasks", {}).items()}
         rows[name] = {"asr": {c: s["asr"] for c, s in summary.items()},
                       "over_refusal": (r.get("over_refusal") or {}).get("refusal_rate"),
-                      "capability": {t: v.get("acc") for t, v in cap.get("ORI", {}).get("tasks", {}).items()},
+                      "capability": {t: v.acc for t, v in results[name].items()},
                       "attack_dir": str(a.relative_to(root)) if a.is_relative_to(root) else str(a)}
+    for name, row in rows.items():
+        if name == "original":
+            continue
+        row["capability_delta"] = {}
+        for task, res in results[name].items():
+            try:
+                row["capability_delta"][task] = paired_difference(results["original"][task], res)
+            except (KeyError, DataError):  # no original result for the task, or results without per-question data
+                continue
     return rows
 
 
@@ -224,15 +238,20 @@ def robustness_markdown(table: dict[str, Any], rounds: list[dict[str, Any]] | No
 
     order = {c: i for i, c in enumerate(CONDITIONS)}  # RANDOM<seed> sorts after FULL, by seed
     conds = sorted({c for r in table.values() for c in r["asr"]}, key=lambda c: (order.get(c, len(order)), c))
+    def delta(d: Any) -> str:
+        return "–" if not d else f"{100 * d['delta']:+.1f} [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]"
+
     tasks = sorted({t for r in table.values() for t in r["capability"]})
-    head = ["model", *[f"ASR {c}" for c in conds], "over-refusal", *tasks]
+    head = ["model", *[f"ASR {c}" for c in conds], "over-refusal", *tasks, *[f"Δ {t} (95% CI)" for t in tasks]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in table.items():
         cells = [name, *[pct(r["asr"].get(c)) for c in conds], pct(r["over_refusal"]),
-                 *[pct(r["capability"].get(t)) for t in tasks]]
+                 *[pct(r["capability"].get(t)) for t in tasks],
+                 *[delta(r.get("capability_delta", {}).get(t)) for t in tasks]]
         lines.append("| " + " | ".join(cells) + " |")
     out = "All figures in %. ASR per pruning condition (neurons re-identified on each model); over-refusal on " \
-          "XSTest safe prompts; capability accuracy.\n\n" + "\n".join(lines) + "\n"
+          "XSTest safe prompts; capability accuracy and its paired difference from the original (same " \
+          "questions).\n\n" + "\n".join(lines) + "\n"
     if rounds:
         out += "\n| round | identified | frozen (union) | ASR FULL |\n|---|---|---|---|\n"
         for r in rounds:
