@@ -91,3 +91,27 @@ def test_interrupted_write_leaves_old_file(tmp_path):
             raise KeyboardInterrupt
     assert json.loads(target.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_reuse_seeds_only_content_keyed_caches(tmp_path):
+    from safeneurons.evaluate.cache import GenerationCache
+    from safeneurons.pipelines.rundir import seed_caches
+
+    old = RunDir(tmp_path / "old", "attack", load_config(AttackConfig))
+    GenerationCache(old.file("generations.sqlite")).put_many({"k1": {"text": "cached answer"}})
+    GenerationCache(old.file("attack-x/generations.sqlite")).put_many({"k2": {"text": "nested"}})
+    old.write_text("importance/partial/en-jail/cell-0.q.safetensors", "cell")
+    old.write_json("asr.json", {"not": "a cache"})
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "generations.sqlite").write_bytes(b"")  # already there: kept, not overwritten
+    copied = seed_caches(old.path, new)
+    assert copied == ["attack-x/generations.sqlite", "importance/partial/en-jail/cell-0.q.safetensors"]
+    assert GenerationCache(new / "attack-x/generations.sqlite").get_many(["k2"])["k2"]["text"] == "nested"
+    assert (new / "importance/partial/en-jail/cell-0.q.safetensors").read_text() == "cell"
+    assert (new / "generations.sqlite").read_bytes() == b"" and not (new / "asr.json").exists()
+    assert json.loads((new / "reused.json").read_text())["copied"] == copied
+    with pytest.raises(ConfigError, match="not a run directory"):
+        seed_caches(tmp_path / "nowhere", tmp_path / "x")
+    res = CliRunner().invoke(app, ["multilingual", "--reuse", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")])
+    assert res.exit_code == 2 and "not a run directory" in res.output

@@ -12,10 +12,12 @@ from safeneurons.cli.common import (
     ModelOpt,
     OutOpt,
     QuietOpt,
+    ReuseOpt,
     SetOpt,
     echo,
     explicit,
     friendly_errors,
+    run_dir_for,
     setup_logging,
 )
 
@@ -100,7 +102,7 @@ def attack_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None
                n_eval: Annotated[int | None, typer.Option(help="held-out harmful prompts to attack")] = None,
                neuron_sets: Annotated[str | None, typer.Option(help="reuse a neurons/ dir instead of re-identifying")] = None,
                report: Annotated[bool, typer.Option(help="write report.html at the end")] = True,
-               quiet: QuietOpt = False) -> None:
+               reuse: ReuseOpt = None, quiet: QuietOpt = False) -> None:
     """Pruning attack: ORI / ES / SAS / FULL / RANDOM attack-success table on held-out prompts."""
     from safeneurons.config import load_config
     from safeneurons.pipelines.attack import AttackConfig, run_attack
@@ -108,7 +110,7 @@ def attack_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None
     setup_logging(quiet)
     cfg = load_config(AttackConfig, config, set_, explicit(**{"model.spec": model, "data.n_eval": n_eval,
                                                                "neuron_sets": neuron_sets}))
-    path = run_attack(cfg, out, progress=not quiet)
+    path = run_attack(cfg, run_dir_for("attack", out, reuse), progress=not quiet)
     _finish(path, report)
 
 
@@ -152,14 +154,14 @@ app.add_typer(train_app, name="train")
 @friendly_errors
 def train_safeneuron_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
                          rounds: Annotated[int | None, typer.Option(help="SafeNeuron iterative rounds")] = None,
-                         quiet: QuietOpt = False) -> None:
+                         reuse: ReuseOpt = None, quiet: QuietOpt = False) -> None:
     """Identify, build preference pairs, train SafeNeuron and the baselines, then attack every model."""
     from safeneurons.config import load_config
     from safeneurons.pipelines.train import TrainRunConfig, run_train
 
     setup_logging(quiet)
     cfg = load_config(TrainRunConfig, config, set_, explicit(**{"model.spec": model, "rounds": rounds}))
-    path = run_train(cfg, out, progress=not quiet)
+    path = run_train(cfg, run_dir_for("train", out, reuse), progress=not quiet)
     echo((path / "robustness.json").read_text())
     _finish(path, True, tables=False)
 
@@ -167,14 +169,14 @@ def train_safeneuron_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: Out
 @app.command("multilingual")
 @friendly_errors
 def multilingual_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
-                     quiet: QuietOpt = False) -> None:
+                     reuse: ReuseOpt = None, quiet: QuietOpt = False) -> None:
     """SS-Neurons: per-language MS/SS sets on MultiJail, overlap, suppression/reinforcement ASR per language."""
     from safeneurons.config import load_config
     from safeneurons.pipelines.multilingual import MultilingualConfig, run_multilingual
 
     setup_logging(quiet)
     cfg = load_config(MultilingualConfig, config, set_, explicit(**{"model.spec": model}))
-    path = run_multilingual(cfg, out, progress=not quiet)
+    path = run_multilingual(cfg, run_dir_for("multilingual", out, reuse), progress=not quiet)
     echo((path / "multilingual" / "asr.md").read_text())
     _finish(path, True, tables=False)
 

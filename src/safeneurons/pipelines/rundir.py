@@ -45,7 +45,8 @@ class RunDir:
             if self.manifest.get("config") != cfg:
                 raise ConfigError(
                     f"{self.path} was started with a different configuration; resume needs the same config "
-                    f"({self.path / 'config.yaml'}), or choose another --out.")
+                    f"({self.path / 'config.yaml'}), or choose another --out (with --reuse {self.path} to keep its cached "
+                    "generations and importance cells).")
             self.manifest["resumed"] = self.manifest.get("resumed", 0) + 1
         else:
             self.manifest = {
@@ -98,3 +99,42 @@ class RunDir:
         self.manifest["status"] = "done"
         self.manifest["finished"] = _now()
         self.save()
+
+
+def seed_caches(source: str | Path, dest: str | Path) -> list[str]:
+    """Copy the content-keyed caches of an earlier run into ``dest`` (``--reuse``): every
+    ``generations.sqlite`` (keyed by model checksum, interventions, rendered prompt and decoding settings)
+    and every importance ``partial/`` cell (keyed by model, prompts, config and shard), at the same relative
+    paths. A changed setting therefore recomputes exactly what it changes; nothing else is carried over
+    (trained models, finished stages), so results are those a fresh run would give. Files already in
+    ``dest`` are kept. Returns the relative paths copied and records them in ``dest/reused.json``."""
+    import shutil
+    import sqlite3
+    from contextlib import closing
+
+    src, dst = Path(source), Path(dest)
+    if not (src / MANIFEST).exists():
+        raise ConfigError(f"--reuse {src}: not a run directory (no {MANIFEST}).")
+    if src.resolve() == dst.resolve():
+        return []
+    copied: list[str] = []
+    for db in sorted(src.rglob("generations.sqlite")):
+        target = dst / db.relative_to(src)
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".sqlite.tmp")
+        with closing(sqlite3.connect(db)) as a, closing(sqlite3.connect(tmp)) as b:
+            a.backup(b)  # consistent even with an unmerged write-ahead log
+        tmp.replace(target)
+        copied.append(str(db.relative_to(src)))
+    for part in sorted(p for p in src.rglob("partial") if p.is_dir()):
+        for f in sorted(part.rglob("*")):
+            target = dst / f.relative_to(src)
+            if f.is_file() and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, target)
+                copied.append(str(f.relative_to(src)))
+    write_json_atomic(dst / "reused.json", {"source": str(src.resolve()), "copied": copied, "at": _now()})
+    log.info("reused %d cache files from %s", len(copied), src)
+    return copied
