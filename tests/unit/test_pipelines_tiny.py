@@ -56,8 +56,8 @@ def test_multilingual_pipeline(tmp_path):
     cfg = load_config(MultilingualConfig, None, [
         "languages=[en,zh,sw]", "n_identify=3", "n_eval=2", "n_norm=3", "generation.max_new_tokens=3",
         "importance.n_probes=2", "p=0.25", "expansion.target=union", "expansion.holdout=[sw]",
-        "expansion.leave_one_out=true", "expansion.over_refusal_n=2",
-        "expansion.sft={max_steps: 1, per_device_train_batch_size: 2, gradient_accumulation_steps: 1, "
+        "expansion.leave_one_out=true", "expansion.over_refusal_n=2", "expansion.benign_n=2",
+        "expansion.benign_max_new_tokens=3", "expansion.sft={max_steps: 1, per_device_train_batch_size: 2, gradient_accumulation_steps: 1, "
         "learning_rate: 0.01, warmup_ratio: 0.0, max_length: 64}"])
     lm = tiny_lm()
     original = {k: v.clone() for k, v in lm.model.state_dict().items()}
@@ -69,7 +69,8 @@ def test_multilingual_pipeline(tmp_path):
     assert set(asr["EXPANDED"]) == {"en", "zh", "sw"} and set(asr["EXPANDED_LOLO"]) == {"zh", "sw"}
     exp = json.loads((out / "multilingual" / "expansion.json").read_text())
     target = NeuronSet.load(out / "neurons" / "multilingual" / "expansion_target.json")
-    assert exp["train_languages"] == ["en", "zh"] and exp["n_examples"] == 6
+    assert exp["train_languages"] == ["en", "zh"] and exp["benign_examples"] > 0
+    assert exp["n_examples"] == 6 + exp["benign_examples"]  # 3 rows x 2 languages + the model's benign answers
     assert exp["trainable_params"] == target.n_params() > 0 and exp["frozen_drift"] == 0.0
     assert exp["trainable_fraction"] == target.fraction_of_parameters()
     assert set(exp["over_refusal"]) == {"original", "expanded"} and set(exp["leave_one_out"]) == {"zh", "sw"}
@@ -91,6 +92,23 @@ def test_multilingual_pipeline(tmp_path):
     assert overlap["languages"] == ["en", "zh", "sw"] and overlap["jaccard"][0][0] == 1.0
     counts = json.loads((out / "multilingual" / "counts.json").read_text())
     assert counts["en"]["SS"] == counts["en"]["MS"] and counts["zh"]["SS"] <= counts["zh"]["MS"]
+
+
+def test_expansion_benign_examples_avoid_norm_set_and_xstest(tmp_path):
+    from safeneurons.config import load_config
+    from safeneurons.data import load_prompts
+    from safeneurons.errors import ConfigError
+    from safeneurons.pipelines.multilingual import MultilingualConfig, _benign_examples
+
+    cfg = load_config(MultilingualConfig, None, ["n_norm=5", "expansion.benign_n=4", "expansion.benign_max_new_tokens=2"])
+    lm = tiny_lm()
+    got = _benign_examples(lm, cfg, None, progress=False)
+    norm = set(load_prompts(cfg.norm_dataset, data_dir=cfg.data_dir, limit=cfg.n_norm, seed=cfg.seed).texts())
+    assert 0 < len(got) <= 4 and not norm & {p for p, _ in got}
+    assert not {p for p, _ in got} & set(load_prompts("xstest", data_dir=cfg.data_dir).texts())
+    assert _benign_examples(lm, load_config(MultilingualConfig, None, ["expansion.benign_n=0"]), None, False) == []
+    with pytest.raises(ConfigError, match="benign_n = 100000"):
+        _benign_examples(lm, load_config(MultilingualConfig, None, ["expansion.benign_n=100000"]), None, False)
 
 
 def train_overrides(model_dir, *extra):
@@ -146,10 +164,16 @@ def test_train_pipeline_rounds_attack_every_round(tmp_path):
     from safeneurons.pipelines.train import TrainRunConfig, run_train
 
     overrides = train_overrides(tmp_path / "tiny-model", "methods=[safeneuron]", "rounds=2",
-                                "attack.conditions=[ORI, FULL]", "over_refusal_n=0")
+                                "attack.conditions=[ORI, FULL]", "over_refusal_n=0",
+                                "attack.capability.tasks=[arc_challenge]", "attack.capability.n=5")
     out = run_train(load_config(TrainRunConfig, None, overrides), tmp_path / "run", progress=False)
     rob = json.loads((out / "robustness.json").read_text())
     assert set(rob) == {"original", "safeneuron_T1", "safeneuron_T2"}
+    # capability of each trained model against the original's on the same five questions
+    d = rob["safeneuron_T2"]["capability_delta"]["arc_challenge"]
+    assert d["n"] == 5 and d["delta"] == pytest.approx(rob["safeneuron_T2"]["capability"]["arc_challenge"]
+                                                       - rob["original"]["capability"]["arc_challenge"])
+    assert "capability_delta" not in rob["original"]
     rounds = json.loads((out / "manifest.json").read_text())["stages"]["train:safeneuron"]["rounds"]
     assert [r["round"] for r in rounds] == [1, 2] and rounds[1]["frozen"] >= rounds[0]["frozen"] > 0
     from safeneurons.neurons import NeuronSet
@@ -157,7 +181,7 @@ def test_train_pipeline_rounds_attack_every_round(tmp_path):
     base = NeuronSet.load(out / "base/neurons/FULL.json")  # round 1 = the starting weights: base sets reused
     assert NeuronSet.load(out / "safeneuron/round_1/neurons.json") == base.renamed("frozen_round_1", round=1)
     md = (out / "robustness.md").read_text()
-    assert "| T1 |" in md and "| T2 |" in md
+    assert "| T1 |" in md and "| T2 |" in md and "Δ arc_challenge (95% CI)" in md
     from safeneurons.report.publish import publish_run
 
     files = {p.relative_to(tmp_path / "pub").as_posix() for p in publish_run(out, tmp_path / "pub")}

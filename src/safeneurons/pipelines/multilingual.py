@@ -12,7 +12,8 @@
    parallel (harmful identification row, refusal) data in the training languages; per-language ASR of the
    expanded model on the held-out rows (condition ``EXPANDED``), over-refusal on XSTest before and after,
    the share of parameters updated, and optionally leave-one-language-out (``EXPANDED_LOLO``: language L
-   scored by a model trained without L).
+   scored by a model trained without L). ``benign_n`` adds benign (prompt, the model's own answer) pairs to
+   the training data, an option beyond the paper against the over-refusal that refusal-only data teaches.
 
 Choices the paper leaves open (defaults here, each an option): ``D_norm`` is the same English benign set
 for every language (``norm_source: english``; ``translate`` asks the model itself to translate it);
@@ -63,6 +64,11 @@ class ExpansionConfig:
         "help": "safe responses: templates (one refusal per language, train.sft.REFUSALS) or model_en (the "
                 "model's own English refusal to the parallel English row)"})
     n_train: int | None = field(default=None, metadata={"help": "training rows per language (None: all identification rows)"})
+    benign_n: int = field(default=0, metadata={
+        "help": "benign prompts (norm_dataset, disjoint from D_norm) answered by the model itself and added to the "
+                "training data, so the target neurons also learn to keep answering (0: harmful rows only, as in "
+                "the paper)"})
+    benign_max_new_tokens: int = field(default=64, metadata={"help": "length of the model's own benign answers"})
     sft: dict[str, Any] = field(default_factory=dict, metadata={"help": "MaskedSFTConfig fields"})
     over_refusal_n: int = field(default=50, metadata={"help": "XSTest safe prompts scored before and after (0 = skip)"})
 
@@ -72,6 +78,8 @@ class ExpansionConfig:
             self.train_languages = tuple(self.train_languages)
         if self.target not in EXPANSION_TARGETS:
             raise ConfigError(f"multilingual.expansion.target: {self.target!r}; choose from {', '.join(EXPANSION_TARGETS)}.")
+        if self.benign_n < 0:
+            raise ConfigError(f"multilingual.expansion.benign_n must be >= 0, got {self.benign_n}.")
         if self.responses not in EXPANSION_RESPONSES:
             raise ConfigError(f"multilingual.expansion.responses: {self.responses!r}; choose from "
                               f"{', '.join(EXPANSION_RESPONSES)}.")
@@ -300,6 +308,27 @@ def expansion_examples(cfg: MultilingualConfig, ident: dict[str, PromptSet], lan
     return examples
 
 
+def _benign_examples(lm: Any, cfg: MultilingualConfig, cache: Any, progress: bool) -> list[tuple[str, str]]:
+    """``expansion.benign_n`` (benign prompt, the original model's own answer) pairs: prompts from
+    ``norm_dataset`` after the ``n_norm`` used as ``D_norm`` (the seeded sample is prefix-stable, so the two
+    never overlap); XSTest, the over-refusal test set, is never trained on."""
+    from dataclasses import replace
+
+    from safeneurons.evaluate.generate import generate
+
+    n = cfg.expansion.benign_n
+    if not n:
+        return []
+    pool = load_prompts(cfg.norm_dataset, data_dir=cfg.data_dir, limit=cfg.n_norm + n, seed=cfg.seed)
+    texts = pool.texts()[cfg.n_norm:]
+    if len(texts) < n:
+        raise ConfigError(f"multilingual.expansion.benign_n = {n}: {cfg.norm_dataset} has only {len(texts)} prompts "
+                          f"left after the {cfg.n_norm} D_norm prompts.")
+    gen = replace(cfg.generation, max_new_tokens=cfg.expansion.benign_max_new_tokens)
+    outs = generate(lm.model, lm.tokenizer, texts, gen, cache=cache, model_key=lm.checksum, progress=progress)
+    return [(t, o) for t, o in zip(texts, outs) if o.strip()]
+
+
 def _expanded_model(run: RunDir, lm: Any, cfg: MultilingualConfig, target: NeuronSet,
                     examples: list[tuple[str, str]], tag: str) -> tuple[Any, dict[str, Any]]:
     """A copy of the model after masked SFT of ``target`` (resumed from ``expansion/<tag>/model``)."""
@@ -346,11 +375,13 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
                         progress=progress)
         verdicts = judge.judge_many([(p.text, o, cfg.hr_language) for p, o in zip(en.prompts, outs)])
         english_refusals = {p.id: o for p, o, v in zip(en.prompts, outs, verdicts) if v.label == "refusal"}
-    digest = hashlib.sha256(json.dumps([exp.target, exp.responses, exp.n_train, exp.sft, len(target)],
+    benign = _benign_examples(lm, cfg, cache, progress)
+    digest = hashlib.sha256(json.dumps([exp.target, exp.responses, exp.n_train, exp.sft, len(target)]
+                                       + ([exp.benign_n, exp.benign_max_new_tokens] if exp.benign_n else []),
                                        sort_keys=True, default=str).encode()).hexdigest()[:12]
     records: list[dict[str, Any]] = []
-    model, info = _expanded_model(run, lm, cfg, target, expansion_examples(cfg, ident, train_langs, english_refusals),
-                                  "main")
+    model, info = _expanded_model(
+        run, lm, cfg, target, expansion_examples(cfg, ident, train_langs, english_refusals) + benign, "main")
     key = f"{lm.checksum}:expansion:{digest}:{','.join(train_langs)}"
     for lang in cfg.languages:
         records += _condition_records(run, model, lm.tokenizer, lang, "EXPANDED", held[lang], cfg, judge, cache, key,
@@ -369,15 +400,15 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
             if lang == cfg.hr_language:
                 continue
             langs = [l for l in train_langs if l != lang]
-            m, linfo = _expanded_model(run, lm, cfg, target, expansion_examples(cfg, ident, langs, english_refusals),
-                                       f"lolo-{lang}")
+            m, linfo = _expanded_model(run, lm, cfg, target,
+                                       expansion_examples(cfg, ident, langs, english_refusals) + benign, f"lolo-{lang}")
             records += _condition_records(run, m, lm.tokenizer, lang, "EXPANDED_LOLO", held[lang], cfg, judge, cache,
                                           f"{lm.checksum}:expansion:{digest}:{','.join(langs)}", None, progress)
             lolo[lang] = {"train_languages": langs, "train_loss": linfo.get("train_loss")}
             del m
     summary = {
         "target": exp.target, "target_neurons": len(target), "train_languages": train_langs,
-        "holdout": list(exp.holdout), "responses": exp.responses,
+        "holdout": list(exp.holdout), "responses": exp.responses, "benign_examples": len(benign),
         **{k: info.get(k) for k in ("n_examples", "trainable_params", "total_params", "trainable_fraction",
                                     "train_loss", "steps", "seconds", "frozen_drift")},
         "over_refusal": over, "leave_one_out": lolo}
