@@ -86,3 +86,12 @@ def test_check_launch_warns_that_zero_1_2_is_untested(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="safeneurons.train"):
         check_launch(_trainer(zero_stage=2), FREEZER)
     assert "ZeRO-2 is untested" in caplog.text
+
+
+def test_check_launch_names_the_fsdp_version_and_the_plain_loop_support(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    trainer = _trainer(fsdp=True)
+    trainer.accelerator.state.fsdp_plugin = SimpleNamespace(fsdp_version=2)
+    with pytest.raises(ConfigError, match=r"under FSDP2 is not supported in the masked trainers") as err:
+        check_launch(trainer, FREEZER)
+    assert "plain PyTorch loop" in str(err.value)  # the freezer alone does support FSDP2

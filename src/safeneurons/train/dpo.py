@@ -156,10 +156,12 @@ def check_launch(trainer: Any, freezer: NeuronFreezer | None) -> None:
     * A multi-process launch that the trainer did not join: under ``torchrun``/``accelerate launch`` on
       a machine without a GPU, accelerate runs each rank alone unless told to use the CPU, so every rank
       would train its own copy and all would write the same output directory.
-    * Neuron freezing under FSDP or DeepSpeed ZeRO-3: the freezer holds whole parameters, and the
-      trainer shards them after the freezer is attached. FSDP1 turns them into flat 1-D shards (the
-      restore fails), FSDP2 replaces them with new DTensor parameters (the freezer keeps restoring the
-      old tensors while the frozen slices train, with no error)."""
+    * Neuron freezing under FSDP or DeepSpeed ZeRO-3 in a trainer: the trainer shards the parameters
+      after the freezer is attached (FSDP1 and ZeRO-3 flatten them; FSDP2 replaces them with new DTensor
+      parameters, and the freezer then raises at the first step). The freezer itself supports FSDP2 when
+      attached after ``fully_shard`` in a plain PyTorch loop (tests/unit/test_freezing_fsdp.py);
+      re-attaching it inside the trainer and saving the sharded model from ``run_masked_training`` are not
+      implemented, and accelerate cannot run FSDP on CPU to test them."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     joined = int(trainer.args.world_size)
     if launched > 1 and joined != launched:
@@ -171,12 +173,22 @@ def check_launch(trainer: Any, freezer: NeuronFreezer | None) -> None:
     if freezer is None:
         return
     zero3 = trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
-    if trainer.is_fsdp_enabled or zero3:
-        mode = "FSDP" if trainer.is_fsdp_enabled else "DeepSpeed ZeRO-3"
+    if trainer.is_fsdp_enabled:
+        plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+        version = getattr(plugin, "fsdp_version", None)
+        mode = f"FSDP{version}" if version else "FSDP"
         raise ConfigError(
-            f"neuron freezing under {mode} is not supported: it shards the parameters the freezer holds, "
-            "so frozen slices would not stay fixed. Launch with DDP (configs/accelerate/ddp-gpu.yaml) or "
-            "DeepSpeed ZeRO-1/2; see docs/scale-out.md."
+            f"neuron freezing under {mode} is not supported in the masked trainers: the trainer shards the "
+            "parameters after the freezer is attached, so frozen slices would not stay fixed. Launch with "
+            "DDP (configs/accelerate/ddp-gpu.yaml) or DeepSpeed ZeRO-1/2. The NeuronFreezer itself "
+            "supports FSDP2 (fully_shard) in a plain PyTorch loop when attached after wrapping; see "
+            "docs/scale-out.md."
+        )
+    if zero3:
+        raise ConfigError(
+            "neuron freezing under DeepSpeed ZeRO-3 is not supported: it partitions the parameters the "
+            "freezer holds, so frozen slices would not stay fixed. Launch with DDP "
+            "(configs/accelerate/ddp-gpu.yaml) or DeepSpeed ZeRO-1/2; see docs/scale-out.md."
         )
     if trainer.is_deepspeed_enabled:
         logger.warning(
