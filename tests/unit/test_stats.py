@@ -33,6 +33,18 @@ def test_moments_match_numpy_and_merge_of_shards(x, n_shards):
         np.testing.assert_allclose(m.var.numpy(), ref.var(0, ddof=1), rtol=1e-7, atol=1e-6)
 
 
+def test_moments_keep_precision_on_a_large_offset():
+    """Mean 1000, std 0.01, float32 input in chunks: the float32 fast path (no float64 copy) still gives
+    the float64 answer (the variance would be lost to cancellation with float32 accumulation)."""
+    x = (1000 + 1e-2 * torch.randn(4096, 8, generator=torch.Generator().manual_seed(0))).float()
+    m = RunningMoments(8)
+    for chunk in x.split(1000):
+        m.add(chunk)
+    ref = x.double().numpy()
+    np.testing.assert_allclose(m.var.numpy(), ref.var(0, ddof=1), rtol=1e-6)
+    np.testing.assert_allclose(m.mean.numpy(), ref.mean(0), rtol=1e-12)
+
+
 def test_positive_probability():
     m = RunningMoments(2, track_positive=True)
     m.add(torch.tensor([[1.0, -1.0], [2.0, 0.0], [-3.0, 5.0]]))

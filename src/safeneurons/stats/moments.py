@@ -39,10 +39,18 @@ class RunningMoments:
         m = int(x.shape[0])
         if m == 0:
             return
-        x64 = x.detach().to(torch.float64)
-        mu_b = x64.mean(0)
-        m2_b = ((x64 - mu_b) ** 2).sum(0)
-        pos_b = (x64 > 0).sum(0).to(torch.float64) if self.track_positive else None
+        x = x.detach()
+        if x.device.type == "cpu" and x.dtype == torch.float32:
+            # no float64 copy of the batch (the all-token mode's cost): the sum accumulates in float64, and
+            # var_mean on CPU accumulates float32 input in double (ATen's CPU acc_type), so M2_B keeps
+            # float32 output precision (relative ~6e-8), far below that of the activations themselves
+            mu_b = x.sum(0, dtype=torch.float64) / m
+            m2_b = torch.var_mean(x, dim=0, correction=0)[0].to(torch.float64) * m
+        else:
+            x64 = x.to(torch.float64)
+            mu_b = x64.mean(0)
+            m2_b = ((x64 - mu_b) ** 2).sum(0)
+        pos_b = (x > 0).sum(0).to(torch.float64) if self.track_positive else None
         self._merge(m, mu_b.cpu(), m2_b.cpu(), pos_b.cpu() if pos_b is not None else None)
 
     def _merge(self, m: int, mu_b: torch.Tensor, m2_b: torch.Tensor, pos_b: torch.Tensor | None) -> None:
