@@ -106,6 +106,12 @@ def test_expansion_benign_examples_avoid_norm_set_and_xstest(tmp_path):
     norm = set(load_prompts(cfg.norm_dataset, data_dir=cfg.data_dir, limit=cfg.n_norm, seed=cfg.seed).texts())
     assert 0 < len(got) <= 4 and not norm & {p for p, _ in got}
     assert not {p for p, _ in got} & set(load_prompts("xstest", data_dir=cfg.data_dir).texts())
+    # borderline benign prompts from XSTest: never the ones scored for over-refusal
+    cfg = load_config(MultilingualConfig, None, ["expansion.benign_n=5", "expansion.benign_dataset=xstest",
+                                                 "expansion.over_refusal_n=20", "expansion.benign_max_new_tokens=2"])
+    got = {p for p, _ in _benign_examples(lm, cfg, None, progress=False)}
+    scored = set(load_prompts("xstest", data_dir=cfg.data_dir, limit=20, seed=cfg.seed).texts())
+    assert got and got <= set(load_prompts("xstest", data_dir=cfg.data_dir).texts()) and not got & scored
     assert _benign_examples(lm, load_config(MultilingualConfig, None, ["expansion.benign_n=0"]), None, False) == []
     with pytest.raises(ConfigError, match="benign_n = 100000"):
         _benign_examples(lm, load_config(MultilingualConfig, None, ["expansion.benign_n=100000"]), None, False)

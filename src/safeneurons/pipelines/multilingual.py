@@ -68,6 +68,10 @@ class ExpansionConfig:
         "help": "benign prompts (norm_dataset, disjoint from D_norm) answered by the model itself and added to the "
                 "training data, so the target neurons also learn to keep answering (0: harmful rows only, as in "
                 "the paper)"})
+    benign_dataset: str | None = field(default=None, metadata={
+        "help": "source of the benign prompts: None = norm_dataset after the D_norm prompts; 'xstest' = XSTest "
+                "safe prompts outside the over-refusal sample (borderline prompts; over-refusal is then "
+                "measured in-distribution, on held-out XSTest prompts)"})
     benign_max_new_tokens: int = field(default=64, metadata={"help": "length of the model's own benign answers"})
     sft: dict[str, Any] = field(default_factory=dict, metadata={"help": "MaskedSFTConfig fields"})
     over_refusal_n: int = field(default=50, metadata={"help": "XSTest safe prompts scored before and after (0 = skip)"})
@@ -309,9 +313,10 @@ def expansion_examples(cfg: MultilingualConfig, ident: dict[str, PromptSet], lan
 
 
 def _benign_examples(lm: Any, cfg: MultilingualConfig, cache: Any, progress: bool) -> list[tuple[str, str]]:
-    """``expansion.benign_n`` (benign prompt, the original model's own answer) pairs: prompts from
-    ``norm_dataset`` after the ``n_norm`` used as ``D_norm`` (the seeded sample is prefix-stable, so the two
-    never overlap); XSTest, the over-refusal test set, is never trained on."""
+    """``expansion.benign_n`` (benign prompt, the original model's own answer) pairs. Prompts come from
+    ``benign_dataset`` (default ``norm_dataset``) after the ones used elsewhere: the ``n_norm`` of ``D_norm``,
+    or for XSTest the ``over_refusal_n`` scored for over-refusal. The seeded sample is prefix-stable, so
+    the training prompts never overlap the ones they are kept apart from."""
     from dataclasses import replace
 
     from safeneurons.evaluate.generate import generate
@@ -319,11 +324,15 @@ def _benign_examples(lm: Any, cfg: MultilingualConfig, cache: Any, progress: boo
     n = cfg.expansion.benign_n
     if not n:
         return []
-    pool = load_prompts(cfg.norm_dataset, data_dir=cfg.data_dir, limit=cfg.n_norm + n, seed=cfg.seed)
-    texts = pool.texts()[cfg.n_norm:]
+    name = cfg.expansion.benign_dataset or cfg.norm_dataset
+    # prompts already used elsewhere come first in the same seeded order, so skipping them keeps the sets apart:
+    # D_norm (n_norm from norm_dataset) or the over-refusal test sample (over_refusal_n from xstest)
+    skip = cfg.expansion.over_refusal_n if name == "xstest" else cfg.n_norm if name == cfg.norm_dataset else 0
+    pool = load_prompts(name, data_dir=cfg.data_dir, limit=skip + n, seed=cfg.seed)
+    texts = pool.texts()[skip:]
     if len(texts) < n:
-        raise ConfigError(f"multilingual.expansion.benign_n = {n}: {cfg.norm_dataset} has only {len(texts)} prompts "
-                          f"left after the {cfg.n_norm} D_norm prompts.")
+        raise ConfigError(f"multilingual.expansion.benign_n = {n}: {name} has only {len(texts)} prompts left "
+                          f"after the {skip} used for D_norm or the over-refusal test.")
     gen = replace(cfg.generation, max_new_tokens=cfg.expansion.benign_max_new_tokens)
     outs = generate(lm.model, lm.tokenizer, texts, gen, cache=cache, model_key=lm.checksum, progress=progress)
     return [(t, o) for t, o in zip(texts, outs) if o.strip()]
@@ -377,7 +386,8 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
         english_refusals = {p.id: o for p, o, v in zip(en.prompts, outs, verdicts) if v.label == "refusal"}
     benign = _benign_examples(lm, cfg, cache, progress)
     digest = hashlib.sha256(json.dumps([exp.target, exp.responses, exp.n_train, exp.sft, len(target)]
-                                       + ([exp.benign_n, exp.benign_max_new_tokens] if exp.benign_n else []),
+                                       + ([exp.benign_n, exp.benign_max_new_tokens] if exp.benign_n else [])
+                                       + ([exp.benign_dataset] if exp.benign_n and exp.benign_dataset else []),
                                        sort_keys=True, default=str).encode()).hexdigest()[:12]
     records: list[dict[str, Any]] = []
     model, info = _expanded_model(
