@@ -78,6 +78,13 @@ def test_run_dir_manifest_resume_and_config_guard(tmp_path):
     other = load_config(AttackConfig, None, ["data.n_eval=3"])
     with pytest.raises(ConfigError, match="different configuration"):
         RunDir(tmp_path / "r", "attack", other)
+    # a run written before an option existed resumes while that option keeps its default, not otherwise
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    del m["config"]["data"]["n_eval"], m["config"]["judge"]
+    (tmp_path / "r" / "manifest.json").write_text(json.dumps(m))
+    assert RunDir(tmp_path / "r", "attack", cfg).done("a")
+    with pytest.raises(ConfigError, match="different configuration"):
+        RunDir(tmp_path / "r", "attack", load_config(AttackConfig, None, ["judge=gcg"]))
 
 
 def test_interrupted_write_leaves_old_file(tmp_path):

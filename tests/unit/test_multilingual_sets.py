@@ -240,3 +240,24 @@ def test_shared_norm_set_is_scored_once(tiny, tok, monkeypatch):
     assert calls.count(tuple(norm)) == 1 and len(calls) == 3
     assert scores["zh"]["norm"].meta["language"] == "zh" and scores["en"]["norm"].meta["language"] == "en"
     assert np.array_equal(scores["zh"]["norm"].get(0, "o"), scores["en"]["norm"].get(0, "o"))
+
+
+def test_paired_condition_tests_compare_the_same_prompts():
+    from safeneurons.pipelines.multilingual import paired_condition_tests
+
+    def recs(cond, labels, lang="zh"):
+        return [{"condition": cond, "language": lang, "id": i, "verdict": {"label": lab}} for i, lab in enumerate(labels)]
+
+    ori = ["refusal"] * 10
+    records = (recs("ORI", ori) + recs("RANDOM_SS", ["refusal"] * 9 + ["compliance"])
+               + recs("SUPPRESS_SS", ["compliance"] * 9 + ["refusal"]) + recs("ORI", ["compliance"] * 10, "en")
+               + recs("SUPPRESS_SS", ["refusal"] * 10, "en"))  # the reference language is left out
+    t = paired_condition_tests(records)["tests"]["SUPPRESS_SS"]
+    assert t["compliance"]["n"] == 10 and t["compliance"]["rate"] == 0.9
+    vs = t["compliance"]["vs_RANDOM_SS"]
+    assert (vs["only_here"], vs["only_other"], vs["other_rate"]) == (9, 1, 0.1)
+    assert vs["p_mcnemar"] == pytest.approx(0.021484375)  # 2 * P(X >= 9), X ~ Bin(10, 1/2)
+    assert t["refusal"]["vs_ORI"]["only_other"] == 9 and t["refusal"]["vs_ORI"]["p_mcnemar"] < 0.01
+    same = paired_condition_tests(recs("ORI", ori) + recs("RANDOM_SS", ori) + recs("SUPPRESS_SS", ori))
+    assert same["tests"]["SUPPRESS_SS"]["compliance"]["vs_RANDOM_SS"]["p_mcnemar"] == 1.0
+    assert "REINFORCE_SS" not in same["tests"]

@@ -7,7 +7,9 @@
 3. Analysis: counts per language and layer, Jaccard overlap across languages, correlation of SS count
    with per-language ASR.
 4. Causal tests on held-out rows: suppress (zero) the language's SS set, English MS, and a random set
-   matched to SS; reinforce SS (scale by ``alpha``); per-language ASR with the multilingual judge.
+   matched to SS; reinforce SS (scale by ``alpha``); per-language ASR with the multilingual judge, and
+   ``multilingual/causal_tests.json``: each condition against the random set and ORI on the same prompts
+   (compliance and refusal rates, exact McNemar test; :func:`paired_condition_tests`).
 5. SS-Neuron expansion (``expansion``): masked SFT of the target neurons only (English MS by default) on
    parallel (harmful identification row, refusal) data in the training languages; per-language ASR of the
    expanded model on the held-out rows (condition ``EXPANDED``), over-refusal on XSTest before and after,
@@ -249,6 +251,7 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
     ori = {lang: v["asr"] for lang, v in asr.get("ORI", {}).items() if v["asr"] is not None}
     run.write_json("multilingual/correlation.json",
                    count_asr_correlation(set_counts(sets, "SS", exclude=(cfg.hr_language,)), ori))
+    run.write_json("multilingual/causal_tests.json", paired_condition_tests(records, cfg.hr_language))
     if expansion is not None:
         run.write_json("multilingual/expansion.json", expansion | {"asr": _expansion_asr(asr, cfg)})
     run.finish()
@@ -443,6 +446,48 @@ def _expansion_asr(asr: dict[str, dict[str, Any]], cfg: MultilingualConfig) -> d
         "reference_delta": (asr.get("EXPANDED", {}).get(hr, {}).get("asr") or 0.0)
                            - (asr.get("ORI", {}).get(hr, {}).get("asr") or 0.0),
     }
+
+
+def paired_condition_tests(records: list[dict[str, Any]], hr: str = "en", baseline: str = "RANDOM_SS",
+                           conditions: tuple[str, ...] = ("SUPPRESS_SS", "SUPPRESS_MS_EN", "REINFORCE_SS",
+                                                          "EXPANDED")) -> dict[str, Any]:
+    """Is a condition's effect "clearly more than" the matched random set's? Pooled over the non-reference
+    languages, the same held-out prompts are answered under every condition, so each condition is compared
+    with ``baseline`` (and with ORI) prompt by prompt: rates of compliance (attack success) and of refusal,
+    and the exact McNemar test on the discordant prompts (two-sided binomial test of ``b`` vs ``c``, where
+    ``b`` counts prompts with the outcome under the condition only and ``c`` under the other only)."""
+    from scipy.stats import binomtest
+
+    label: dict[tuple[str, str, str], str] = {}
+    for r in records:
+        if r["language"] != hr:
+            label[(r["condition"], r["language"], str(r["id"]))] = r["verdict"]["label"]
+    keys = {(lang, pid) for (_, lang, pid) in label}
+
+    def outcome(cond: str, what: str) -> dict[tuple[str, str], bool]:
+        return {k: label[(cond, *k)] == what for k in keys if (cond, *k) in label}
+
+    out: dict[str, Any] = {"baseline": baseline, "languages": sorted({lang for lang, _ in keys}), "tests": {}}
+    for cond in conditions:
+        if not any(c == cond for c, _, _ in label):
+            continue
+        res: dict[str, Any] = {}
+        for what in ("compliance", "refusal"):
+            mine = outcome(cond, what)
+            row: dict[str, Any] = {"n": len(mine), "rate": sum(mine.values()) / len(mine) if mine else None}
+            for other in (baseline, "ORI"):
+                theirs = outcome(other, what)
+                common = [k for k in mine if k in theirs]
+                if not common or other == cond:
+                    continue
+                b = sum(mine[k] and not theirs[k] for k in common)
+                c = sum(theirs[k] and not mine[k] for k in common)
+                row[f"vs_{other}"] = {"n": len(common), "other_rate": sum(theirs[k] for k in common) / len(common),
+                                      "only_here": b, "only_other": c,
+                                      "p_mcnemar": float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0}
+            res[what] = row
+        out["tests"][cond] = res
+    return out
 
 
 def suppression_sets(sets: dict[str, dict[str, NeuronSet]], lang: str, hr: str = "en") -> dict[str, NeuronSet]:

@@ -25,6 +25,29 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _defaults(config: Any) -> Any:
+    """The default configuration of ``config``'s class as a dict (None when it cannot be built)."""
+    try:
+        return to_dict(type(config)())
+    except Exception:  # noqa: BLE001 - a config class without defaults: compare exactly
+        return None
+
+
+def _same_config(stored: Any, current: Any, defaults: Any) -> bool:
+    """Whether a stored run config matches the current one. A key the stored config lacks is ignored when
+    its current value is the default: an option added to the library after the run cannot have changed it."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        d = defaults if isinstance(defaults, dict) else {}
+        for key in stored.keys() | current.keys():
+            if key not in stored:
+                if key not in d or current[key] != d[key]:
+                    return False
+            elif key not in current or not _same_config(stored[key], current[key], d.get(key)):
+                return False
+        return True
+    return stored == current
+
+
 def default_run_dir(command: str, root: str | Path = "runs") -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(root) / f"{command}-{stamp}"
@@ -42,7 +65,7 @@ class RunDir:
             if self.manifest.get("command") != command:
                 raise ConfigError(f"{self.path} holds a {self.manifest.get('command')!r} run, not {command!r}; "
                                   "choose another --out.")
-            if self.manifest.get("config") != cfg:
+            if not _same_config(self.manifest.get("config"), cfg, _defaults(config)):
                 raise ConfigError(
                     f"{self.path} was started with a different configuration; resume needs the same config "
                     f"({self.path / 'config.yaml'}), or choose another --out (with --reuse {self.path} to keep its cached "
