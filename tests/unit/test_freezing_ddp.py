@@ -7,26 +7,16 @@ the frozen slices equal the initial weights exactly."""
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
 from pathlib import Path
 
-import pytest
 import torch
+from gloo import gloo_group, run_ranks
 
 from safeneurons.models import model_layout
 from safeneurons.neurons import SITES, NeuronSet
 from safeneurons.train.freezing import NeuronFreezer
 
-TESTS_DIR = str(Path(__file__).resolve().parents[1])
 STEPS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _neurons(layout):
@@ -35,17 +25,13 @@ def _neurons(layout):
     )
 
 
-def _worker(rank: int, world: int, out_dir: str, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), HF_HUB_OFFLINE="1")
-    sys.path.insert(0, TESTS_DIR)
-    torch.set_num_threads(1)
-    import torch.distributed as dist
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from safetensors.torch import save_file
-    from tiny import make_tiny_model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, port):
+        from tiny import make_tiny_model
+
         model = make_tiny_model("qwen2", seed=0)
         model.train()
         fz = NeuronFreezer(model, _neurons(model_layout(model)))
@@ -73,24 +59,14 @@ def _worker(rank: int, world: int, out_dir: str, port: int) -> None:
             {n: p.detach().clone().contiguous() for n, p in model.named_parameters()},
             str(Path(out_dir) / f"rank{rank}.safetensors"),
         )
-    finally:
-        dist.destroy_process_group()
 
 
 def test_frozen_slices_bit_identical_under_ddp(tmp_path):
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
     from safetensors.torch import load_file
     from tiny import make_tiny_model
     from torch.nn.parallel import DistributedDataParallel  # noqa: F401  (imported once, before forking)
 
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with the gloo backend is not available")
-    # fork: the workers inherit the imported modules (spawn re-imports torch/transformers: ~20 s on 2 cores)
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(
-        _worker, args=(2, str(tmp_path), _free_port()), nprocs=2, join=True, start_method=method
-    )
+    run_ranks(_worker, 2, str(tmp_path))
     r0, r1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2))
     assert r0.keys() == r1.keys()
     for n in r0:

@@ -12,13 +12,11 @@ must refuse to continue instead of restoring tensors that no longer train (docs/
 from __future__ import annotations
 
 import json
-import os
-import socket
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from gloo import gloo_group, run_ranks
 from torch import nn
 
 from safeneurons.models import model_layout
@@ -31,7 +29,6 @@ try:
 except ImportError:  # torch < 2.6
     fully_shard = None  # type: ignore[assignment]
 
-TESTS_DIR = str(Path(__file__).resolve().parents[1])
 STEPS = 3
 WORLD = 2
 CASES = (("qwen2", "freeze"), ("qwen2", "train_only"), ("llama", "freeze"), ("llama", "train_only"))
@@ -42,12 +39,6 @@ TRIPLES = [
     (0, "q", 2), (0, "q", 20), (0, "k", 1), (0, "k", 9), (0, "v", 15), (0, "o", 5), (0, "o", 30),
     (1, "mlp", 40), (1, "q", 31), (1, "v", 0), (1, "o", 17),
 ]  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _model(family: str) -> nn.Module:
@@ -175,16 +166,11 @@ def _fsdp1_is_refused() -> dict[str, str]:
     return out
 
 
-def _worker(rank: int, world: int, out_dir: str, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), HF_HUB_OFFLINE="1")
-    sys.path.insert(0, TESTS_DIR)
-    torch.set_num_threads(1)
-    import torch.distributed as dist
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from safetensors.torch import save_file
     from torch.distributed.device_mesh import init_device_mesh
 
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, port):
         mesh = init_device_mesh("cpu", (world,))
         report: dict = {}
         for family, mode in CASES:
@@ -194,8 +180,6 @@ def _worker(rank: int, world: int, out_dir: str, port: int) -> None:
         report["fsdp2_wrapped_after_attach"] = _wrapping_after_attach_is_refused(mesh)
         report["fsdp1"] = _fsdp1_is_refused()
         (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(report))
-    finally:
-        dist.destroy_process_group()
 
 
 def _slices(model: nn.Module, layout: ModelLayout) -> dict[str, dict[int, torch.Tensor]]:
@@ -223,19 +207,11 @@ def test_chunk_range_matches_torch_chunk():
 
 
 def test_frozen_slices_bit_identical_under_fsdp2(tmp_path):
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
     from safetensors.torch import load_file
 
     if fully_shard is None:
         pytest.skip("torch.distributed.fsdp.fully_shard (FSDP2) is not available in this torch build")
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with the gloo backend is not available")
-    # fork: the workers inherit the imported modules (spawn re-imports torch/transformers: ~20 s on 2 cores)
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(
-        _worker, args=(WORLD, str(tmp_path), _free_port()), nprocs=WORLD, join=True, start_method=method
-    )
+    run_ranks(_worker, WORLD, str(tmp_path))
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
     for rep in reports:
         wrapped = rep["fsdp2_wrapped_after_attach"]

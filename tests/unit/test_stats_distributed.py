@@ -1,49 +1,32 @@
 """Two gloo processes give the same statistics as one process (float tolerance)."""
 
 import os
-import socket
 
 import numpy as np
 import torch
-import torch.multiprocessing as mp
+from gloo import gloo_group, run_ranks
 
 TEXTS = [f"prompt {i} " + "word " * (i % 7) for i in range(11)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    import sys
+    with gloo_group(rank, world, port):
+        from safeneurons.stats import StatsConfig
+        from safeneurons.stats.distributed import collect_stats_distributed
+        from tiny import make_tiny_model, tiny_tokenizer
 
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-    import torch.distributed as dist
-
-    from safeneurons.stats import StatsConfig
-    from safeneurons.stats.distributed import collect_stats_distributed
-    from tiny import make_tiny_model, tiny_tokenizer
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
         model = make_tiny_model("qwen2")
         stats = collect_stats_distributed(model, tiny_tokenizer(), {"g": TEXTS, "h": TEXTS[:5]},
                                           StatsConfig(sites=("mlp", "k"), batch_size=3, track_positive=True),
                                           progress=False)
         stats.save(os.path.join(out_dir, f"rank{rank}.safetensors"))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_gloo_processes_equal_single_process(tmp_path):
     from safeneurons.stats import ActivationStats, StatsConfig, collect_stats
     from tiny import make_tiny_model, tiny_tokenizer
 
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    run_ranks(_worker, 2, str(tmp_path))
     single = collect_stats(make_tiny_model("qwen2"), tiny_tokenizer(), {"g": TEXTS, "h": TEXTS[:5]},
                            StatsConfig(sites=("mlp", "k"), batch_size=3, track_positive=True), progress=False)
     for rank in (0, 1):
