@@ -315,11 +315,20 @@ def expansion_examples(cfg: MultilingualConfig, ident: dict[str, PromptSet], lan
     return examples
 
 
-def _benign_examples(lm: Any, cfg: MultilingualConfig, cache: Any, progress: bool) -> list[tuple[str, str]]:
+def _answered(pairs: list[tuple[str, str]], judge: Any) -> list[tuple[str, str]]:
+    """The (prompt, answer) pairs the judge labels ``compliance``: an answer, not a refusal or degenerate
+    text (the original model refuses some safe prompts; training on those would teach over-refusal)."""
+    verdicts = judge.judge_many([(p, a, "en") for p, a in pairs])
+    return [pa for pa, v in zip(pairs, verdicts) if v.label == "compliance"]
+
+
+def _benign_examples(lm: Any, cfg: MultilingualConfig, cache: Any, progress: bool,
+                     judge: Any = None) -> list[tuple[str, str]]:
     """``expansion.benign_n`` (benign prompt, the original model's own answer) pairs. Prompts come from
     ``benign_dataset`` (default ``norm_dataset``) after the ones used elsewhere: the ``n_norm`` of ``D_norm``,
     or for XSTest the ``over_refusal_n`` scored for over-refusal. The seeded sample is prefix-stable, so
-    the training prompts never overlap the ones they are kept apart from."""
+    the training prompts never overlap the ones they are kept apart from. With ``judge``, only the answers it
+    labels compliance are kept (:func:`_answered`)."""
     from dataclasses import replace
 
     from safeneurons.evaluate.generate import generate
@@ -338,7 +347,8 @@ def _benign_examples(lm: Any, cfg: MultilingualConfig, cache: Any, progress: boo
                           f"after the {skip} used for D_norm or the over-refusal test.")
     gen = replace(cfg.generation, max_new_tokens=cfg.expansion.benign_max_new_tokens)
     outs = generate(lm.model, lm.tokenizer, texts, gen, cache=cache, model_key=lm.checksum, progress=progress)
-    return [(t, o) for t, o in zip(texts, outs) if o.strip()]
+    pairs = [(t, o) for t, o in zip(texts, outs) if o.strip()]
+    return _answered(pairs, judge) if judge is not None else pairs
 
 
 def _expanded_model(run: RunDir, lm: Any, cfg: MultilingualConfig, target: NeuronSet,
@@ -387,9 +397,9 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
                         progress=progress)
         verdicts = judge.judge_many([(p.text, o, cfg.hr_language) for p, o in zip(en.prompts, outs)])
         english_refusals = {p.id: o for p, o, v in zip(en.prompts, outs, verdicts) if v.label == "refusal"}
-    benign = _benign_examples(lm, cfg, cache, progress)
+    benign = _benign_examples(lm, cfg, cache, progress, judge)
     digest = hashlib.sha256(json.dumps([exp.target, exp.responses, exp.n_train, exp.sft, len(target)]
-                                       + ([exp.benign_n, exp.benign_max_new_tokens] if exp.benign_n else [])
+                                       + ([exp.benign_n, exp.benign_max_new_tokens, "answered"] if exp.benign_n else [])
                                        + ([exp.benign_dataset] if exp.benign_n and exp.benign_dataset else []),
                                        sort_keys=True, default=str).encode()).hexdigest()[:12]
     records: list[dict[str, Any]] = []
