@@ -239,15 +239,14 @@ def _localize(dims: dict[int, torch.Tensor], ranges: dict[int, tuple[int, int]])
     return out
 
 
-def _max_over_ranks(value: float, device: torch.device) -> float:
-    """The maximum of ``value`` over the default process group (``value`` itself without one)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+def max_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """The element-wise maximum of ``values`` over the default process group (``values`` without one);
+    a collective: every rank must call it."""
+    if not _distributed_on() or torch.distributed.get_world_size() == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return [float(v) for v in t.tolist()]
 
 
 def _resolve_layout(model: nn.Module) -> ModelLayout:
@@ -661,7 +660,7 @@ class NeuronFreezer:
             return worst
         with torch.no_grad():
             device = self._held[0].local().device if self._held else torch.device("cpu")
-        return _max_over_ranks(worst, device)
+        return max_over_ranks([worst], device)[0]
 
     # training-time ablation ----------------------------------------------------------------
     @contextmanager

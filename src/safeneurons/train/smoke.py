@@ -46,6 +46,7 @@ from safeneurons.models.tiny import tiny_model, tiny_tokenizer
 from safeneurons.neurons import SITES, NeuronSet
 from safeneurons.train.dpo import train_safeneuron_dpo
 from safeneurons.train.dpo_config import SafeNeuronDPOConfig
+from safeneurons.train.freezing import max_over_ranks
 from safeneurons.train.preference_data import PreferencePair
 
 REPORT = "smoke.json"
@@ -91,15 +92,6 @@ def _rank_disagreement(model: nn.Module) -> float:
     return float(diff)
 
 
-def _all_ranks_max(values: list[float], device: torch.device) -> list[float]:
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [float(v) for v in t.tolist()]
-
-
 def run_smoke(out: Path) -> dict[str, Any]:
     """Run the check; returns the report (with ``ok`` and ``failures``). Writes it on rank 0."""
     from accelerate.state import AcceleratorState
@@ -133,7 +125,7 @@ def run_smoke(out: Path) -> dict[str, Any]:
     # the train log (rank 0 only) holds frozen_drift after each step's restore, before the final one
     logged = [float(r["frozen_drift"]) for r in result.log_history if "frozen_drift" in r]
     # worst case over ranks: the largest frozen drift, the smallest movement of the rest
-    frozen_delta, step_delta, n_logged, neg_other, neg_restore = _all_ranks_max(
+    frozen_delta, step_delta, n_logged, neg_other, neg_restore = max_over_ranks(
         [frozen_delta, max(logged, default=0.0), len(logged), -other_delta,
          -float(result.max_restore_drift or 0.0)],
         device,
