@@ -188,9 +188,9 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
         if cfg.jail_filter == "refused":
             outs = generate(lm.model, lm.tokenizer, jail.texts(), cfg.generation, cache=cache, model_key=lm.checksum,
                             progress=progress)
-            verdicts = judge.judge_many([(p.text, o, lang) for p, o in zip(jail.prompts, outs)])
+            refused = _has_label(judge, jail.texts(), outs, lang, "refusal")
             kept = [Prompt(p.text, p.id, p.category, lang, p.source, o)
-                    for p, o, v in zip(jail.prompts, outs, verdicts) if v.label == "refusal"]
+                    for p, o, r in zip(jail.prompts, outs, refused) if r]
             jail = jail.derive(jail.name, kept or jail.prompts, f"kept {len(kept)} refused rows")
         norm = norm_en
         if cfg.norm_source == "translate" and lang != cfg.hr_language:
@@ -315,11 +315,16 @@ def expansion_examples(cfg: MultilingualConfig, ident: dict[str, PromptSet], lan
     return examples
 
 
+def _has_label(judge: Any, prompts: list[str], outputs: list[str], lang: str, label: str) -> list[bool]:
+    """Per (prompt, output): whether ``judge`` gives it ``label`` (refusal, compliance, ...)."""
+    return [v.label == label for v in judge.judge_many([(p, o, lang) for p, o in zip(prompts, outputs)])]
+
+
 def _answered(pairs: list[tuple[str, str]], judge: Any) -> list[tuple[str, str]]:
     """The (prompt, answer) pairs the judge labels ``compliance``: an answer, not a refusal or degenerate
     text (the original model refuses some safe prompts; training on those would teach over-refusal)."""
-    verdicts = judge.judge_many([(p, a, "en") for p, a in pairs])
-    return [pa for pa, v in zip(pairs, verdicts) if v.label == "compliance"]
+    ok = _has_label(judge, [p for p, _ in pairs], [a for _, a in pairs], "en", "compliance")
+    return [pa for pa, keep in zip(pairs, ok) if keep]
 
 
 def _benign_examples(lm: Any, cfg: MultilingualConfig, cache: Any, progress: bool,
@@ -349,6 +354,18 @@ def _benign_examples(lm: Any, cfg: MultilingualConfig, cache: Any, progress: boo
     outs = generate(lm.model, lm.tokenizer, texts, gen, cache=cache, model_key=lm.checksum, progress=progress)
     pairs = [(t, o) for t, o in zip(texts, outs) if o.strip()]
     return _answered(pairs, judge) if judge is not None else pairs
+
+
+def _expansion_key(checksum: str, target: NeuronSet, examples: list[tuple[str, str]], sft: dict[str, Any]) -> str:
+    """Generation-cache key of an expanded model: the starting weights and everything its training saw
+    (the exact target neurons, the training examples, the SFT settings)."""
+    import json
+
+    from safeneurons.intervene.hooks import fingerprint
+    from safeneurons.io import sha256_text
+
+    payload = json.dumps([fingerprint(target), examples, sft], sort_keys=True, default=str)
+    return f"{checksum}:expansion:{sha256_text(payload)[:16]}"
 
 
 def _expanded_model(run: RunDir, lm: Any, cfg: MultilingualConfig, target: NeuronSet,
@@ -381,9 +398,6 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
                   progress: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Stage 5: train the expansion model(s) and score them per language; returns the ASR records and the
     ``expansion.json`` summary (without the ASR part, which needs every condition's table)."""
-    import hashlib
-    import json
-
     from safeneurons.evaluate.generate import generate
 
     exp = cfg.expansion
@@ -395,17 +409,13 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
         en = ident[cfg.hr_language]
         outs = generate(lm.model, lm.tokenizer, en.texts(), cfg.generation, cache=cache, model_key=lm.checksum,
                         progress=progress)
-        verdicts = judge.judge_many([(p.text, o, cfg.hr_language) for p, o in zip(en.prompts, outs)])
-        english_refusals = {p.id: o for p, o, v in zip(en.prompts, outs, verdicts) if v.label == "refusal"}
+        refused = _has_label(judge, en.texts(), outs, cfg.hr_language, "refusal")
+        english_refusals = {p.id: o for p, o, r in zip(en.prompts, outs, refused) if r}
     benign = _benign_examples(lm, cfg, cache, progress, judge)
-    digest = hashlib.sha256(json.dumps([exp.target, exp.responses, exp.n_train, exp.sft, len(target)]
-                                       + ([exp.benign_n, exp.benign_max_new_tokens, "answered"] if exp.benign_n else [])
-                                       + ([exp.benign_dataset] if exp.benign_n and exp.benign_dataset else []),
-                                       sort_keys=True, default=str).encode()).hexdigest()[:12]
     records: list[dict[str, Any]] = []
-    model, info = _expanded_model(
-        run, lm, cfg, target, expansion_examples(cfg, ident, train_langs, english_refusals) + benign, "main")
-    key = f"{lm.checksum}:expansion:{digest}:{','.join(train_langs)}"
+    examples = expansion_examples(cfg, ident, train_langs, english_refusals) + benign
+    model, info = _expanded_model(run, lm, cfg, target, examples, "main")
+    key = _expansion_key(lm.checksum, target, examples, exp.sft)
     for lang in cfg.languages:
         records += _condition_records(run, model, lm.tokenizer, lang, "EXPANDED", held[lang], cfg, judge, cache, key,
                                       None, progress)
@@ -423,10 +433,10 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
             if lang == cfg.hr_language:
                 continue
             langs = [l for l in train_langs if l != lang]
-            m, linfo = _expanded_model(run, lm, cfg, target,
-                                       expansion_examples(cfg, ident, langs, english_refusals) + benign, f"lolo-{lang}")
+            without = expansion_examples(cfg, ident, langs, english_refusals) + benign
+            m, linfo = _expanded_model(run, lm, cfg, target, without, f"lolo-{lang}")
             records += _condition_records(run, m, lm.tokenizer, lang, "EXPANDED_LOLO", held[lang], cfg, judge, cache,
-                                          f"{lm.checksum}:expansion:{digest}:{','.join(langs)}", None, progress)
+                                          _expansion_key(lm.checksum, target, without, exp.sft), None, progress)
             lolo[lang] = {"train_languages": langs, "train_loss": linfo.get("train_loss")}
             del m
     summary = {
