@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-BENCHES = ("stats", "generation", "dpo", "importance")
+BENCHES = ("stats", "generation", "dpo", "importance", "capability")
 
 # (script, result name, args) per mode; every number a benchmark reports comes from these settings
 SETTINGS: dict[str, dict[str, tuple[str, str, list[str]]]] = {
@@ -86,6 +86,11 @@ SETTINGS: dict[str, dict[str, tuple[str, str, list[str]]]] = {
                 "--probes",
                 "8,32",
             ],
+        ),
+        "capability": (
+            "bench_capability.py",
+            "capability",
+            ["--model", "qwen2.5-coder-0.5b-instruct", "--n", "8", "--k-shot", "25"],
         ),
     },
     "quick": {
@@ -154,6 +159,11 @@ SETTINGS: dict[str, dict[str, tuple[str, str, list[str]]]] = {
                 "--probes",
                 "8",
             ],
+        ),
+        "capability": (
+            "bench_capability.py",
+            "capability-quick",
+            ["--model", "smollm2-135m-instruct", "--n", "4", "--k-shot", "25"],
         ),
     },
 }
@@ -281,6 +291,21 @@ def rows_for(bench: str, res: dict[str, Any]) -> list[dict[str, Any]]:
                 rows.append(_row(b, f"{label}: Spearman vs exact", r.get("spearman"), fmt="{:.3f}"))
         if "exact" in res.get("runs", {}):
             rows.append(_row(b, "exact ablations, seconds", res["runs"]["exact"]["seconds"], fmt="{:.1f}"))
+    elif bench == "capability":
+        s = res.get("summary", {})
+        k = res.get("config", {}).get("k_shot")
+        b = f"capability ({res.get('model', '?')}, ARC {k}-shot, {res.get('config', {}).get('n')} questions)"
+        r = s.get("speedup_shared_vs_full")
+        rows.append(_row(b, "shared-context scoring: speed-up vs full passes", r, "> 1", (r or 0) > 1))
+        rows.append(_row(b, "max |log-likelihood diff| shared vs full", s.get("max_abs_loglikelihood_diff_shared_vs_full"),
+                         fmt="{:.1e}"))
+        rows.append(_row(b, "same predictions shared vs full", float(bool(s.get("same_predictions_shared_vs_full"))),
+                         "1", bool(s.get("same_predictions_shared_vs_full")), fmt="{:.0f}"))
+        if "speedup_shared_vs_lmeval" in s:
+            r = s["speedup_shared_vs_lmeval"]
+            rows.append(_row(b, "lm-eval time / ours (shared)", r, "> 1", r > 1))
+        for v, why in res.get("skipped", {}).items():
+            rows.append(_row(b, f"{v}: skipped ({why})", None))
     return rows
 
 

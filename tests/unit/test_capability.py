@@ -106,6 +106,8 @@ def test_arc_scoring_equals_hand_computation(tiny, tok, family):
     res = evaluate_arc(model, tok, rows=ARC_ROWS, batch_size=3, progress=False)
     assert res.task == "arc_challenge" and res.n == 2 and res.k_shot == 0
     assert res.acc == pytest.approx(acc) and res.acc_norm == pytest.approx(acc_norm)
+    assert np.mean(res.correct) == pytest.approx(acc) and np.mean(res.correct_norm) == pytest.approx(acc_norm)
+    assert res.score("acc_norm") == res.acc_norm and res.per_question("acc_norm") == res.correct_norm
     assert res.stderr == pytest.approx(mean_stderr([float(np.argmax(h) == d.gold) for h, d in zip(hand, docs)]),
                                        nan_ok=True)
 
@@ -138,6 +140,28 @@ def test_loglikelihoods_independent_of_batching(tiny, tok):
     many = loglikelihoods(model, tok, reqs, batch_size=16)
     np.testing.assert_allclose([x for x, _ in one], [x for x, _ in many], rtol=1e-5, atol=1e-4)
     assert all(isinstance(g, bool) for _, g in many)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma2", "gemma3", "gpt2"])
+def test_shared_context_prefix_equals_full_passes(tiny, tok, arch):
+    """Choices scored after one cached pass over their common context equal full passes (hand computation),
+    with and without interventions, batched or not, and no hook is left behind."""
+    model = tiny(arch)
+    docs = arc_docs(ARC_ROWS, k_shot=1) + arc_docs(ARC_ROWS)
+    reqs = [(d.context, " " + c) for d in docs for c in d.choices] + [(docs[0].context, " A")]
+    hand = [hand_loglikelihood(model, tok, c, x) for c, x in reqs]
+    full = loglikelihoods(model, tok, reqs, share_prefix=None)
+    for bs in (1, 2, 16):
+        shared = loglikelihoods(model, tok, reqs, batch_size=bs, share_prefix=4)
+        np.testing.assert_allclose([x for x, _ in shared], hand, rtol=1e-5, atol=1e-4)
+        assert [g for _, g in shared] == [g for _, g in full]
+    ns = _mlp_set(model)
+    pruned = loglikelihoods(model, tok, reqs, share_prefix=4, interventions=ns)
+    assert hooks_left(model) == []
+    with intervene(model, ns):
+        hand_pruned = [hand_loglikelihood(model, tok, c, x) for c, x in reqs]
+    np.testing.assert_allclose([x for x, _ in pruned], hand_pruned, rtol=1e-5, atol=1e-4)
+    assert not np.allclose(hand, hand_pruned)
 
 
 def test_interventions_apply_to_scoring_and_leave_no_hooks(tiny, tok):
@@ -420,3 +444,16 @@ def test_paired_difference_uses_the_same_questions():
         paired_difference(base, res("xyz", [1, 0, 1]))
     back = CapabilityResult.from_dict(json.loads(json.dumps(worse.to_dict())))
     assert back.ids == worse.ids and back.correct == worse.correct
+    # acc_norm is paired on its own per-question scores; results of different shot counts are not comparable
+    normed = CapabilityResult("arc_challenge", 6, 0.5, 3 / 6, 0.0, 0, 0.0, ids=list("abcdef"),
+                              correct=[1.0] * 6, correct_norm=[1.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+    other = CapabilityResult("arc_challenge", 6, 0.5, 4 / 6, 0.0, 0, 0.0, ids=list("abcdef"),
+                             correct=[1.0] * 6, correct_norm=[1.0, 1.0, 1.0, 0.0, 1.0, 0.0])
+    assert paired_difference(normed, other, metric="acc_norm")["delta"] == pytest.approx(1 / 6)
+    assert paired_difference(normed, other)["delta"] == 0.0
+    assert CapabilityResult.from_dict(json.loads(json.dumps(other.to_dict()))).correct_norm == other.correct_norm
+    with pytest.raises(DataError, match="shot"):
+        paired_difference(normed, CapabilityResult("arc_challenge", 6, 0.5, 0.5, 0.0, 25, 0.0, ids=list("abcdef"),
+                                                   correct=[1.0] * 6, correct_norm=[1.0] * 6), metric="acc_norm")
+    with pytest.raises(ConfigError, match="metric"):
+        paired_difference(normed, other, metric="f1")

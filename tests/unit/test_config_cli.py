@@ -7,6 +7,7 @@ from safeneurons.cli.main import app
 from safeneurons.config import load_config
 from safeneurons.errors import ConfigError
 from safeneurons.pipelines.attack import AttackConfig
+from safeneurons.pipelines.demo import CONFIGS as CONFIG_DIR
 from safeneurons.pipelines.rundir import RunDir
 
 runner = CliRunner()
@@ -122,3 +123,14 @@ def test_reuse_seeds_only_content_keyed_caches(tmp_path):
         seed_caches(tmp_path / "nowhere", tmp_path / "x")
     res = CliRunner().invoke(app, ["multilingual", "--reuse", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")])
     assert res.exit_code == 2 and "not a run directory" in res.output
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_pipeline_configs_load(path):
+    """Every committed pipeline config parses into its command's config class (no unknown or mistyped key)."""
+    from safeneurons.pipelines.multilingual import MultilingualConfig
+    from safeneurons.pipelines.train import TrainRunConfig
+
+    cls = {"multilingual": MultilingualConfig, "train": TrainRunConfig}.get(path.stem.split("-")[0], AttackConfig)
+    cfg = load_config(cls, str(path), [])
+    assert cfg.model.spec

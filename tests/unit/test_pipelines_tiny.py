@@ -1,6 +1,7 @@
 """The composed pipelines run end to end on a tiny random model (plumbing; numbers are meaningless)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -204,6 +205,28 @@ def test_train_pipeline_rounds_attack_every_round(tmp_path):
     assert {"robustness.md", "pairs.jsonl", "safeneuron/round_2/neurons.json", "safeneuron/round_2/train_log.json",
             "attack-safeneuron_T2/asr.json"} <= files
     assert not any("/model/" in f or "/trainer/" in f or f.endswith(".safetensors") for f in files)
+    assert "arc_challenge acc_norm 0-shot" in md  # ARC's headline metric (leaderboard convention)
+
+    # --reuse with only evaluation settings changed adopts the trained models (hard links) instead of training
+    from safeneurons.pipelines.rundir import seed_caches
+
+    again = overrides + ["attack.capability.k_shot={arc_challenge: 1}", "attack.capability.metric={arc_challenge: acc}"]
+    seed_caches(out, tmp_path / "re-eval")
+    out2 = run_train(load_config(TrainRunConfig, None, again), tmp_path / "re-eval", progress=False, reuse=out)
+    stage = json.loads((out2 / "manifest.json").read_text())["stages"]["train:safeneuron"]
+    assert stage["reused_from"] == str(out.resolve()) and "seconds" in stage
+    for r in stage["rounds"]:
+        new_w, old_w = Path(r["directory"]) / "model/model.safetensors", out / f"safeneuron/round_{r['round']}/model/model.safetensors"
+        assert new_w.is_relative_to(out2) and new_w.stat().st_ino == old_w.stat().st_ino
+    md2 = (out2 / "robustness.md").read_text()
+    assert "arc_challenge acc 1-shot" in md2
+    rob2 = json.loads((out2 / "robustness.json").read_text())
+    assert rob2["safeneuron_T2"]["asr"] == rob["safeneuron_T2"]["asr"]  # same models, same attack
+    # a training setting changed: trained again, not adopted
+    lr = again + ["dpo.learning_rate=0.02"]
+    seed_caches(out, tmp_path / "retrain")
+    out3 = run_train(load_config(TrainRunConfig, None, lr), tmp_path / "retrain", progress=False, reuse=out)
+    assert "reused_from" not in json.loads((out3 / "manifest.json").read_text())["stages"]["train:safeneuron"]
 
 
 def test_analyze_pipeline_tiny(tmp_path):

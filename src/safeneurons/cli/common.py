@@ -21,7 +21,8 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override 
 OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="Run directory (default runs/<command>-<time>); re-run to resume.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model: local dir, offline registry name (safeneurons model list) or hub id.")]
 ReuseOpt = Annotated[str | None, typer.Option("--reuse", help="Earlier run directory whose content-keyed caches "
-                                            "(generations, importance cells) seed this run; changed settings are recomputed.")]
+                                            "(generations, importance cells) seed this run; changed settings are recomputed. "
+                                            "train: its trained models are adopted when only evaluation settings changed.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 

@@ -161,7 +161,7 @@ def train_safeneuron_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: Out
 
     setup_logging(quiet)
     cfg = load_config(TrainRunConfig, config, set_, explicit(**{"model.spec": model, "rounds": rounds}))
-    path = run_train(cfg, run_dir_for("train", out, reuse), progress=not quiet)
+    path = run_train(cfg, run_dir_for("train", out, reuse), progress=not quiet, reuse=reuse)
     echo((path / "robustness.json").read_text())
     _finish(path, True, tables=False)
 

@@ -32,6 +32,7 @@ or a blank line), extracts ``"The answer is N"`` (else the last number) and comp
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import re
@@ -78,6 +79,17 @@ class CapabilityResult:
     meta: dict[str, Any] = field(default_factory=dict)
     ids: list[str] = field(default_factory=list)  # question ids, in scoring order
     correct: list[float] = field(default_factory=list)  # 0/1 per question for ``acc`` (paired comparisons)
+    correct_norm: list[float] = field(default_factory=list)  # 0/1 per question for ``acc_norm``
+
+    def score(self, metric: str = "acc") -> float | None:
+        """``acc`` (GSM8K: exact match) or ``acc_norm``."""
+        if metric not in ("acc", "acc_norm"):
+            raise ConfigError(f"capability metric {metric!r} is not 'acc' or 'acc_norm'.")
+        return self.acc if metric == "acc" else self.acc_norm
+
+    def per_question(self, metric: str = "acc") -> list[float]:
+        self.score(metric)
+        return self.correct if metric == "acc" else self.correct_norm
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,22 +103,29 @@ class CapabilityResult:
                    stderr=float(d["stderr"]), k_shot=int(d["k_shot"]), seconds=float(d["seconds"]),
                    acc_norm_stderr=opt("acc_norm_stderr"), metric=str(d.get("metric", "acc")),
                    meta=dict(d.get("meta") or {}), ids=[str(i) for i in d.get("ids") or []],
-                   correct=[float(c) for c in d.get("correct") or []])
+                   correct=[float(c) for c in d.get("correct") or []],
+                   correct_norm=[float(c) for c in d.get("correct_norm") or []])
 
 
-def paired_difference(base: CapabilityResult, other: CapabilityResult, z: float = 1.96) -> dict[str, Any]:
-    """``other.acc − base.acc`` on the questions both scored, with the paired standard error
+def paired_difference(base: CapabilityResult, other: CapabilityResult, z: float = 1.96,
+                      metric: str = "acc") -> dict[str, Any]:
+    """``other − base`` in ``metric`` on the questions both scored, with the paired standard error
     ``sd(c_other − c_base) / sqrt(n)`` (the questions are the same, so their difficulty cancels: far
     tighter than two independent intervals) and a normal ``z`` interval. Needs per-question results
-    (``correct``/``ids``); raises :class:`DataError` without them or without common questions."""
-    if not (base.correct and other.correct):
-        raise DataError(f"{base.task}: paired comparison needs per-question results (rerun the capability check).")
-    b = dict(zip(base.ids, base.correct))
-    diffs = [c - b[i] for i, c in zip(other.ids, other.correct) if i in b]
+    (``ids`` and ``correct``/``correct_norm``); raises :class:`DataError` without them or without common
+    questions."""
+    mine, theirs = base.per_question(metric), other.per_question(metric)
+    if not (mine and theirs):
+        raise DataError(f"{base.task}: paired comparison of {metric} needs per-question results "
+                        "(rerun the capability check).")
+    if base.k_shot != other.k_shot:
+        raise DataError(f"{base.task}: cannot pair a {base.k_shot}-shot result with a {other.k_shot}-shot one.")
+    b = dict(zip(base.ids, mine))
+    diffs = [c - b[i] for i, c in zip(other.ids, theirs) if i in b]
     if not diffs:
         raise DataError(f"{base.task}: the two results share no questions (different n or seed).")
     delta, se = sum(diffs) / len(diffs), mean_stderr(diffs)
-    return {"task": base.task, "n": len(diffs), "delta": delta, "stderr": se,
+    return {"task": base.task, "metric": metric, "n": len(diffs), "delta": delta, "stderr": se,
             "ci": [delta - z * se, delta + z * se], "changed": sum(d != 0 for d in diffs)}
 
 
@@ -167,52 +186,84 @@ def _max_length(model: Any) -> int:
 
 
 def loglikelihoods(model: Any, tokenizer: Any, requests: Sequence[tuple[str, str]], *, batch_size: int = 8,
-                   interventions: Any = None, progress: bool = False,
-                   max_length: int | None = None) -> list[tuple[float, bool]]:
+                   interventions: Any = None, progress: bool = False, max_length: int | None = None,
+                   share_prefix: int | None = 64) -> list[tuple[float, bool]]:
     """``(sum log p(continuation | context), is_greedy)`` per ``(context, continuation)`` request.
 
     Inputs are ``(context + continuation)[:-1]`` left-truncated to ``max_length`` tokens (lm-eval
     ``_loglikelihood_tokens``); requests with the same input share one forward pass (e.g. MMLU's four
-    one-token answers). Log-softmax is taken in float32."""
+    one-token answers). Log-softmax is taken in float32.
+
+    ``share_prefix``: requests whose contexts encode to the same tokens, at least this many, run the context
+    once and only their continuations after it, on copies of its key/value cache (ARC's 3-5 choices after
+    a 25-shot context: ~4x fewer tokens). The result equals the full pass up to float rounding; ``None``
+    turns it off (lm-eval's behaviour)."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ConfigError(f"batch_size = {batch_size} is invalid: expected an integer >= 1.")
     max_len = int(max_length or _max_length(model))
     rows: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+    split: dict[tuple[int, ...], int] = {}  # input -> where its (shortest) context's last token sits
     for r, (context, continuation) in enumerate(requests):
         ctx, cont = encode_pair(tokenizer, context, continuation)
         if not cont:
             raise DataError(f"request {r}: continuation {continuation!r} encodes to no tokens.")
         inp = tuple((ctx + cont)[-(max_len + 1):][:-1])
         rows.setdefault(inp, []).append((r, cont))
-    unique = sorted(rows, key=lambda t: -len(t))
+        split[inp] = min(split.get(inp, len(inp)), len(inp) - len(cont))
+    prefixes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}  # shared context head -> inputs continuing it
+    for inp, s in split.items():
+        prefixes.setdefault(inp[:s], []).append(inp)
+    shared = {p: ts for p, ts in prefixes.items()
+              if share_prefix is not None and len(ts) > 1 and len(p) >= max(1, share_prefix)}
+    in_shared = {t for ts in shared.values() for t in ts}
+    unique = sorted((t for t in rows if t not in in_shared), key=lambda t: -len(t))
     out: list[tuple[float, bool] | None] = [None] * len(requests)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     device = next(model.parameters()).device
     bar = tqdm(total=len(requests), desc="loglikelihood", unit="req", file=sys.stderr, disable=not progress,
                leave=False)
+
+    def padded(batch: Sequence[Sequence[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.full((len(batch), width), int(pad), dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for b, t in enumerate(batch):
+            ids[b, : len(t)] = torch.tensor(t, dtype=torch.long)
+            mask[b, : len(t)] = 1
+        return ids, mask
+
+    def score(logits: torch.Tensor, b: int, length: int, t: tuple[int, ...]) -> None:
+        """Fill the requests of input ``t`` from row ``b`` of ``logits`` whose last real position is ``length - 1``."""
+        for r, cont in rows[t]:
+            c = len(cont)
+            lp = torch.log_softmax(logits[b, length - c : length].float(), dim=-1)
+            target = torch.tensor(cont, dtype=torch.long, device=lp.device)
+            out[r] = (float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
+            bar.update(1)
+
     try:
         with _context_manager(model, interventions), torch.inference_mode():
             for start in range(0, len(unique), batch_size):
                 batch = unique[start : start + batch_size]
-                width = max(len(t) for t in batch)
-                ids = torch.full((len(batch), width), int(pad), dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for b, t in enumerate(batch):
-                    ids[b, : len(t)] = torch.tensor(t, dtype=torch.long)
-                    mask[b, : len(t)] = 1
+                ids, mask = padded(batch, max(len(t) for t in batch))
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
                 for b, t in enumerate(batch):
-                    length = len(t)
-                    for r, cont in rows[t]:
-                        c = len(cont)
-                        lp = torch.log_softmax(logits[b, length - c : length].float(), dim=-1)
-                        target = torch.tensor(cont, dtype=torch.long, device=lp.device)
-                        ll = float(lp.gather(-1, target[:, None]).sum())
-                        greedy = bool((lp.argmax(-1) == target).all())
-                        out[r] = (ll, greedy)
-                        bar.update(1)
+                    score(logits, b, len(t), t)
+            for prefix, inputs in shared.items():
+                head = torch.tensor([prefix], dtype=torch.long, device=device)
+                past = model(input_ids=head, use_cache=True).past_key_values
+                for start in range(0, len(inputs), batch_size):
+                    batch = inputs[start : start + batch_size]
+                    tails = [t[len(prefix):] for t in batch]  # last context token + continuation[:-1]
+                    ids, mask = padded(tails, max(len(t) for t in tails))
+                    cache = past if len(inputs) <= batch_size else copy.deepcopy(past)
+                    cache.batch_repeat_interleave(len(batch))
+                    full_mask = torch.cat([torch.ones((len(batch), len(prefix)), dtype=torch.long), mask], dim=1)
+                    logits = model(input_ids=ids.to(device), attention_mask=full_mask.to(device),
+                                   past_key_values=cache, use_cache=True).logits
+                    for b, (t, tail) in enumerate(zip(batch, tails)):
+                        score(logits, b, len(tail), t)
     finally:
         bar.close()
     return [o for o in out if o is not None]
@@ -416,7 +467,13 @@ def _mc_result(task: str, scores: MCScores, k_shot: int, seconds: float, meta: d
                             stderr=m["acc_stderr"], k_shot=k_shot, seconds=seconds,
                             acc_norm_stderr=m["acc_norm_stderr"], metric="acc",
                             meta={**meta, "acc_bytes": m["acc_bytes"]}, ids=[d.id for d in scores.docs],
-                            correct=scores.correct())
+                            correct=scores.correct(), correct_norm=scores.correct("chars"))
+
+
+def headline_metric(task: str) -> str:
+    """The metric a task is usually reported in: ``acc_norm`` for ARC and HellaSwag (as the Open LLM
+    Leaderboard, whose "ARC@25" the SafeNeuron paper quotes), ``acc`` otherwise (GSM8K: exact match)."""
+    return str(BENCHMARKS.entry(task).meta.get("headline_metric", "acc"))
 
 
 def _check_k(k_shot: int) -> int:
@@ -430,7 +487,7 @@ BENCHMARKS: Registry[BenchmarkFn] = Registry("capability benchmark")
 
 
 @BENCHMARKS.register("arc_challenge", summary="ARC-Challenge validation (299), MC log-likelihood, acc/acc_norm",
-                     default_k_shot=0)
+                     default_k_shot=0, headline_metric="acc_norm")
 def evaluate_arc(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: int = 0, seed: int = 0,
                  batch_size: int = 8, interventions: Any = None, rows: Sequence[Mapping[str, Any]] | None = None,
                  data_dir: Any = None, progress: bool = True, **_: Any) -> CapabilityResult:
@@ -446,7 +503,8 @@ def evaluate_arc(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: in
                        "fewshot_source": "other validation rows" if k_shot else None})
 
 
-@BENCHMARKS.register("mmlu", summary="MMLU test (14042), MC log-likelihood over ' A'..' D'", default_k_shot=0)
+@BENCHMARKS.register("mmlu", summary="MMLU test (14042), MC log-likelihood over ' A'..' D'", default_k_shot=0,
+                     headline_metric="acc")
 def evaluate_mmlu(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: int = 0, seed: int = 0,
                   batch_size: int = 8, interventions: Any = None, rows: Sequence[Mapping[str, Any]] | None = None,
                   dev_rows: Sequence[Mapping[str, Any]] | None = None, data_dir: Any = None, progress: bool = True,
@@ -468,7 +526,7 @@ def evaluate_mmlu(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: i
 
 
 @BENCHMARKS.register("hellaswag", summary="HellaSwag validation (10042), MC log-likelihood, acc/acc_norm",
-                     default_k_shot=0)
+                     default_k_shot=0, headline_metric="acc_norm")
 def evaluate_hellaswag(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: int = 0, seed: int = 0,
                        batch_size: int = 8, interventions: Any = None,
                        rows: Sequence[Mapping[str, Any]] | None = None, data_dir: Any = None,
@@ -527,7 +585,7 @@ def gsm8k_prefix(k_shot: int = 8, data_dir: Any = None, prefix: str | None = Non
 
 
 @BENCHMARKS.register("gsm8k", summary="GSM8K test (1319), 8-shot CoT greedy generation, exact match",
-                     default_k_shot=8)
+                     default_k_shot=8, headline_metric="acc")
 def evaluate_gsm8k(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: int = 8, seed: int = 0,
                    batch_size: int = 8, interventions: Any = None, rows: Sequence[Mapping[str, Any]] | None = None,
                    prefix: str | None = None, max_new_tokens: int = 256, chat_template: bool = False,

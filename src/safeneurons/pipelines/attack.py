@@ -40,6 +40,27 @@ class CapabilityCheck:
     n: int | None = field(default=100, metadata={"help": "questions per task (None: all)"})
     conditions: tuple[str, ...] = field(default=("ORI", "FULL", "RANDOM"), metadata={"help": "conditions to score"})
     perplexity_texts: int = field(default=64, metadata={"help": "benign texts for the fluency (perplexity) figure; 0 = skip"})
+    k_shot: dict[str, int] = field(default_factory=dict, metadata={
+        "help": "few-shot examples per task, e.g. {arc_challenge: 25} (the SafeNeuron paper's ARC@25); "
+                "tasks not named use their default (0, GSM8K 8)"})
+    metric: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "metric reported per task (acc or acc_norm); default acc_norm for arc_challenge/hellaswag, else acc"})
+
+    def __post_init__(self) -> None:
+        from safeneurons.errors import ConfigError
+
+        self.tasks = tuple(self.tasks)
+        for task, m in self.metric.items():
+            if m not in ("acc", "acc_norm"):
+                raise ConfigError(f"capability.metric.{task} = {m!r}: expected acc or acc_norm.")
+        for task, k in self.k_shot.items():
+            if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+                raise ConfigError(f"capability.k_shot.{task} = {k!r}: expected an integer >= 0.")
+
+    def metric_of(self, task: str) -> str:
+        from safeneurons.evaluate.capability import headline_metric
+
+        return self.metric.get(task) or headline_metric(task)
 
 
 @dataclass

@@ -86,7 +86,7 @@ def capability_stage(run: RunDir, lm: Any, conds: Mapping[str, NeuronSet | None]
             res: dict[str, Any] = {}
             if cap.tasks:
                 scores = evaluate_capability(lm.model, lm.tokenizer, list(cap.tasks), n=cap.n, interventions=ns,
-                                             progress=progress)
+                                             k_shot=dict(getattr(cap, "k_shot", None) or {}), progress=progress)
                 res["tasks"] = {t: (s.to_dict() if hasattr(s, "to_dict") else s) for t, s in scores.items()}
             if texts:
                 res["perplexity"] = perplexity(lm.model, lm.tokenizer, texts, interventions=ns)

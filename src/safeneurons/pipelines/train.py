@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from safeneurons.errors import ConfigError
 from safeneurons.evaluate.generate import GenerationConfig
+from safeneurons.neurons import NeuronSet
 from safeneurons.pipelines.attack import CONDITIONS, AttackConfig
 from safeneurons.pipelines.common import (
     DataConfig,
@@ -120,7 +121,93 @@ def build_pairs(run: RunDir, lm: Any, cfg: TrainRunConfig, harmful: Any, full: A
     return pairs
 
 
-def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool = True) -> Path:
+EVALUATION_ONLY = ("attack", "over_refusal_n")  # config sections that do not change what is trained
+
+
+def _training_inputs(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a train config that decides the trained models: everything but the evaluation
+    sections, except the judge, which labels the on-policy preference pairs."""
+    out = {k: v for k, v in config.items() if k not in EVALUATION_ONLY}
+    attack = config.get("attack") or {}
+    out["pair_judge"] = {"judge": attack.get("judge"), "judge_params": attack.get("judge_params")}
+    return out
+
+
+def reusable_training(source: str | Path, run: RunDir, cfg: TrainRunConfig, method: str,
+                      frozen: NeuronSet | None) -> dict[str, Any] | None:
+    """The finished ``train:<method>`` stage of an earlier run (``--reuse``) when it trained on exactly
+    what this run would: the same training config (evaluation settings may differ), model checksum,
+    preference pairs (``pairs.jsonl`` byte for byte) and starting neuron set. Otherwise ``None``, with the
+    reason logged: the model is then trained again."""
+    from safeneurons.io import read_json
+    from safeneurons.pipelines.rundir import MANIFEST, _defaults, _same_config
+
+    src = Path(source)
+    try:
+        manifest = read_json(src / MANIFEST)
+    except (OSError, ValueError):
+        return None
+    info = manifest.get("stages", {}).get(f"train:{method}", {})
+    checks = {
+        "the training stage finished": info.get("status") == "done",
+        "same model": manifest.get("model", {}).get("checksum") == run.manifest.get("model", {}).get("checksum"),
+        "same training config": _same_config(_training_inputs(manifest.get("config") or {}),
+                                             _training_inputs(run.manifest["config"]),
+                                             _training_inputs(_defaults(cfg) or {})),
+        "same preference pairs": (src / "pairs.jsonl").is_file()
+        and (src / "pairs.jsonl").read_bytes() == run.file("pairs.jsonl").read_bytes(),
+        "same starting neurons": frozen is None or (
+            (src / "base/neurons/FULL.json").is_file()
+            and NeuronSet.load(src / "base/neurons/FULL.json", shape=frozen.shape) == frozen),
+    }
+    failed = [k for k, ok in checks.items() if not ok]
+    if failed:
+        log.info("not reusing %s's %s model: not %s", src, method, "; not ".join(failed))
+        return None
+    return info
+
+
+def _adopt_training(source: Path, run: RunDir, method: str, info: dict[str, Any]) -> dict[str, Any]:
+    """Hard-link (else copy) an earlier run's ``<method>/`` tree into this run and return its stage info
+    with paths pointing here."""
+    import os
+    import shutil
+
+    src_dir, dst_dir = source / method, run.path / method
+    for f in sorted(p for p in src_dir.rglob("*") if p.is_file()):
+        target = dst_dir / f.relative_to(src_dir)
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copy2(f, target)
+
+    def moved(path: str) -> str:
+        parts = Path(path).parts  # "<source as it was given>/<method>/<rest>": keep <rest>
+        if method not in parts:
+            raise ConfigError(f"--reuse {source}: {path} is not inside its {method}/ directory.")
+        last = len(parts) - 1 - parts[::-1].index(method)
+        return str(dst_dir.joinpath(*parts[last + 1:]))
+
+    def relocate(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: moved(v) if k in ("model_dir", "directory", "output_dir") and isinstance(v, str)
+                    else relocate(v) for k, v in x.items()}
+        return [relocate(v) for v in x] if isinstance(x, list) else x
+
+    out = relocate({k: v for k, v in info.items() if k not in ("status", "started", "finished", "seconds")})
+    out["reused_from"] = str(source.resolve())
+    return out
+
+
+def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool = True,
+              reuse: str | Path | None = None) -> Path:
+    """Identify, build preference pairs, train each method (and SafeNeuron rounds), then attack and
+    evaluate every model. ``reuse``: an earlier train run whose trained models are adopted where it
+    trained on exactly the same inputs (see :func:`reusable_training`), so changing only evaluation
+    settings re-evaluates without re-training."""
     from safeneurons.models import load_model
     from safeneurons.pipelines.attack import run_attack
     from safeneurons.stats import collect_stats
@@ -145,6 +232,13 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
         mdir = run.path / method
         if run.done(f"train:{method}"):
             models.update(_trained_models(method, run.manifest["stages"][f"train:{method}"]))
+            continue
+        start_set = None if method == "dpo" else sets["FULL"]
+        earlier = reusable_training(reuse, run, cfg, method, start_set) if reuse else None
+        if earlier is not None:
+            with run.stage(f"train:{method}") as info:
+                info.update(_adopt_training(Path(reuse), run, method, earlier))
+            models.update(_trained_models(method, info))
             continue
         lm_m = fresh()
         with run.stage(f"train:{method}") as info:
@@ -185,7 +279,7 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
             robustness[name]["over_refusal"] = over_refusal_stage(
                 run, f"over_refusal/{name}.json", m.model, m.tokenizer, n=cfg.over_refusal_n,
                 data_dir=cfg.data.data_dir, seed=cfg.data.seed, generation=cfg.attack.generation)
-    table = _robustness_table(run.path, robustness)
+    table = _robustness_table(run.path, robustness, cfg.attack.capability.metric_of)
     run.write_json("robustness.json", table)
     rounds = run.manifest["stages"].get("train:safeneuron", {}).get("rounds", [])
     run.write_text("robustness.md", robustness_markdown(table, rounds))
@@ -201,9 +295,11 @@ def _trained_models(method: str, info: dict[str, Any]) -> dict[str, str]:
     return {method: str(info["model_dir"])}
 
 
-def _robustness_table(root: Path, robustness: dict[str, Any]) -> dict[str, Any]:
-    """One row per model: ASR per attack condition, over-refusal, capability accuracy and, against the
-    original, the paired capability difference (same questions; see ``paired_difference``)."""
+def _robustness_table(root: Path, robustness: dict[str, Any],
+                      metric_of: Callable[[str], str] = lambda task: "acc") -> dict[str, Any]:
+    """One row per model: ASR per attack condition, over-refusal, capability (each task in
+    ``metric_of(task)``) and, against the original, the paired capability difference (same questions;
+    see ``paired_difference``)."""
     from safeneurons.errors import DataError
     from safeneurons.evaluate.capability import CapabilityResult, paired_difference
     from safeneurons.io import read_json
@@ -216,7 +312,9 @@ def _robustness_table(root: Path, robustness: dict[str, Any]) -> dict[str, Any]:
         results[name] = {t: CapabilityResult.from_dict(v) for t, v in cap.get("ORI", {}).get("tasks", {}).items()}
         rows[name] = {"asr": {c: s["asr"] for c, s in summary.items()},
                       "over_refusal": (r.get("over_refusal") or {}).get("refusal_rate"),
-                      "capability": {t: v.acc for t, v in results[name].items()},
+                      "capability": {t: v.score(metric_of(t)) for t, v in results[name].items()},
+                      "capability_metric": {t: {"metric": metric_of(t), "k_shot": v.k_shot, "n": v.n}
+                                            for t, v in results[name].items()},
                       "attack_dir": str(a.relative_to(root)) if a.is_relative_to(root) else str(a)}
     for name, row in rows.items():
         if name == "original":
@@ -224,7 +322,8 @@ def _robustness_table(root: Path, robustness: dict[str, Any]) -> dict[str, Any]:
         row["capability_delta"] = {}
         for task, res in results[name].items():
             try:
-                row["capability_delta"][task] = paired_difference(results["original"][task], res)
+                row["capability_delta"][task] = paired_difference(results["original"][task], res,
+                                                                  metric=metric_of(task))
             except (KeyError, DataError):  # no original result for the task, or results without per-question data
                 continue
     return rows
@@ -242,7 +341,12 @@ def robustness_markdown(table: dict[str, Any], rounds: list[dict[str, Any]] | No
         return "–" if not d else f"{100 * d['delta']:+.1f} [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]"
 
     tasks = sorted({t for r in table.values() for t in r["capability"]})
-    head = ["model", *[f"ASR {c}" for c in conds], "over-refusal", *tasks, *[f"Δ {t} (95% CI)" for t in tasks]]
+    label = {}
+    for t in tasks:
+        m = next((r["capability_metric"][t] for r in table.values() if t in r.get("capability_metric", {})), None)
+        label[t] = t if m is None else f"{t} {m['metric']} {m['k_shot']}-shot"
+    head = ["model", *[f"ASR {c}" for c in conds], "over-refusal", *[label[t] for t in tasks],
+            *[f"Δ {t} (95% CI)" for t in tasks]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in table.items():
         cells = [name, *[pct(r["asr"].get(c)) for c in conds], pct(r["over_refusal"]),
