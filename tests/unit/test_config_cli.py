@@ -109,12 +109,14 @@ def test_reuse_seeds_only_content_keyed_caches(tmp_path):
     GenerationCache(old.file("generations.sqlite")).put_many({"k1": {"text": "cached answer"}})
     GenerationCache(old.file("attack-x/generations.sqlite")).put_many({"k2": {"text": "nested"}})
     old.write_text("importance/partial/en-jail/cell-0.q.safetensors", "cell")
+    old.write_json("attack-x/capability_cache/abc.json", {"acc": 0.5})
     old.write_json("asr.json", {"not": "a cache"})
     new = tmp_path / "new"
     new.mkdir()
     (new / "generations.sqlite").write_bytes(b"")  # already there: kept, not overwritten
     copied = seed_caches(old.path, new)
-    assert copied == ["attack-x/generations.sqlite", "importance/partial/en-jail/cell-0.q.safetensors"]
+    assert copied == ["attack-x/generations.sqlite", "attack-x/capability_cache/abc.json",
+                      "importance/partial/en-jail/cell-0.q.safetensors"]
     assert GenerationCache(new / "attack-x/generations.sqlite").get_many(["k2"])["k2"]["text"] == "nested"
     assert (new / "importance/partial/en-jail/cell-0.q.safetensors").read_text() == "cell"
     assert (new / "generations.sqlite").read_bytes() == b"" and not (new / "asr.json").exists()

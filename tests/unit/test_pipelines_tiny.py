@@ -44,6 +44,21 @@ def test_attack_pipeline_writes_tables_and_resumes(tmp_path):
     files = {p.relative_to(tmp_path / "pub").as_posix() for p in publish_run(out, tmp_path / "pub")}
     assert {"asr.json", "asr.md", "manifest.json", "neurons/FULL.json", "report.html"} <= files
     assert not any(f.endswith((".safetensors", ".sqlite")) or f.startswith("completions/") for f in files)
+    assert not any(f.startswith("capability_cache/") for f in files)
+    # --reuse with one more capability task: the cached arc_challenge results are reused, only mmlu is scored
+    from safeneurons.pipelines.rundir import seed_caches
+
+    seed_caches(out, tmp_path / "more")
+    cfg2 = load_config(AttackConfig, None, ["data.n_identify=6", "data.n_eval=4", "generation.max_new_tokens=3",
+                                            "identify.params={tau_es: 0.5, tau_sas: 1.0}", "capability.n=2",
+                                            "capability.perplexity_texts=2", "random_seeds=[0]",
+                                            "capability.tasks=[arc_challenge, mmlu]"])
+    out2 = run_attack(cfg2, tmp_path / "more", progress=False, lm=tiny_lm())
+    stage = json.loads((out2 / "manifest.json").read_text())["stages"]["capability"]
+    assert sorted(stage["reused"]) == ["FULL/arc_challenge", "ORI/arc_challenge", "RANDOM0/arc_challenge"]
+    cap2 = json.loads((out2 / "capability.json").read_text())
+    assert cap2["FULL"]["tasks"]["arc_challenge"] == cap["FULL"]["tasks"]["arc_challenge"]
+    assert set(cap2["ORI"]["tasks"]) == {"arc_challenge", "mmlu"}
 
 
 def test_multilingual_pipeline(tmp_path):

@@ -127,7 +127,8 @@ class RunDir:
 def seed_caches(source: str | Path, dest: str | Path) -> list[str]:
     """Copy the content-keyed caches of an earlier run into ``dest`` (``--reuse``): every
     ``generations.sqlite`` (keyed by model checksum, interventions, rendered prompt and decoding settings)
-    and every importance ``partial/`` cell (keyed by model, prompts, config and shard), at the same relative
+    every importance ``partial/`` cell (keyed by model, prompts, config and shard) and every
+    ``capability_cache/`` result (keyed by model, interventions, task, questions and shots), at the same relative
     paths. A changed setting therefore recomputes exactly what it changes; nothing else is carried over
     (trained models, finished stages), so results are those a fresh run would give. Files already in
     ``dest`` are kept. Returns the relative paths copied and records them in ``dest/reused.json``."""
@@ -151,7 +152,8 @@ def seed_caches(source: str | Path, dest: str | Path) -> list[str]:
             a.backup(b)  # consistent even with an unmerged write-ahead log
         tmp.replace(target)
         copied.append(str(db.relative_to(src)))
-    for part in sorted(p for p in src.rglob("partial") if p.is_dir()):
+    keyed_dirs = [p for name in ("partial", "capability_cache") for p in src.rglob(name) if p.is_dir()]
+    for part in sorted(keyed_dirs):
         for f in sorted(part.rglob("*")):
             target = dst / f.relative_to(src)
             if f.is_file() and not target.exists():

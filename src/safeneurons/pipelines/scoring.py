@@ -69,30 +69,66 @@ def _examples(records: list[dict[str, Any]], k: int) -> dict[str, list[dict[str,
     return out
 
 
+CAPABILITY_CACHE = "capability_cache"  # one JSON per (model, interventions, task, n, k, seed): see capability_key
+
+
+def capability_key(lm: Any, ns: NeuronSet | None, task: str, n: int | None, k_shot: int,
+                   data_dir: str | None, seed: int = 0) -> str:
+    """Content key of one capability result: the model's weights checksum, what the interventions do, the
+    task, its questions (n, seed, data dir) and shots. ``--reuse`` carries these results into a new run,
+    so changing one task or adding another re-scores only that one."""
+    import hashlib
+    import json
+
+    from safeneurons.intervene.hooks import fingerprint
+
+    if getattr(lm, "checksum", "unknown") in ("", "unknown", None):
+        return ""  # weights of unknown identity: never reuse
+    blob = json.dumps({"v": 1, "model": lm.checksum, "interventions": fingerprint(ns), "task": task, "n": n,
+                       "k_shot": k_shot, "seed": seed, "data_dir": data_dir}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
 def capability_stage(run: RunDir, lm: Any, conds: Mapping[str, NeuronSet | None], cap: Any,
                      data_dir: str | None = None, progress: bool = True, prefix: str = "") -> dict[str, Any]:
-    """Capability (multiple-choice accuracy) and fluency (perplexity on benign text) per condition."""
-    from safeneurons.evaluate.capability import evaluate_capability, perplexity
+    """Capability (multiple-choice accuracy, GSM8K exact match) and fluency (perplexity on benign text) per
+    condition. Each task result is also kept under ``capability_cache/`` by :func:`capability_key`."""
+    from safeneurons.evaluate.cache import GenerationCache
+    from safeneurons.evaluate.capability import BENCHMARKS, evaluate_capability, perplexity
+    from safeneurons.io import read_json, write_json_atomic
 
     path = f"{prefix}capability.json"
     if run.done(f"{prefix}capability") and run.file(path).exists():
-        from safeneurons.io import read_json
-
         return read_json(run.file(path))
     texts = benign_texts(cap.perplexity_texts, data_dir) if cap.perplexity_texts else []
+    shots = dict(getattr(cap, "k_shot", None) or {})
     results: dict[str, Any] = {}
     with run.stage(f"{prefix}capability") as info:
+        reused = []
+        gen_cache = GenerationCache(run.file(f"{prefix}generations.sqlite")) if cap.tasks else None  # GSM8K answers
         for cond, ns in conds.items():
             res: dict[str, Any] = {}
             if cap.tasks:
-                scores = evaluate_capability(lm.model, lm.tokenizer, list(cap.tasks), n=cap.n, interventions=ns,
-                                             k_shot=dict(getattr(cap, "k_shot", None) or {}), progress=progress)
-                res["tasks"] = {t: (s.to_dict() if hasattr(s, "to_dict") else s) for t, s in scores.items()}
+                res["tasks"] = {}
+            for task in cap.tasks:
+                k = int(shots.get(task, BENCHMARKS.entry(task).meta.get("default_k_shot", 0)))
+                key = capability_key(lm, ns, task, cap.n, k, data_dir)
+                cached = run.file(f"{prefix}{CAPABILITY_CACHE}/{key}.json") if key else None
+                if cached is not None and cached.exists():
+                    res["tasks"][task] = read_json(cached)
+                    reused.append(f"{cond}/{task}")
+                    continue
+                score = evaluate_capability(lm.model, lm.tokenizer, [task], n=cap.n, interventions=ns, k_shot={task: k},
+                                            progress=progress, data_dir=data_dir, model_key=getattr(lm, "checksum", ""),
+                                            cache=gen_cache)[task]
+                res["tasks"][task] = score.to_dict()
+                if cached is not None:
+                    write_json_atomic(cached, res["tasks"][task])
             if texts:
                 res["perplexity"] = perplexity(lm.model, lm.tokenizer, texts, interventions=ns)
             results[cond] = res
         run.write_json(path, results)
-        info.update(conditions=list(results))
+        info.update(conditions=list(results), reused=reused)
     return results
 
 

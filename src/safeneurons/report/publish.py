@@ -9,7 +9,7 @@ from pathlib import Path
 from safeneurons.errors import DataError
 
 KEEP_SUFFIXES = {".json", ".jsonl", ".md", ".yaml", ".html", ".png"}
-SKIP_DIRS = {"completions", "importance", "partial", "model", "trainer"}
+SKIP_DIRS = {"completions", "importance", "partial", "capability_cache", "model", "trainer"}
 MAX_BYTES = 2_000_000
 
 
