@@ -52,13 +52,13 @@ def test_attack_pipeline_writes_tables_and_resumes(tmp_path):
     cfg2 = load_config(AttackConfig, None, ["data.n_identify=6", "data.n_eval=4", "generation.max_new_tokens=3",
                                             "identify.params={tau_es: 0.5, tau_sas: 1.0}", "capability.n=2",
                                             "capability.perplexity_texts=2", "random_seeds=[0]",
-                                            "capability.tasks=[arc_challenge, mmlu]"])
+                                            "capability.tasks=[arc_challenge, mmlu]", "capability.n_per_task={mmlu: 3}"])
     out2 = run_attack(cfg2, tmp_path / "more", progress=False, lm=tiny_lm())
     stage = json.loads((out2 / "manifest.json").read_text())["stages"]["capability"]
     assert sorted(stage["reused"]) == ["FULL/arc_challenge", "ORI/arc_challenge", "RANDOM0/arc_challenge"]
     cap2 = json.loads((out2 / "capability.json").read_text())
     assert cap2["FULL"]["tasks"]["arc_challenge"] == cap["FULL"]["tasks"]["arc_challenge"]
-    assert set(cap2["ORI"]["tasks"]) == {"arc_challenge", "mmlu"}
+    assert set(cap2["ORI"]["tasks"]) == {"arc_challenge", "mmlu"} and cap2["ORI"]["tasks"]["mmlu"]["n"] == 3
 
 
 def test_multilingual_pipeline(tmp_path):

@@ -38,6 +38,8 @@ CONDITIONS = ("ORI", "ES", "SAS", "FULL", "RANDOM")
 class CapabilityCheck:
     tasks: tuple[str, ...] = field(default=("arc_challenge",), metadata={"help": "capability tasks (safeneurons ls benchmarks)"})
     n: int | None = field(default=100, metadata={"help": "questions per task (None: all)"})
+    n_per_task: dict[str, int] = field(default_factory=dict, metadata={
+        "help": "questions for the named tasks instead of n, e.g. {gsm8k: 50} (generation is slow)"})
     conditions: tuple[str, ...] = field(default=("ORI", "FULL", "RANDOM"), metadata={"help": "conditions to score"})
     perplexity_texts: int = field(default=64, metadata={"help": "benign texts for the fluency (perplexity) figure; 0 = skip"})
     k_shot: dict[str, int] = field(default_factory=dict, metadata={
@@ -53,9 +55,15 @@ class CapabilityCheck:
         for task, m in self.metric.items():
             if m not in ("acc", "acc_norm"):
                 raise ConfigError(f"capability.metric.{task} = {m!r}: expected acc or acc_norm.")
+        for task, n in self.n_per_task.items():
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ConfigError(f"capability.n_per_task.{task} = {n!r}: expected an integer >= 1.")
         for task, k in self.k_shot.items():
             if isinstance(k, bool) or not isinstance(k, int) or k < 0:
                 raise ConfigError(f"capability.k_shot.{task} = {k!r}: expected an integer >= 0.")
+
+    def n_of(self, task: str) -> int | None:
+        return self.n_per_task.get(task, self.n)
 
     def metric_of(self, task: str) -> str:
         from safeneurons.evaluate.capability import headline_metric

@@ -112,13 +112,14 @@ def capability_stage(run: RunDir, lm: Any, conds: Mapping[str, NeuronSet | None]
                 res["tasks"] = {}
             for task in cap.tasks:
                 k = int(shots.get(task, BENCHMARKS.entry(task).meta.get("default_k_shot", 0)))
-                key = capability_key(lm, ns, task, cap.n, k, data_dir)
+                n = cap.n_of(task) if hasattr(cap, "n_of") else cap.n
+                key = capability_key(lm, ns, task, n, k, data_dir)
                 cached = run.file(f"{prefix}{CAPABILITY_CACHE}/{key}.json") if key else None
                 if cached is not None and cached.exists():
                     res["tasks"][task] = read_json(cached)
                     reused.append(f"{cond}/{task}")
                     continue
-                score = evaluate_capability(lm.model, lm.tokenizer, [task], n=cap.n, interventions=ns, k_shot={task: k},
+                score = evaluate_capability(lm.model, lm.tokenizer, [task], n=n, interventions=ns, k_shot={task: k},
                                             progress=progress, data_dir=data_dir, model_key=getattr(lm, "checksum", ""),
                                             cache=gen_cache)[task]
                 res["tasks"][task] = score.to_dict()
