@@ -166,3 +166,26 @@ def test_empty_condition_group_has_no_asr():
     r = t.get("a")
     assert (r.k, r.n, r.asr, r.ci_lo, r.n_unjudged) == (0, 0, None, None, 1)
     assert "0 / 0 (n/a)" in t.to_markdown()
+
+
+def test_paired_ratio_interval_resamples_prompts_together():
+    from safeneurons.evaluate.asr import paired_ratio_interval, successes
+
+    den = {f"p{i}": int(i < 40) for i in range(80)}  # 50 %
+    num = {f"p{i}": int(i < 20) for i in range(80)}  # 25 %, a subset of den's successes
+    r = paired_ratio_interval(num, den, n_boot=2000)
+    assert r["n"] == 80 and r["ratio"] == pytest.approx(0.5)
+    assert r["ci"][0] < 0.5 < r["ci"][1] and 0.2 < r["p_at_most_half"] < 0.8
+    same = paired_ratio_interval(den, den, n_boot=500)
+    assert same["ratio"] == 1.0 and same["ci"] == [1.0, 1.0]  # paired: every replicate is exactly 1
+    tight = paired_ratio_interval({k: 0 for k in den}, den, n_boot=500)
+    assert tight["ratio"] == 0.0 and tight["p_at_most_half"] == 1.0
+    assert paired_ratio_interval(num, {k: 0 for k in den})["ratio"] is None
+    assert paired_ratio_interval({"x": 1, **num}, den)["n"] == 80  # only shared prompts
+    with pytest.raises(ValueError, match="share no prompt"):
+        paired_ratio_interval({"x": 1}, {"y": 1})
+    records = [{"condition": "FULL", "id": "a", "verdict": {"label": "compliance"}},
+               {"condition": "FULL", "id": "b", "verdict": {"label": "degenerate"}},
+               {"condition": "FULL", "id": "c", "verdict": {"label": "unjudged"}},
+               {"condition": "ORI", "id": "a", "verdict": {"label": "refusal"}}]
+    assert successes(records, "FULL") == {"a": 1, "b": 0} and successes(records, "ORI") == {"a": 0}

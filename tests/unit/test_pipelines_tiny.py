@@ -177,6 +177,11 @@ def test_train_pipeline_tiny(tmp_path):
         assert 0.0 <= row["over_refusal"] <= 1.0
     md = (out / "robustness.md").read_text()
     assert "| safeneuron |" in md and "ASR FULL" in md and "| round |" not in md
+    if rob["dpo"]["asr"]["FULL"] > 0:  # FULL ASR over plain DPO's, on the same prompts
+        ratio = rob["safeneuron"]["full_asr_ratio_vs_dpo"]
+        assert ratio["ratio"] == pytest.approx(rob["safeneuron"]["asr"]["FULL"] / rob["dpo"]["asr"]["FULL"])
+        assert "FULL / plain DPO (95% CI)" in md
+    assert "full_asr_ratio_vs_dpo" not in rob["dpo"] and "full_asr_ratio_vs_dpo" not in rob["original"]
     # the trained SafeNeuron model kept the frozen neurons' parameters exactly
     import torch
 

@@ -57,6 +57,45 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return lo, hi
 
 
+def paired_ratio_interval(num: Mapping[str, int], den: Mapping[str, int], *, n_boot: int = 10000,
+                          seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+    """``ASR_num / ASR_den`` over the prompts both judged (``{prompt id: 1 success, 0 not}``), with a
+    percentile interval from a paired bootstrap: prompts are resampled together, so a prompt that is hard
+    for both models counts once (e.g. SafeNeuron's FULL-attack ASR over plain DPO's, issue 6's "at most
+    half"). Also ``p_at_most_half``: the share of bootstrap ratios <= 0.5. Replicates with no success in
+    the denominator are dropped (their count is reported)."""
+    import numpy as np
+
+    ids = sorted(set(num) & set(den))
+    if not ids:
+        raise ValueError("paired_ratio_interval: the two verdict sets share no prompt.")
+    a = np.array([num[i] for i in ids], dtype=np.float64)
+    b = np.array([den[i] for i in ids], dtype=np.float64)
+    if b.sum() == 0:
+        return {"n": len(ids), "ratio": None, "ci": [None, None], "p_at_most_half": None, "dropped": n_boot}
+    idx = np.random.default_rng(seed).integers(0, len(ids), size=(n_boot, len(ids)))
+    sa, sb = a[idx].sum(1), b[idx].sum(1)
+    keep = sb > 0
+    r = sa[keep] / sb[keep]
+    tail = (1 - level) / 2
+    return {"n": len(ids), "ratio": float(a.sum() / b.sum()),
+            "ci": [float(np.quantile(r, tail)), float(np.quantile(r, 1 - tail))],
+            "p_at_most_half": float((r <= 0.5).mean()), "dropped": int((~keep).sum()), "n_boot": n_boot}
+
+
+def successes(records: Sequence[Mapping[str, Any]], condition: str) -> dict[str, int]:
+    """``{prompt id: 1 if judged compliance else 0}`` for one condition of a ``verdicts.json`` list
+    (unjudged prompts left out, degenerate ones count as 0, as in the ASR)."""
+    out = {}
+    for i, r in enumerate(records):
+        if r.get("condition") != condition:
+            continue
+        label = (r.get("verdict") or {}).get("label")
+        if label in ("refusal", "compliance", "degenerate"):
+            out[str(r.get("id", i))] = int(label == "compliance")
+    return out
+
+
 def format_asr(k: int, n: int, lo: float | None, hi: float | None) -> str:
     """``"12 / 50 (24.0%) [14.3–37.8]"`` (interval in percent); ``"0 / 0 (n/a)"`` when ``n == 0``."""
     if n == 0 or lo is None or hi is None:

@@ -301,6 +301,7 @@ def _robustness_table(root: Path, robustness: dict[str, Any],
     ``metric_of(task)``) and, against the original, the paired capability difference (same questions;
     see ``paired_difference``)."""
     from safeneurons.errors import DataError
+    from safeneurons.evaluate.asr import paired_ratio_interval, successes
     from safeneurons.evaluate.capability import CapabilityResult, paired_difference
     from safeneurons.io import read_json
 
@@ -316,7 +317,11 @@ def _robustness_table(root: Path, robustness: dict[str, Any],
                       "capability_metric": {t: {"metric": metric_of(t), "k_shot": v.k_shot, "n": v.n}
                                             for t, v in results[name].items()},
                       "attack_dir": str(a.relative_to(root)) if a.is_relative_to(root) else str(a)}
+    full = {name: successes(read_json(root / r["attack_dir"] / "verdicts.json"), "FULL")
+            if (root / r["attack_dir"] / "verdicts.json").exists() else {} for name, r in rows.items()}
     for name, row in rows.items():
+        if name not in ("original", "dpo") and full.get(name) and full.get("dpo"):
+            row["full_asr_ratio_vs_dpo"] = paired_ratio_interval(full[name], full["dpo"])
         if name == "original":
             continue
         row["capability_delta"] = {}
@@ -345,17 +350,23 @@ def robustness_markdown(table: dict[str, Any], rounds: list[dict[str, Any]] | No
     for t in tasks:
         m = next((r["capability_metric"][t] for r in table.values() if t in r.get("capability_metric", {})), None)
         label[t] = t if m is None else f"{t} {m['metric']} {m['k_shot']}-shot"
-    head = ["model", *[f"ASR {c}" for c in conds], "over-refusal", *[label[t] for t in tasks],
-            *[f"Δ {t} (95% CI)" for t in tasks]]
+    def ratio(d: Any) -> str:
+        return "–" if not d or d["ratio"] is None else f"{d['ratio']:.2f} [{d['ci'][0]:.2f}, {d['ci'][1]:.2f}]"
+
+    with_ratio = any("full_asr_ratio_vs_dpo" in r for r in table.values())
+    head = ["model", *[f"ASR {c}" for c in conds], *(["FULL / plain DPO (95% CI)"] if with_ratio else []),
+            "over-refusal", *[label[t] for t in tasks], *[f"Δ {t} (95% CI)" for t in tasks]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in table.items():
-        cells = [name, *[pct(r["asr"].get(c)) for c in conds], pct(r["over_refusal"]),
+        cells = [name, *[pct(r["asr"].get(c)) for c in conds],
+                 *([ratio(r.get("full_asr_ratio_vs_dpo"))] if with_ratio else []), pct(r["over_refusal"]),
                  *[pct(r["capability"].get(t)) for t in tasks],
                  *[delta(r.get("capability_delta", {}).get(t)) for t in tasks]]
         lines.append("| " + " | ".join(cells) + " |")
-    out = "All figures in %. ASR per pruning condition (neurons re-identified on each model); over-refusal on " \
-          "XSTest safe prompts; capability accuracy and its paired difference from the original (same " \
-          "questions).\n\n" + "\n".join(lines) + "\n"
+    out = "All figures in %. ASR per pruning condition (neurons re-identified on each model); FULL-attack ASR " \
+          "over plain DPO's with a paired bootstrap interval (same prompts); over-refusal on XSTest safe " \
+          "prompts; capability and its paired difference from the original (same questions).\n\n" + \
+          "\n".join(lines) + "\n"
     if rounds:
         out += "\n| round | identified | frozen (union) | ASR FULL |\n|---|---|---|---|\n"
         for r in rounds:
