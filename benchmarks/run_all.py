@@ -389,8 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print("\n" + markdown_rows(rows))
     doc = {"mode": mode, "started_utc": started, "benches": runs, "table": rows}
+    name = "run_all-quick" if args.quick else "run_all"
+    if set(wanted) != set(BENCHES):  # a subset must not replace the summary of a full run
+        name += "-only-" + "-".join(wanted)
     p = common.write_result(
-        "run_all-quick" if args.quick else "run_all",
+        name,
         doc,
         out_dir,
         tag,
