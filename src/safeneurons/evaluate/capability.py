@@ -470,6 +470,15 @@ def _mc_result(task: str, scores: MCScores, k_shot: int, seconds: float, meta: d
                             correct=scores.correct(), correct_norm=scores.correct("chars"))
 
 
+def resolve_k_shot(task: str, k_shot: int | Mapping[str, int] | None = None) -> int:
+    """The shots ``task`` runs with: ``k_shot`` itself, its entry for ``task`` when a mapping, else the
+    task's registered ``default_k_shot``."""
+    default = int(BENCHMARKS.entry(task).meta.get("default_k_shot", 0))
+    if isinstance(k_shot, Mapping):
+        return int(k_shot.get(task, default))
+    return default if k_shot is None else int(k_shot)
+
+
 def headline_metric(task: str) -> str:
     """The metric a task is usually reported in: ``acc_norm`` for ARC and HellaSwag (as the Open LLM
     Leaderboard, whose "ARC@25" the SafeNeuron paper quotes), ``acc`` otherwise (GSM8K: exact match)."""
@@ -644,11 +653,8 @@ def evaluate_capability(model: Any, tokenizer: Any, tasks: Sequence[str] | str =
     out: dict[str, CapabilityResult] = {}
     for name in names:
         entry = BENCHMARKS.entry(name)
-        if isinstance(k_shot, Mapping):
-            k = int(k_shot.get(name, entry.meta.get("default_k_shot", 0)))
-        else:
-            k = int(entry.meta.get("default_k_shot", 0)) if k_shot is None else int(k_shot)
-        out[name] = entry.target(model, tokenizer, n=n, k_shot=k, seed=seed, batch_size=batch_size,
+        out[name] = entry.target(model, tokenizer, n=n, k_shot=resolve_k_shot(name, k_shot), seed=seed,
+                                 batch_size=batch_size,
                                  interventions=interventions, progress=progress, **kwargs)
     return out
 

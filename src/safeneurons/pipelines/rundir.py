@@ -11,7 +11,7 @@ import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from safeneurons.config import dump_config, to_dict
 from safeneurons.errors import ConfigError
@@ -124,6 +124,30 @@ class RunDir:
         self.save()
 
 
+def copy_missing(files: Iterable[Path], src: Path, dst: Path, link: bool = False) -> list[str]:
+    """Copy each of ``files`` (under ``src``) to the same relative path under ``dst`` unless a file is
+    already there; ``link`` hard-links instead (falling back to a copy across file systems). Returns the
+    relative paths written."""
+    import os
+    import shutil
+
+    written = []
+    for f in files:
+        rel = f.relative_to(src)
+        target = dst / rel
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if not link:
+                raise OSError
+            os.link(f, target)
+        except OSError:
+            shutil.copy2(f, target)
+        written.append(str(rel))
+    return written
+
+
 def seed_caches(source: str | Path, dest: str | Path) -> list[str]:
     """Copy the content-keyed caches of an earlier run into ``dest`` (``--reuse``): every
     ``generations.sqlite`` (keyed by model checksum, interventions, rendered prompt and decoding settings)
@@ -132,7 +156,6 @@ def seed_caches(source: str | Path, dest: str | Path) -> list[str]:
     paths. A changed setting therefore recomputes exactly what it changes; nothing else is carried over
     (trained models, finished stages), so results are those a fresh run would give. Files already in
     ``dest`` are kept. Returns the relative paths copied and records them in ``dest/reused.json``."""
-    import shutil
     import sqlite3
     from contextlib import closing
 
@@ -153,13 +176,7 @@ def seed_caches(source: str | Path, dest: str | Path) -> list[str]:
         tmp.replace(target)
         copied.append(str(db.relative_to(src)))
     keyed_dirs = [p for name in ("partial", "capability_cache") for p in src.rglob(name) if p.is_dir()]
-    for part in sorted(keyed_dirs):
-        for f in sorted(part.rglob("*")):
-            target = dst / f.relative_to(src)
-            if f.is_file() and not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(f, target)
-                copied.append(str(f.relative_to(src)))
+    copied += copy_missing((f for part in sorted(keyed_dirs) for f in sorted(part.rglob("*")) if f.is_file()), src, dst)
     write_json_atomic(dst / "reused.json", {"source": str(src.resolve()), "copied": copied, "at": _now()})
     log.info("reused %d cache files from %s", len(copied), src)
     return copied

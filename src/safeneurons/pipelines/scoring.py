@@ -94,14 +94,13 @@ def capability_stage(run: RunDir, lm: Any, conds: Mapping[str, NeuronSet | None]
     """Capability (multiple-choice accuracy, GSM8K exact match) and fluency (perplexity on benign text) per
     condition. Each task result is also kept under ``capability_cache/`` by :func:`capability_key`."""
     from safeneurons.evaluate.cache import GenerationCache
-    from safeneurons.evaluate.capability import BENCHMARKS, evaluate_capability, perplexity
+    from safeneurons.evaluate.capability import evaluate_capability, perplexity, resolve_k_shot
     from safeneurons.io import read_json, write_json_atomic
 
     path = f"{prefix}capability.json"
     if run.done(f"{prefix}capability") and run.file(path).exists():
         return read_json(run.file(path))
     texts = benign_texts(cap.perplexity_texts, data_dir) if cap.perplexity_texts else []
-    shots = dict(getattr(cap, "k_shot", None) or {})
     results: dict[str, Any] = {}
     with run.stage(f"{prefix}capability") as info:
         reused = []
@@ -111,8 +110,7 @@ def capability_stage(run: RunDir, lm: Any, conds: Mapping[str, NeuronSet | None]
             if cap.tasks:
                 res["tasks"] = {}
             for task in cap.tasks:
-                k = int(shots.get(task, BENCHMARKS.entry(task).meta.get("default_k_shot", 0)))
-                n = cap.n_of(task) if hasattr(cap, "n_of") else cap.n
+                k, n = resolve_k_shot(task, cap.k_shot), cap.n_of(task)
                 key = capability_key(lm, ns, task, n, k, data_dir)
                 cached = run.file(f"{prefix}{CAPABILITY_CACHE}/{key}.json") if key else None
                 if cached is not None and cached.exists():

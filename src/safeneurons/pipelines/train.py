@@ -170,19 +170,10 @@ def reusable_training(source: str | Path, run: RunDir, cfg: TrainRunConfig, meth
 def _adopt_training(source: Path, run: RunDir, method: str, info: dict[str, Any]) -> dict[str, Any]:
     """Hard-link (else copy) an earlier run's ``<method>/`` tree into this run and return its stage info
     with paths pointing here."""
-    import os
-    import shutil
+    from safeneurons.pipelines.rundir import copy_missing
 
     src_dir, dst_dir = source / method, run.path / method
-    for f in sorted(p for p in src_dir.rglob("*") if p.is_file()):
-        target = dst_dir / f.relative_to(src_dir)
-        if target.exists():
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(f, target)
-        except OSError:
-            shutil.copy2(f, target)
+    copy_missing(sorted(p for p in src_dir.rglob("*") if p.is_file()), src_dir, dst_dir, link=True)
 
     def moved(path: str) -> str:
         parts = Path(path).parts  # "<source as it was given>/<method>/<rest>": keep <rest>
@@ -306,19 +297,21 @@ def _robustness_table(root: Path, robustness: dict[str, Any],
     from safeneurons.io import read_json
 
     rows, results = {}, {}
+    full: dict[str, dict[str, int]] = {}  # FULL-attack successes per prompt, for the ratio to plain DPO
     for name, r in robustness.items():
         a = Path(r["attack_dir"])
         summary = read_json(a / "asr.json")["summary"] if (a / "asr.json").exists() else {}
         cap = read_json(a / "capability.json") if (a / "capability.json").exists() else {}
         results[name] = {t: CapabilityResult.from_dict(v) for t, v in cap.get("ORI", {}).get("tasks", {}).items()}
+        verdicts = a / "verdicts.json"
+        if name != "original" and verdicts.exists():
+            full[name] = successes(read_json(verdicts), "FULL")
         rows[name] = {"asr": {c: s["asr"] for c, s in summary.items()},
                       "over_refusal": (r.get("over_refusal") or {}).get("refusal_rate"),
                       "capability": {t: v.score(metric_of(t)) for t, v in results[name].items()},
                       "capability_metric": {t: {"metric": metric_of(t), "k_shot": v.k_shot, "n": v.n}
                                             for t, v in results[name].items()},
                       "attack_dir": str(a.relative_to(root)) if a.is_relative_to(root) else str(a)}
-    full = {name: successes(read_json(root / r["attack_dir"] / "verdicts.json"), "FULL")
-            if (root / r["attack_dir"] / "verdicts.json").exists() else {} for name, r in rows.items()}
     for name, row in rows.items():
         if name not in ("original", "dpo") and full.get(name) and full.get("dpo"):
             row["full_asr_ratio_vs_dpo"] = paired_ratio_interval(full[name], full["dpo"])
