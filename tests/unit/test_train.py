@@ -14,7 +14,13 @@ from safeneurons.intervene import ablate, active_interventions
 from safeneurons.models import model_layout
 from safeneurons.models.adapters import get_module
 from safeneurons.neurons import SITES, NeuronSet
-from safeneurons.train.dpo import iterate_rounds, load_weights, train_plain_dpo, train_safeneuron_dpo
+from safeneurons.train.dpo import (
+    iterate_rounds,
+    load_weights,
+    masked_dpo,
+    train_plain_dpo,
+    train_safeneuron_dpo,
+)
 from safeneurons.train.dpo_config import SafeNeuronDPOConfig
 from safeneurons.train.preference_data import (
     PreferencePair,
@@ -202,6 +208,37 @@ def test_plain_dpo_baseline_moves_everything(tok, tmp_path):
         assert not torch.equal(t.index_select(dim, idx), before[id(t)].index_select(dim, idx))
 
 
+def _chosen_nll(model, tok):
+    """Mean token NLL of the chosen answer given each prompt (chat template), the quantity RPO's term lowers."""
+    total = 0.0
+    for pair in PAIRS:
+        prompt = tok.apply_chat_template(pair.prompt, tokenize=False, add_generation_prompt=True)
+        p_ids = tok(prompt, add_special_tokens=False).input_ids
+        a_ids = tok(pair.chosen, add_special_tokens=False).input_ids
+        ids = torch.tensor([p_ids + a_ids])
+        with torch.no_grad():
+            logp = model(ids).logits.log_softmax(-1)[0, len(p_ids) - 1 : -1]
+        total += -logp.gather(-1, ids[0, len(p_ids) :, None]).mean().item()
+    return total / len(PAIRS)
+
+
+def test_sft_weight_adds_the_chosen_nll_term(tok, tmp_path):
+    """sft_weight > 0 adds TRL's 'sft' loss: the first step's loss is log 2 (policy = reference) plus the
+    weighted NLL of the chosen answers, and training lowers that NLL more than DPO alone does."""
+    results = {}
+    for w in (0.0, 1.0):
+        model = make_tiny_model("llama")
+        res = train_plain_dpo(model, tok, PAIRS, quick(max_steps=3, sft_weight=w, save_model=False),
+                              tmp_path / f"w{w}")
+        results[w] = (res.log_history[0]["loss"], _chosen_nll(model, tok))
+    start = _chosen_nll(make_tiny_model("llama"), tok)
+    assert results[0.0][0] == pytest.approx(0.6931, abs=1e-3)
+    assert results[1.0][0] == pytest.approx(0.6931 + start, rel=0.05)
+    assert results[1.0][1] < min(start, results[0.0][1])
+    with pytest.raises(ConfigError, match="sft_weight"):
+        quick(sft_weight=-1.0).validate()
+
+
 def test_dpo_lora_keeps_frozen_slices_exact_after_merge(tok, tmp_path):
     model = make_tiny_model("llama")
     layout = model_layout(model)
@@ -221,11 +258,7 @@ def test_dpo_lora_keeps_frozen_slices_exact_after_merge(tok, tmp_path):
     assert 0 < res.trainable_fraction < 0.2
 
 
-def test_masked_sft_updates_only_target_neurons(tok, tmp_path):
-    model = make_tiny_model("qwen2")
-    layout = model_layout(model)
-    ns = NeuronSet.from_triples(layout.shape(), [(1, "q", 2), (1, "o", 4), (0, "mlp", 7), (0, "k", 1)])
-    before = snapshot(model)
+def _sft_run(model, tok, ns, tmp_path):
     cfg = MaskedSFTConfig(
         max_steps=2,
         per_device_train_batch_size=2,
@@ -244,7 +277,23 @@ def test_masked_sft_updates_only_target_neurons(tok, tmp_path):
             {"role": "assistant", "content": REFUSAL},
         ],
     ]
-    res = masked_sft(model, tok, examples, ns, cfg, tmp_path)
+    return masked_sft(model, tok, examples, ns, cfg, tmp_path)
+
+
+def _dpo_run(model, tok, ns, tmp_path):
+    # the config asks for training-time ablation: masked_dpo must switch it off (the target trains)
+    res = masked_dpo(model, tok, PAIRS, ns, quick(learning_rate=1e-2, ablate_frozen_during_training=True), tmp_path)
+    assert res.kind == "masked_dpo" and res.config["ablate_frozen_during_training"] is False
+    return res
+
+
+@pytest.mark.parametrize("run", [_sft_run, _dpo_run], ids=["sft", "dpo"])
+def test_masked_training_updates_only_target_neurons(tok, tmp_path, run):
+    model = make_tiny_model("qwen2")
+    layout = model_layout(model)
+    ns = NeuronSet.from_triples(layout.shape(), [(1, "q", 2), (1, "o", 4), (0, "mlp", 7), (0, "k", 1)])
+    before = snapshot(model)
+    res = run(model, tok, ns, tmp_path)
     assert res.trainable_params == ns.n_params()
     assert res.trainable_fraction == pytest.approx(ns.fraction_of_parameters())
     assert res.frozen_drift == 0.0 and res.max_restore_drift > 0  # weight decay was undone off-target

@@ -46,6 +46,7 @@ log = logging.getLogger("safeneurons.multilingual")
 CONDITIONS = ("ORI", "SUPPRESS_SS", "SUPPRESS_MS_EN", "RANDOM_SS", "REINFORCE_SS")
 EXPANSION_TARGETS = ("ms_en", "ss", "union")
 EXPANSION_RESPONSES = ("templates", "model_en")
+EXPANSION_OBJECTIVES = ("sft", "dpo")
 
 
 @dataclass
@@ -75,7 +76,12 @@ class ExpansionConfig:
                 "safe prompts outside the over-refusal sample (borderline prompts; over-refusal is then "
                 "measured in-distribution, on held-out XSTest prompts)"})
     benign_max_new_tokens: int = field(default=64, metadata={"help": "length of the model's own benign answers"})
+    objective: str = field(default="sft", metadata={
+        "help": "sft (the paper's: the safe responses' likelihood) or dpo (masked DPO: the safe response over the "
+                "model's own non-refusing answer on each harmful row, and on each benign example its own answer "
+                "over a refusal, anchored to the original model by the DPO reference)"})
     sft: dict[str, Any] = field(default_factory=dict, metadata={"help": "MaskedSFTConfig fields"})
+    dpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "SafeNeuronDPOConfig fields (objective: dpo)"})
     over_refusal_n: int = field(default=50, metadata={"help": "XSTest safe prompts scored before and after (0 = skip)"})
 
     def __post_init__(self) -> None:
@@ -86,6 +92,9 @@ class ExpansionConfig:
             raise ConfigError(f"multilingual.expansion.target: {self.target!r}; choose from {', '.join(EXPANSION_TARGETS)}.")
         if self.benign_n < 0:
             raise ConfigError(f"multilingual.expansion.benign_n must be >= 0, got {self.benign_n}.")
+        if self.objective not in EXPANSION_OBJECTIVES:
+            raise ConfigError(f"multilingual.expansion.objective: {self.objective!r}; choose from "
+                              f"{', '.join(EXPANSION_OBJECTIVES)}.")
         if self.responses not in EXPANSION_RESPONSES:
             raise ConfigError(f"multilingual.expansion.responses: {self.responses!r}; choose from "
                               f"{', '.join(EXPANSION_RESPONSES)}.")
@@ -356,24 +365,67 @@ def _benign_examples(lm: Any, cfg: MultilingualConfig, cache: Any, progress: boo
     return _answered(pairs, judge) if judge is not None else pairs
 
 
-def _expansion_key(checksum: str, target: NeuronSet, examples: list[tuple[str, str]], sft: dict[str, Any]) -> str:
+TrainingData = list[tuple[str, str]] | list[Any]  # SFT (prompt, response) examples or DPO PreferencePairs
+
+
+def _expansion_key(checksum: str, target: NeuronSet, data: TrainingData, exp: ExpansionConfig) -> str:
     """Generation-cache key of an expanded model: the starting weights and everything its training saw
-    (the exact target neurons, the training examples, the SFT settings)."""
+    (the exact target neurons, the training data, the objective and its settings)."""
     import json
 
     from safeneurons.intervene.hooks import fingerprint
     from safeneurons.io import sha256_text
 
-    payload = json.dumps([fingerprint(target), examples, sft], sort_keys=True, default=str)
+    rows = [d.to_dict() if hasattr(d, "to_dict") else d for d in data]
+    settings: Any = exp.sft if exp.objective == "sft" else {"objective": "dpo", **exp.dpo}  # sft: keys of earlier runs
+    payload = json.dumps([fingerprint(target), rows, settings], sort_keys=True, default=str)
     return f"{checksum}:expansion:{sha256_text(payload)[:16]}"
 
 
+def expansion_pairs(lm: Any, cfg: MultilingualConfig, ident: dict[str, PromptSet], languages: list[str],
+                    examples: list[tuple[str, str]], benign: list[tuple[str, str]], judge: Any, cache: Any,
+                    progress: bool) -> list[Any]:
+    """Preference pairs for ``objective: dpo``. Harmful rows: chosen = the safe response of ``examples``,
+    rejected = the original model's own answer when the judge does not call it a refusal (rows it already
+    refuses teach nothing and are dropped). Benign ``(prompt, answer)`` examples: chosen = the model's own
+    answer, rejected = the English refusal template, so that refusing benign prompts is penalised."""
+    from safeneurons.evaluate.generate import generate
+    from safeneurons.train.preference_data import PreferencePair
+    from safeneurons.train.sft import REFUSALS
+
+    safe = dict(examples)
+    pairs: list[Any] = []
+    for lang in languages:
+        rows = [p for p in ident[lang].prompts[: cfg.expansion.n_train] if p.text in safe]
+        texts = [p.text for p in rows]
+        outs = generate(lm.model, lm.tokenizer, texts, cfg.generation, cache=cache, model_key=lm.checksum,
+                        progress=progress)
+        refused = _has_label(judge, texts, outs, lang, "refusal")
+        pairs += [PreferencePair.single(t, safe[t], o, "expansion_harmful", language=lang)
+                  for t, o, r in zip(texts, outs, refused) if o.strip() and not r]
+    pairs += [PreferencePair.single(p, a, REFUSALS["en"], "expansion_benign", language="en") for p, a in benign]
+    if not any(p.source == "expansion_harmful" for p in pairs):
+        raise ConfigError("multilingual.expansion.objective = 'dpo': the model refuses every training row, so there "
+                          "is no answer to prefer the refusal over; use objective: sft.")
+    return pairs
+
+
+def _training_data(lm: Any, cfg: MultilingualConfig, ident: dict[str, PromptSet], languages: list[str],
+                   english_refusals: dict[str, str] | None, benign: list[tuple[str, str]], judge: Any, cache: Any,
+                   progress: bool) -> TrainingData:
+    examples = expansion_examples(cfg, ident, languages, english_refusals)
+    if cfg.expansion.objective == "sft":
+        return examples + benign
+    return expansion_pairs(lm, cfg, ident, languages, examples, benign, judge, cache, progress)
+
+
 def _expanded_model(run: RunDir, lm: Any, cfg: MultilingualConfig, target: NeuronSet,
-                    examples: list[tuple[str, str]], tag: str) -> tuple[Any, dict[str, Any]]:
-    """A copy of the model after masked SFT of ``target`` (resumed from ``expansion/<tag>/model``)."""
+                    data: TrainingData, tag: str) -> tuple[Any, dict[str, Any]]:
+    """A copy of the model after masked SFT (or DPO) of ``target`` (resumed from ``expansion/<tag>/model``)."""
     import copy
 
-    from safeneurons.train.dpo import load_weights
+    from safeneurons.train.dpo import load_weights, masked_dpo
+    from safeneurons.train.dpo_config import SafeNeuronDPOConfig
     from safeneurons.train.sft import MaskedSFTConfig, masked_sft
 
     out = run.path / "expansion" / tag
@@ -383,9 +435,13 @@ def _expanded_model(run: RunDir, lm: Any, cfg: MultilingualConfig, target: Neuro
         load_weights(model, out / "model")
         return model, dict(run.manifest["stages"][stage])
     with run.stage(stage) as info:
-        res = masked_sft(model, lm.tokenizer, examples, target, MaskedSFTConfig.from_dict(cfg.expansion.sft), out,
-                         kind="ss_expansion")
-        info.update(target_neurons=len(target), n_examples=len(examples), trainable_params=res.trainable_params,
+        if cfg.expansion.objective == "sft":
+            res = masked_sft(model, lm.tokenizer, data, target, MaskedSFTConfig.from_dict(cfg.expansion.sft), out,
+                             kind="ss_expansion")
+        else:
+            res = masked_dpo(model, lm.tokenizer, data, target, SafeNeuronDPOConfig.from_dict(cfg.expansion.dpo), out,
+                             kind="ss_expansion_dpo")
+        info.update(target_neurons=len(target), n_examples=len(data), trainable_params=res.trainable_params,
                     total_params=res.total_params, trainable_fraction=res.trainable_fraction,
                     train_loss=res.train_loss, steps=res.global_step, seconds=res.seconds,
                     frozen_drift=res.frozen_drift)
@@ -413,9 +469,9 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
         english_refusals = {p.id: o for p, o, r in zip(en.prompts, outs, refused) if r}
     benign = _benign_examples(lm, cfg, cache, progress, judge)
     records: list[dict[str, Any]] = []
-    examples = expansion_examples(cfg, ident, train_langs, english_refusals) + benign
-    model, info = _expanded_model(run, lm, cfg, target, examples, "main")
-    key = _expansion_key(lm.checksum, target, examples, exp.sft)
+    data = _training_data(lm, cfg, ident, train_langs, english_refusals, benign, judge, cache, progress)
+    model, info = _expanded_model(run, lm, cfg, target, data, "main")
+    key = _expansion_key(lm.checksum, target, data, exp)
     for lang in cfg.languages:
         records += _condition_records(run, model, lm.tokenizer, lang, "EXPANDED", held[lang], cfg, judge, cache, key,
                                       None, progress)
@@ -433,15 +489,16 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
             if lang == cfg.hr_language:
                 continue
             langs = [l for l in train_langs if l != lang]
-            without = expansion_examples(cfg, ident, langs, english_refusals) + benign
+            without = _training_data(lm, cfg, ident, langs, english_refusals, benign, judge, cache, progress)
             m, linfo = _expanded_model(run, lm, cfg, target, without, f"lolo-{lang}")
             records += _condition_records(run, m, lm.tokenizer, lang, "EXPANDED_LOLO", held[lang], cfg, judge, cache,
-                                          _expansion_key(lm.checksum, target, without, exp.sft), None, progress)
+                                          _expansion_key(lm.checksum, target, without, exp), None, progress)
             lolo[lang] = {"train_languages": langs, "train_loss": linfo.get("train_loss")}
             del m
     summary = {
         "target": exp.target, "target_neurons": len(target), "train_languages": train_langs,
-        "holdout": list(exp.holdout), "responses": exp.responses, "benign_examples": len(benign),
+        "holdout": list(exp.holdout), "responses": exp.responses, "objective": exp.objective,
+        "benign_examples": len(benign),
         **{k: info.get(k) for k in ("n_examples", "trainable_params", "total_params", "trainable_fraction",
                                     "train_loss", "steps", "seconds", "frozen_drift")},
         "over_refusal": over, "leave_one_out": lolo}

@@ -334,6 +334,13 @@ def _disk_backed(dataset: Any, args: Any, directory: Path) -> Any:
         return Dataset.load_from_disk(str(directory))
 
 
+def _loss_kwargs(config: SafeNeuronDPOConfig) -> dict[str, Any]:
+    """TRL's ``loss_type``/``loss_weights``: the DPO loss alone, or with the RPO chosen-answer NLL term."""
+    if config.sft_weight > 0:
+        return {"loss_type": [config.loss_type, "sft"], "loss_weights": [1.0, config.sft_weight]}
+    return {"loss_type": [config.loss_type]}
+
+
 def train_safeneuron_dpo(
     model: nn.Module,
     tokenizer: Any,
@@ -346,16 +353,53 @@ def train_safeneuron_dpo(
 
     ``model`` is trained in place (LoRA adapters, if enabled, are merged into it at the end) and left in
     eval mode with no hooks attached."""
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
-
     config = config or SafeNeuronDPOConfig()
-    config.validate()
     if frozen is not None and not frozen:
         raise ConfigError(
             "train_safeneuron_dpo: 'frozen' is an empty NeuronSet (did identification select "
             "nothing?); pass frozen=None for the plain-DPO baseline."
         )
+    kind = "safeneuron_dpo" if frozen is not None else "dpo"
+    return _dpo(model, tokenizer, pairs, frozen, "freeze", config, output_dir, kind)
+
+
+def masked_dpo(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[PreferencePair],
+    target: NeuronSet,
+    config: SafeNeuronDPOConfig | None = None,
+    output_dir: str | Path = "masked_dpo",
+    kind: str = "masked_dpo",
+) -> TrainResult:
+    """DPO that updates only ``target``'s parameters (the preference counterpart of ``masked_sft``).
+
+    Used by SS-Neuron expansion's ``objective: dpo`` option: refusals preferred over the model's compliant
+    answers on harmful prompts and its own answers preferred over a refusal on benign ones, the reference
+    model anchoring everything else. The target neurons are trained, so training-time ablation (Algorithm 1,
+    for *frozen* neurons) is off whatever the config says."""
+    config = replace(config or SafeNeuronDPOConfig(), ablate_frozen_during_training=False,
+                     ablate_in_reference=False)
+    if not target:
+        raise ConfigError("masked_dpo: the target neuron set is empty; nothing would train.")
+    return _dpo(model, tokenizer, pairs, target, "train_only", config, output_dir, kind)
+
+
+def _dpo(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[PreferencePair],
+    frozen: NeuronSet | None,
+    mode: str,
+    config: SafeNeuronDPOConfig,
+    output_dir: str | Path,
+    kind: str,
+) -> TrainResult:
+    """TRL DPO with ``frozen`` held (``mode='freeze'``) or the only thing trained (``'train_only'``)."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    config.validate()
     if config.chat_template and not getattr(tokenizer, "chat_template", None):
         raise ConfigError(
             "SafeNeuronDPOConfig.chat_template = True but the tokenizer has no chat template; set "
@@ -379,7 +423,7 @@ def train_safeneuron_dpo(
     args = DPOConfig(
         **config.training_kwargs(str(out / "trainer")),
         beta=config.beta,
-        loss_type=[config.loss_type],
+        **_loss_kwargs(config),
         precompute_ref_log_probs=precompute,
         **config.trainer_overrides,
     )
@@ -411,11 +455,11 @@ def train_safeneuron_dpo(
             model,
             tokenizer,
             frozen,
-            "freeze",
+            mode,
             config,
             out,
             make_trainer,
-            kind="safeneuron_dpo" if frozen is not None else "dpo",
+            kind=kind,
             ablate_during_training=config.ablate_frozen_during_training,
         )
 
@@ -551,6 +595,7 @@ __all__ = [
     "check_trainer_overrides",
     "iterate_rounds",
     "load_weights",
+    "masked_dpo",
     "run_masked_training",
     "train_plain_dpo",
     "train_safeneuron_dpo",

@@ -182,6 +182,13 @@ class SafeNeuronDPOConfig(BaseTrainConfig):
     loss_type: str = config_field(
         "sigmoid", "TRL DPO loss type ('sigmoid' is the standard DPO loss of Eq. 12)."
     )
+    sft_weight: float = config_field(
+        0.0,
+        "Weight of a negative log-likelihood term on the chosen answers added to the DPO loss (RPO, Pang et "
+        "al. 2024, 'Iterative Reasoning Preference Optimization'; TRL loss type 'sft'). With on-policy chosen "
+        "answers it keeps the policy near its own outputs, so DPO cannot lower both answers' likelihood. "
+        "0 = the paper's loss (Eq. 12).",
+    )
     ablate_frozen_during_training: bool = config_field(
         True,
         "Zero the frozen neurons in the policy's forward pass while "
@@ -206,6 +213,11 @@ class SafeNeuronDPOConfig(BaseTrainConfig):
         if self.beta <= 0:
             raise ConfigError(
                 f"SafeNeuronDPOConfig.beta = {self.beta!r}; expected a positive number (paper: 0.1)."
+            )
+        if self.sft_weight < 0 or (self.sft_weight > 0 and self.loss_type == "sft"):
+            raise ConfigError(
+                f"SafeNeuronDPOConfig.sft_weight = {self.sft_weight!r}; expected >= 0, and 0 when loss_type "
+                "is already 'sft'."
             )
         if self.reference not in REFERENCE_MODES:
             raise ConfigError(
