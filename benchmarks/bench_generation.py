@@ -1,5 +1,5 @@
 """Batched generation (our ``generate``, ``--batch-size`` prompts per ``model.generate`` call) against
-one prompt at a time, on the same prompts with the same greedy settings.
+one prompt at a time, on the same prompts with the same greedy settings, and vLLM where installed on a GPU.
 
     .venv/bin/python benchmarks/bench_generation.py --model smollm2-135m-instruct --n-prompts 16
 
@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     same = sum(a == b for a, b in zip(texts["batched"], texts["one_by_one"])) / len(prompts)
     speedup = runs["batched"]["tokens_per_second"] / runs["one_by_one"]["tokens_per_second"]
+    runs["vllm"] = run_vllm(model, tok, prompts, args)
     return {
         "config": vars(args),
         "model": name,
@@ -89,6 +90,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def run_vllm(model: Any, tok: Any, prompts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """vLLM (``generate_vllm``) on the same prompts, when vLLM and a CUDA GPU are present; otherwise the
+    reason it was skipped. Its time includes the engine start-up (``generate_vllm`` starts one per call);
+    new tokens are counted by re-tokenising the texts."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("vllm") is None or not torch.cuda.is_available():
+        why = "vllm is not installed" if importlib.util.find_spec("vllm") is None else "no CUDA GPU"
+        print(f"[generation] vllm: skipped ({why})", file=sys.stderr)
+        return {"skipped": why}
+    from safeneurons.evaluate.generate import GenerationConfig, generate_vllm
+
+    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False)
+    t = time.perf_counter()
+    outs = generate_vllm(model, prompts, cfg, tokenizer=tok)
+    secs = time.perf_counter() - t
+    toks = sum(len(tok(o, add_special_tokens=False).input_ids) for o in outs)
+    return {"batch_size": "engine", "seconds": [secs], "median_seconds": secs, "new_tokens": [toks],
+            "tokens_per_second": toks / secs, "includes_engine_start": True}
+
+
 def print_table(result: dict[str, Any]) -> str:
     rows = [
         [
@@ -98,6 +122,8 @@ def print_table(result: dict[str, Any]) -> str:
             str(r["new_tokens"][0]),
             f"{r['tokens_per_second']:.1f}",
         ]
+        if "skipped" not in r
+        else [m, "-", f"skipped: {r['skipped']}", "-", "-"]
         for m, r in result["runs"].items()
     ]
     s = result["summary"]

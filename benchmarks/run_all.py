@@ -259,6 +259,12 @@ def rows_for(bench: str, res: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(_row(b, "tokens/s batched", s.get("batched_tokens_per_second"), fmt="{:.1f}"))
         rows.append(_row(b, "tokens/s one-by-one", s.get("one_by_one_tokens_per_second"), fmt="{:.1f}"))
         rows.append(_row(b, "identical greedy texts (fraction)", res.get("same_text_fraction")))
+        vllm = res["runs"].get("vllm", {"skipped": "not measured"})
+        if "skipped" in vllm:
+            rows.append(_row(b, f"vLLM tokens/s (skipped: {vllm['skipped']})", None))
+        else:
+            rows.append(_row(b, "tokens/s vLLM (incl. engine start) / batched",
+                             vllm["tokens_per_second"] / s["batched_tokens_per_second"], fmt="{:.2f}"))
     elif bench == "dpo":
         s = res.get("summary", {})
         model = next((r[0]["model"] for r in res.get("runs", {}).values() if r and "model" in r[0]), "?")
