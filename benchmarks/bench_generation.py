@@ -98,8 +98,9 @@ def run_vllm(model: Any, tok: Any, prompts: list[str], args: argparse.Namespace)
 
     import torch
 
-    if importlib.util.find_spec("vllm") is None or not torch.cuda.is_available():
-        why = "vllm is not installed" if importlib.util.find_spec("vllm") is None else "no CUDA GPU"
+    why = ("vllm is not installed" if importlib.util.find_spec("vllm") is None
+           else "no CUDA GPU" if not torch.cuda.is_available() else None)
+    if why:
         print(f"[generation] vllm: skipped ({why})", file=sys.stderr)
         return {"skipped": why}
     from safeneurons.evaluate.generate import GenerationConfig, generate_vllm
