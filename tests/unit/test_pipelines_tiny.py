@@ -333,3 +333,55 @@ def test_analyze_pipeline_tiny(tmp_path):
     out2 = run_analyze(cfg2, tmp_path / "an2", progress=False, lm=tiny_lm())
     pw = json.loads((out2 / "analysis.json").read_text())["pairwise"]
     assert len(pw["names"]) == 2 and pw["jaccard"][0][0] == 1.0
+
+
+def test_expansion_scales_score_weaker_updates_and_reuse_adopts_the_trained_model(tmp_path):
+    """``expansion.scales`` scores θ₀ + s·Δ as EXPANDED@s (s = 0 is the original model again, so it answers
+    exactly as ORI); a run that ``--reuse``s this one adopts the trained expansion instead of training."""
+    from safeneurons.config import load_config
+    from safeneurons.pipelines.multilingual import MultilingualConfig, run_multilingual
+    from safeneurons.pipelines.rundir import seed_caches
+
+    cfg = load_config(MultilingualConfig, None, [
+        "languages=[en,zh]", "n_identify=3", "n_eval=3", "n_norm=3", "generation.max_new_tokens=4",
+        "importance.n_probes=2", "p=0.25", "conditions=[ORI]", "expansion.over_refusal_n=3",
+        "expansion.scales=[0, 0.5]",
+        "expansion.sft={max_steps: 2, per_device_train_batch_size: 2, gradient_accumulation_steps: 1, "
+        "learning_rate: 0.05, warmup_ratio: 0.0, max_length: 64}"])
+    out = run_multilingual(cfg, tmp_path / "ml", progress=False, lm=tiny_lm())
+    asr = json.loads((out / "multilingual" / "asr.json").read_text())
+    assert set(asr) == {"ORI", "EXPANDED", "EXPANDED@0", "EXPANDED@0.5"}
+
+    def responses(run, cond):
+        return [r["response"] for lang in ("en", "zh")
+                for r in json.loads((run / "multilingual" / "completions" / lang / f"{cond}.json").read_text())]
+
+    assert responses(out, "EXPANDED@0") == responses(out, "ORI")
+    assert responses(out, "EXPANDED") != responses(out, "ORI")  # the update is large enough to show
+    exp = json.loads((out / "multilingual" / "expansion.json").read_text())
+    assert exp["scales"] == [1.0, 0.0, 0.5]
+    assert set(exp["over_refusal"]) == {"original", "expanded", "expanded@0", "expanded@0.5"}
+    assert exp["over_refusal"]["expanded@0"] == exp["over_refusal"]["original"]
+    by_scale = exp["asr"]["by_scale"]
+    assert set(by_scale) == {"1", "0", "0.5"}
+    assert by_scale["0"]["mean_non_reference"] == exp["asr"]["mean_non_reference"]["ORI"] == asr["ORI"]["zh"]["asr"]
+    assert by_scale["0"]["reference_delta"] == 0.0 and by_scale["0"]["over_refusal_delta"] == 0.0
+    assert by_scale["0"]["within_bounds"]["reference_up_at_most_2_points"] is True
+    assert by_scale["1"]["mean_non_reference"] == asr["EXPANDED"]["zh"]["asr"]
+    # --reuse: the trained model is adopted (same key), not trained again, and scores the same
+    again = tmp_path / "again"
+    seed_caches(out, again)
+    out2 = run_multilingual(cfg, again, progress=False, lm=tiny_lm())
+    stage = json.loads((out2 / "manifest.json").read_text())["stages"]["expansion:main"]
+    assert stage["reused"].endswith("trained.json") and stage["trainable_params"] == exp["trainable_params"]
+    assert json.loads((out2 / "multilingual" / "asr.json").read_text()) == asr
+    # a different training setting does not adopt it
+    cfg3 = load_config(MultilingualConfig, None, [
+        "languages=[en,zh]", "n_identify=3", "n_eval=3", "n_norm=3", "generation.max_new_tokens=4",
+        "importance.n_probes=2", "p=0.25", "conditions=[ORI]", "expansion.over_refusal_n=0",
+        "expansion.sft={max_steps: 1, per_device_train_batch_size: 2, gradient_accumulation_steps: 1, "
+        "learning_rate: 0.05, warmup_ratio: 0.0, max_length: 64}"])
+    third = tmp_path / "third"
+    seed_caches(out, third)
+    out3 = run_multilingual(cfg3, third, progress=False, lm=tiny_lm())
+    assert "reused" not in json.loads((out3 / "manifest.json").read_text())["stages"]["expansion:main"]

@@ -151,11 +151,12 @@ def copy_missing(files: Iterable[Path], src: Path, dst: Path, link: bool = False
 def seed_caches(source: str | Path, dest: str | Path) -> list[str]:
     """Copy the content-keyed caches of an earlier run into ``dest`` (``--reuse``): every
     ``generations.sqlite`` (keyed by model checksum, interventions, rendered prompt and decoding settings)
-    every importance ``partial/`` cell (keyed by model, prompts, config and shard) and every
-    ``capability_cache/`` result (keyed by model, interventions, task, questions and shots), at the same relative
-    paths. A changed setting therefore recomputes exactly what it changes; nothing else is carried over
-    (trained models, finished stages), so results are those a fresh run would give. Files already in
-    ``dest`` are kept. Returns the relative paths copied and records them in ``dest/reused.json``."""
+    every importance ``partial/`` cell (keyed by model, prompts, config and shard), every
+    ``capability_cache/`` result (keyed by model, interventions, task, questions and shots) and every trained
+    SS-Neuron expansion with its ``trained.json`` (keyed by starting weights, target neurons, training data and
+    settings; hard-linked), at the same relative paths. A changed setting therefore recomputes exactly what it
+    changes; nothing else is carried over (other trained models, finished stages), so results are those a fresh
+    run would give. Files already in ``dest`` are kept. Returns the relative paths copied and records them in ``dest/reused.json``."""
     import sqlite3
     from contextlib import closing
 
@@ -177,6 +178,8 @@ def seed_caches(source: str | Path, dest: str | Path) -> list[str]:
         copied.append(str(db.relative_to(src)))
     keyed_dirs = [p for name in ("partial", "capability_cache") for p in src.rglob(name) if p.is_dir()]
     copied += copy_missing((f for part in sorted(keyed_dirs) for f in sorted(part.rglob("*")) if f.is_file()), src, dst)
+    trained = [m.parent for m in sorted(src.glob("expansion/*/trained.json"))]
+    copied += copy_missing((f for d in trained for f in sorted(d.rglob("*")) if f.is_file()), src, dst, link=True)
     write_json_atomic(dst / "reused.json", {"source": str(src.resolve()), "copied": copied, "at": _now()})
     log.info("reused %d cache files from %s", len(copied), src)
     return copied
