@@ -227,13 +227,19 @@ def test_train_pipeline_tiny(tmp_path):
     from safeneurons.train.preference_data import load_pairs
 
     d = tmp_path / "tiny-model"
-    overrides = train_overrides(d, "over_refusal_n=3")
+    overrides = train_overrides(d, "over_refusal_n=3", "pairs.general_max_new_tokens=9")
     cfg = load_config(TrainRunConfig, None, overrides)
     out = run_train(cfg, tmp_path / "run", progress=False)
     m = json.loads((out / "manifest.json").read_text())
     assert m["stages"]["train:safeneuron"]["frozen_drift"] == 0.0
     assert m["stages"]["train:dpo"]["frozen_drift"] is None
     assert load_pairs(out / "pairs.jsonl")
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(out / "generations.sqlite")) as db:
+        lengths = {json.loads(v)["n_new_tokens"] for (v,) in db.execute("SELECT value FROM generations")}
+    assert lengths == {4, 9}  # the general answers get their own length (pairs.general_max_new_tokens)
     rob = json.loads((out / "robustness.json").read_text())
     assert set(rob) == {"original", "safeneuron", "dpo"}
     for row in rob.values():
@@ -385,3 +391,34 @@ def test_expansion_scales_score_weaker_updates_and_reuse_adopts_the_trained_mode
     seed_caches(out, third)
     out3 = run_multilingual(cfg3, third, progress=False, lm=tiny_lm())
     assert "reused" not in json.loads((out3 / "manifest.json").read_text())["stages"]["expansion:main"]
+
+
+def test_gsm8k_general_prompts_avoid_the_scored_questions():
+    """``pairs.general_dataset: gsm8k`` never trains on a question the capability check scores, the ids are the
+    capability check's row indices, and the scored count is a training input (a larger GSM8K sample does not
+    reuse a model trained beside it)."""
+    from safeneurons.config import load_config, to_dict
+    from safeneurons.data import load_prompts
+    from safeneurons.data.datasets import read_jsonl_file
+    from safeneurons.evaluate.capability import GSM8K_FILE, subsample
+    from safeneurons.pipelines.train import TrainRunConfig, _training_inputs, general_prompts
+
+    rows = read_jsonl_file(GSM8K_FILE)
+    questions = load_prompts("gsm8k")
+    assert len(questions) == len(rows) and questions.prompts[7].id == "gsm8k-7"
+    assert questions.prompts[7].text == rows[7]["question"].strip()
+
+    def cfg(n_eval, general="gsm8k"):
+        return load_config(TrainRunConfig, None, [
+            f"pairs.general_dataset={general}", "pairs.n_general=600", "attack.capability.tasks=[arc_challenge, gsm8k]",
+            f"attack.capability.n_per_task={{gsm8k: {n_eval}}}"])
+
+    scored = {f"gsm8k-{i}" for i in subsample(len(rows), 700, 0)}
+    picked = general_prompts(cfg(700))
+    assert len(picked) == 600 and not {p.id for p in picked.prompts} & scored
+    assert {p.id for p in general_prompts(cfg(10)).prompts} & scored  # only the scored ones are avoided
+    assert _training_inputs(to_dict(cfg(50))) != _training_inputs(to_dict(cfg(100)))
+    # other general datasets: the same seeded sample as before, and the capability sample is not a training input
+    si = cfg(50, "self_instruct")
+    assert general_prompts(si).texts() == load_prompts("self_instruct", limit=600, seed=si.data.seed + 1).texts()
+    assert _training_inputs(to_dict(si)) == _training_inputs(to_dict(cfg(100, "self_instruct")))

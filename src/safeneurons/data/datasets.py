@@ -128,6 +128,11 @@ def _self_instruct(paths: list[Path], variant: str | None, lang: str | None) -> 
                          source="self_instruct")
 
 
+def _gsm8k_questions(paths: list[Path], variant: str | None, lang: str | None) -> Iterator[Prompt]:
+    for i, row in _jsonl_rows(paths[0]):
+        yield Prompt(str(row["question"]).strip(), id=f"gsm8k-{i - 1}", source="gsm8k")
+
+
 def _hub_generic(field: str, category: str = "") -> Callable[[Any, str | None, str | None], Iterator[Prompt]]:
     def read(ds: Any, variant: str | None, lang: str | None) -> Iterator[Prompt]:
         for i, row in enumerate(ds):
@@ -158,6 +163,8 @@ DATASETS.add("multijail", DatasetSpec(("multijail/MultiJail.csv",), _multijail, 
 DATASETS.add("xstest", DatasetSpec(("xstest/xstest_prompts.csv",), _xstest, "harmless",
                                    variants=("safe", "unsafe", "all")),
              summary="XSTest v2 prompts (default: the 250 safe look-alikes, for over-refusal)")
+DATASETS.add("gsm8k", DatasetSpec(("gsm8k/gsm8k_test.jsonl",), _gsm8k_questions, "capability"),
+             summary="GSM8K test questions as prompts (id gsm8k-<row index>, the capability check's indices)")
 DATASETS.add("self_instruct", DatasetSpec(("self_instruct/user_oriented_instructions.jsonl",
                                            "self_instruct/seed_tasks.jsonl"), _self_instruct, "harmless"),
              summary="Self-Instruct 252 user-oriented + 175 seed instructions (benign contrast set)")

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,7 +47,11 @@ class PairsConfig:
     n_general: int = field(default=150, metadata={"help": "benign prompts for helpfulness pairs"})
     hh_rlhf: int = field(default=0, metadata={"help": "HH-RLHF harmless-base pairs to add to the safety part"})
     safety_fraction: float = field(default=0.3, metadata={"help": "share of safety pairs in the mix (paper 0.3)"})
-    general_dataset: str = field(default="self_instruct", metadata={"help": "benign prompts for helpfulness pairs"})
+    general_dataset: str = field(default="self_instruct", metadata={
+        "help": "benign prompts for helpfulness pairs; 'gsm8k' takes GSM8K questions outside those the capability "
+                "check scores (reasoning-style answers, against the GSM8K loss of safety DPO)"})
+    general_max_new_tokens: int | None = field(default=None, metadata={
+        "help": "length of the model's general answers (None: generation.max_new_tokens; GSM8K solutions need ~256)"})
     degrade: str = field(default="other_prompt", metadata={"help": "rejected general answer: other_prompt, truncate, pruned"})
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=96, batch_size=16))
 
@@ -82,8 +86,30 @@ def _dpo_config(cfg: TrainRunConfig) -> SafeNeuronDPOConfig:
         raise ConfigError(f"train.dpo: {exc}") from None
 
 
-def build_pairs(run: RunDir, lm: Any, cfg: TrainRunConfig, harmful: Any, full: Any) -> list[Any]:
+def capability_held_out(cfg: TrainRunConfig) -> dict[str, int | None]:
+    """Capability tasks whose questions the general prompts must avoid: ``{task: questions scored}``."""
+    name = cfg.pairs.general_dataset
+    return {name: cfg.attack.capability.n_of(name)} if name in cfg.attack.capability.tasks else {}
+
+
+def general_prompts(cfg: TrainRunConfig) -> Any:
+    """The ``n_general`` benign prompts of the helpfulness pairs (seeded sample). When the dataset is also a
+    capability task (``gsm8k``), the questions the capability check scores (the same seeded indices as
+    :func:`safeneurons.evaluate.capability.subsample`) are removed first, so no evaluated question is trained on."""
     from safeneurons.data import load_prompts
+    from safeneurons.evaluate.capability import subsample
+
+    ps = load_prompts(cfg.pairs.general_dataset, data_dir=cfg.data.data_dir)
+    for task, n in capability_held_out(cfg).items():
+        scored = {f"{task}-{i}" for i in subsample(len(ps), n, 0)}
+        ps = ps.filter(lambda p: p.id not in scored, f"without the {len(scored)} questions the capability check scores")
+        if not ps.prompts:
+            raise ConfigError(f"train.pairs.general_dataset = {task!r}: the capability check scores every question; "
+                              f"lower attack.capability.n_per_task.{task}.")
+    return ps.sample(cfg.pairs.n_general, cfg.data.seed + 1)
+
+
+def build_pairs(run: RunDir, lm: Any, cfg: TrainRunConfig, harmful: Any, full: Any) -> list[Any]:
     from safeneurons.evaluate.cache import GenerationCache
     from safeneurons.evaluate.judges import make_judge
     from safeneurons.train.preference_data import (
@@ -107,9 +133,13 @@ def build_pairs(run: RunDir, lm: Any, cfg: TrainRunConfig, harmful: Any, full: A
         if cfg.pairs.hh_rlhf:
             hh, _ = hh_rlhf_pairs(data_dir=cfg.data.data_dir, single_turn=True, limit=cfg.pairs.hh_rlhf)
             safety = list(safety) + list(hh)
-        benign = load_prompts(cfg.pairs.general_dataset, data_dir=cfg.data.data_dir, limit=cfg.pairs.n_general,
-                              seed=cfg.data.seed + 1)
-        general, rep_g = helpfulness_pairs(benign.texts(), gen, strategy=cfg.pairs.degrade,
+        benign = general_prompts(cfg)
+        if cfg.pairs.general_max_new_tokens is not None:
+            gen_cfg = replace(cfg.pairs.generation, max_new_tokens=cfg.pairs.general_max_new_tokens)
+            general_gen = generate_fn_for(lm.model, lm.tokenizer, gen_cfg, cache=cache, model_key=lm.checksum)
+        else:
+            general_gen = gen
+        general, rep_g = helpfulness_pairs(benign.texts(), general_gen, strategy=cfg.pairs.degrade,
                                            interventions=full if cfg.pairs.degrade == "pruned" else None)
         if not safety:
             raise ConfigError("no on-policy safety pairs: the model refused none of the harmful prompts that its "
@@ -130,6 +160,10 @@ def _training_inputs(config: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in config.items() if k not in EVALUATION_ONLY}
     attack = config.get("attack") or {}
     out["pair_judge"] = {"judge": attack.get("judge"), "judge_params": attack.get("judge_params")}
+    general = (config.get("pairs") or {}).get("general_dataset")
+    cap = attack.get("capability") or {}
+    if general and general in (cap.get("tasks") or ()):  # the scored questions decide the general prompts
+        out["general_held_out"] = (cap.get("n_per_task") or {}).get(general, cap.get("n"))
     return out
 
 
