@@ -225,6 +225,27 @@ def test_first_order_last_and_response_positions(tiny, tok):
     assert compare_estimators(exact, fo)["pooled"]["spearman"] > 0.9
 
 
+def test_joint_position_probes_converge_to_the_response_mean_at_one_vjp_set_per_batch(tiny, tok):
+    """joint_positions: probes at every response token at once estimate the same mean of ‖Δh_t‖² as the
+    per-token probes (error falling with k), with k VJPs per batch instead of k per response token."""
+    model = tiny("llama").double()
+    kw = dict(sites=("q", "o", "mlp"), responses=RESPONSES, position="response", norm="l2_squared", batch_size=3)
+    fo = _run(model, tok, method="first_order", **kw)
+
+    def rel_err(s):
+        return float(np.mean([np.mean(np.abs(s.scores[c] - fo.scores[c]) / fo.scores[c].max()) for c in fo.cells()]))
+
+    joint = {k: _run(model, tok, method="probe", probe_kind="gaussian", n_probes=k, seed=1, joint_positions=True, **kw)
+             for k in (4, 64, 2048)}
+    errs = [rel_err(joint[k]) for k in (4, 64, 2048)]
+    assert errs[0] > errs[1] > errs[2] and errs[2] < 0.03
+    per_token = _run(model, tok, method="probe", probe_kind="gaussian", n_probes=64, seed=1, **kw)
+    assert joint[64].meta["vjps"] * 5 < per_token.meta["vjps"]  # the responses have >= 5 tokens each
+    assert compare_estimators(fo, joint[64])["pooled"]["spearman"] > 0.9
+    with pytest.raises(ConfigError, match="l2_squared"):
+        ImportanceConfig(method="probe", joint_positions=True)
+
+
 def test_heuristic_runs_and_is_nonnegative(tiny, tok):
     model = tiny("qwen2")
     h = _run(model, tok, method="heuristic")

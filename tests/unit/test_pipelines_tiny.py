@@ -422,3 +422,27 @@ def test_gsm8k_general_prompts_avoid_the_scored_questions():
     si = cfg(50, "self_instruct")
     assert general_prompts(si).texts() == load_prompts("self_instruct", limit=600, seed=si.data.seed + 1).texts()
     assert _training_inputs(to_dict(si)) == _training_inputs(to_dict(cfg(100, "self_instruct")))
+
+
+def test_multilingual_importance_over_response_tokens(tmp_path):
+    """importance.position: response scores (prompt, answer) pairs: D_jail keeps the rows the model refuses with
+    its refusal (jail_filter: refused) or gets its own answers, D_norm gets the model's answers; joint probes
+    cost k VJPs per batch whatever the answer length."""
+    from safeneurons.config import load_config
+    from safeneurons.errors import ConfigError
+    from safeneurons.identify.importance import ImportanceScores
+    from safeneurons.pipelines.multilingual import MultilingualConfig, run_multilingual
+
+    base = ["languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3", "generation.max_new_tokens=5",
+            "p=0.25", "conditions=[ORI]", "expansion.enabled=false",
+            "importance={method: probe, n_probes: 3, position: response, norm: l2_squared, joint_positions: true}"]
+    # (without the answers attached, importance over response tokens would stop with a DataError)
+    out = run_multilingual(load_config(MultilingualConfig, None, base), tmp_path / "ml", progress=False, lm=tiny_lm())
+    for lang in ("en", "zh"):
+        for role in ("jail", "norm"):
+            s = ImportanceScores.load(out / "importance" / f"importance-{lang}-{role}.safetensors")
+            assert s.meta["vjps"] == 3 and s.meta["n_prompts"] == 3  # one batch, 3 joint probes
+    # the tiny model refuses nothing: keeping only refused rows leaves no (prompt, refusal) pairs
+    with pytest.raises(ConfigError, match="refuses none"):
+        run_multilingual(load_config(MultilingualConfig, None, [*base, "jail_filter=refused"]), tmp_path / "r",
+                         progress=False, lm=tiny_lm())

@@ -202,6 +202,20 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
     norm_en = load_prompts(cfg.norm_dataset, data_dir=cfg.data_dir, limit=cfg.n_norm, seed=cfg.seed)
 
     # 1-2. importance and sets
+    needs_responses = "response" in (cfg.importance.position, cfg.importance.ablate_positions)
+
+    def with_answers(ps: PromptSet, lang: str) -> PromptSet:
+        """``ps`` with the model's own answers attached (importance over response tokens needs them)."""
+        outs = generate(lm.model, lm.tokenizer, ps.texts(), cfg.generation, cache=cache, model_key=lm.checksum,
+                        progress=progress)
+        kept = [Prompt(p.text, p.id, p.category, lang, p.source, o) for p, o in zip(ps.prompts, outs) if o.strip()]
+        if not kept:
+            raise ConfigError(f"multilingual: the model gave an empty answer to every prompt of {ps.name}; importance "
+                              "over response tokens has nothing to score (raise generation.max_new_tokens).")
+        return ps.derive(ps.name, kept, f"responses: the model's own answers ({len(kept)} non-empty)")
+
+    if needs_responses:
+        norm_en = with_answers(norm_en, cfg.hr_language)
     data: dict[str, dict[str, Any]] = {}
     for lang in cfg.languages:
         jail = ident[lang]
@@ -211,11 +225,19 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
             refused = _has_label(judge, jail.texts(), outs, lang, "refusal")
             kept = [Prompt(p.text, p.id, p.category, lang, p.source, o)
                     for p, o, r in zip(jail.prompts, outs, refused) if r]
+            if not kept and needs_responses:
+                raise ConfigError(f"multilingual: the model refuses none of the {len(jail)} {lang} identification "
+                                  "rows, so jail_filter: refused leaves no (prompt, refusal) pairs for importance "
+                                  "over response tokens; use jail_filter: none or more rows (n_identify).")
             jail = jail.derive(jail.name, kept or jail.prompts, f"kept {len(kept)} refused rows")
+        elif needs_responses:
+            jail = with_answers(jail, lang)
         norm = norm_en
         if cfg.norm_source == "translate" and lang != cfg.hr_language:
             texts = _translate(lm, norm_en.texts(), lang, cfg.generation)
             norm = PromptSet(f"{norm_en.name}[{lang}]", [Prompt(t, language=lang) for t in texts])
+            if needs_responses:
+                norm = with_answers(norm, lang)
         data[lang] = {"jail": jail, "norm": norm}
     imp_dir = run.file("importance/.keep").parent
     if run.done("importance"):
