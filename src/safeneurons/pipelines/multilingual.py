@@ -204,11 +204,15 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
     # 1-2. importance and sets
     needs_responses = "response" in (cfg.importance.position, cfg.importance.ablate_positions)
 
-    def with_answers(ps: PromptSet, lang: str) -> PromptSet:
-        """``ps`` with the model's own answers attached (importance over response tokens needs them)."""
+    def answered(ps: PromptSet, lang: str) -> list[Prompt]:
+        """The prompts of ``ps`` with the model's own answers attached as responses."""
         outs = generate(lm.model, lm.tokenizer, ps.texts(), cfg.generation, cache=cache, model_key=lm.checksum,
                         progress=progress)
-        kept = [Prompt(p.text, p.id, p.category, lang, p.source, o) for p, o in zip(ps.prompts, outs) if o.strip()]
+        return [Prompt(p.text, p.id, p.category, lang, p.source, o) for p, o in zip(ps.prompts, outs)]
+
+    def with_answers(ps: PromptSet, lang: str) -> PromptSet:
+        """``ps`` with the model's non-empty answers attached (importance over response tokens needs them)."""
+        kept = [p for p in answered(ps, lang) if p.response.strip()]
         if not kept:
             raise ConfigError(f"multilingual: the model gave an empty answer to every prompt of {ps.name}; importance "
                               "over response tokens has nothing to score (raise generation.max_new_tokens).")
@@ -220,11 +224,9 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
     for lang in cfg.languages:
         jail = ident[lang]
         if cfg.jail_filter == "refused":
-            outs = generate(lm.model, lm.tokenizer, jail.texts(), cfg.generation, cache=cache, model_key=lm.checksum,
-                            progress=progress)
-            refused = _has_label(judge, jail.texts(), outs, lang, "refusal")
-            kept = [Prompt(p.text, p.id, p.category, lang, p.source, o)
-                    for p, o, r in zip(jail.prompts, outs, refused) if r]
+            replies = answered(jail, lang)
+            refused = _has_label(judge, jail.texts(), [p.response for p in replies], lang, "refusal")
+            kept = [p for p, r in zip(replies, refused) if r]
             if not kept and needs_responses:
                 raise ConfigError(f"multilingual: the model refuses none of the {len(jail)} {lang} identification "
                                   "rows, so jail_filter: refused leaves no (prompt, refusal) pairs for importance "
@@ -468,9 +470,11 @@ def _expanded_model(run: RunDir, lm: Any, cfg: MultilingualConfig, target: Neuro
     marker = out / "trained.json"
     model = copy.deepcopy(lm.model)
     stage = f"expansion:{tag}"
-    if (out / "model").is_dir() and not run.done(stage) and marker.is_file() and read_json(marker).get("key") == key:
-        run.manifest["stages"][stage] = {**read_json(marker)["info"], "status": "done", "reused": str(marker)}
-        run.save()
+    if (out / "model").is_dir() and not run.done(stage) and marker.is_file():
+        trained = read_json(marker)
+        if trained.get("key") == key:
+            run.manifest["stages"][stage] = {**trained["info"], "status": "done", "reused": str(marker)}
+            run.save()
     if run.done(stage) and (out / "model").is_dir():
         load_weights(model, out / "model")
         model.eval()

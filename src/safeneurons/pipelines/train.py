@@ -86,12 +86,6 @@ def _dpo_config(cfg: TrainRunConfig) -> SafeNeuronDPOConfig:
         raise ConfigError(f"train.dpo: {exc}") from None
 
 
-def capability_held_out(cfg: TrainRunConfig) -> dict[str, int | None]:
-    """Capability tasks whose questions the general prompts must avoid: ``{task: questions scored}``."""
-    name = cfg.pairs.general_dataset
-    return {name: cfg.attack.capability.n_of(name)} if name in cfg.attack.capability.tasks else {}
-
-
 def general_prompts(cfg: TrainRunConfig) -> Any:
     """The ``n_general`` benign prompts of the helpfulness pairs (seeded sample). When the dataset is also a
     capability task (``gsm8k``), the questions the capability check scores (the same seeded indices as
@@ -99,9 +93,10 @@ def general_prompts(cfg: TrainRunConfig) -> Any:
     from safeneurons.data import load_prompts
     from safeneurons.evaluate.capability import subsample
 
-    ps = load_prompts(cfg.pairs.general_dataset, data_dir=cfg.data.data_dir)
-    for task, n in capability_held_out(cfg).items():
-        scored = {f"{task}-{i}" for i in subsample(len(ps), n, 0)}
+    task, cap = cfg.pairs.general_dataset, cfg.attack.capability
+    ps = load_prompts(task, data_dir=cfg.data.data_dir)
+    if task in cap.tasks:
+        scored = {f"{task}-{i}" for i in subsample(len(ps), cap.n_of(task), 0)}
         ps = ps.filter(lambda p: p.id not in scored, f"without the {len(scored)} questions the capability check scores")
         if not ps.prompts:
             raise ConfigError(f"train.pairs.general_dataset = {task!r}: the capability check scores every question; "

@@ -9,6 +9,7 @@ training changed are touched, so a masked update that moved 0.06 % of the parame
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -39,7 +40,7 @@ def scaled_update(tuned: nn.Module, base: nn.Module, scale: float) -> Iterator[n
     """Within the block, ``tuned``'s weights are ``θ₀ + scale · (θ₁ − θ₀)``; on exit (also on error) they are
     exactly ``θ₁`` again. ``scale = 1`` leaves the model untouched; any real ``scale`` is allowed (``> 1``
     extrapolates)."""
-    if not torch.isfinite(torch.tensor(float(scale))):
+    if not math.isfinite(scale):
         raise ConfigError(f"scaled update: scale must be a finite number, got {scale!r}.")
     if scale == 1.0:
         yield tuned
