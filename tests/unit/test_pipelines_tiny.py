@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from safeneurons.data import Prompt, PromptSet
@@ -446,3 +447,14 @@ def test_multilingual_importance_over_response_tokens(tmp_path):
     with pytest.raises(ConfigError, match="refuses none"):
         run_multilingual(load_config(MultilingualConfig, None, [*base, "jail_filter=refused"]), tmp_path / "r",
                          progress=False, lm=tiny_lm())
+    # jail_filter: template scores every harmful row with the language's refusal as its response, whatever the
+    # model answers: the same prompts with a different response give different importance
+    tpl = run_multilingual(load_config(MultilingualConfig, None, [*base, "jail_filter=template"]), tmp_path / "t",
+                           progress=False, lm=tiny_lm())
+    for lang in ("en", "zh"):
+        own = ImportanceScores.load(out / "importance" / f"importance-{lang}-jail.safetensors")
+        s = ImportanceScores.load(tpl / "importance" / f"importance-{lang}-jail.safetensors")
+        assert s.meta["n_prompts"] == 3
+        assert any(not np.array_equal(s.scores[k], own.scores[k]) for k in s.scores)
+    with pytest.raises(ConfigError, match="only importance over response tokens"):
+        load_config(MultilingualConfig, None, ["jail_filter=template"])

@@ -22,7 +22,8 @@
 Choices the paper leaves open (defaults here, each an option): ``D_norm`` is the same English benign set
 for every language (``norm_source: english``; ``translate`` asks the model itself to translate it);
 ``D_jail`` keeps all harmful rows (``jail_filter: refused`` keeps only those the model refuses, as in
-the paper's "harmful prompts with the model's refusals", at the cost of one generation pass); the
+the paper's "harmful prompts with the model's refusals", at the cost of one generation pass; ``template``
+pairs every row with the language's written refusal, for importance over response tokens); the
 estimator defaults to the first-order probe sketch validated against exact ablation in
 ``benchmarks/importance``.
 """
@@ -121,7 +122,10 @@ class MultilingualConfig:
     norm_source: str = field(default="english", metadata={"help": "D_norm: 'english' benign set for all languages, or 'translate'"})
     norm_dataset: str = field(default="self_instruct", metadata={"help": "benign prompts for D_norm"})
     n_norm: int = field(default=48, metadata={"help": "benign prompts in D_norm"})
-    jail_filter: str = field(default="none", metadata={"help": "'none' or 'refused' (keep rows the model refuses)"})
+    jail_filter: str = field(default="none", metadata={
+        "help": "'none', 'refused' (keep rows the model refuses, with its refusals) or 'template' (every row with the "
+                "language's refusal template, train.sft.REFUSALS, as its response: the paper's harmful prompts "
+                "paired with safe refusals, whichever rows the model itself refuses; for position: response)"})
     importance: ImportanceConfig = field(default_factory=lambda: ImportanceConfig(method="probe", n_probes=16))
     p: float = field(default=0.03, metadata={"help": "top-p share per layer and site"})
     conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={"help": ", ".join(CONDITIONS)})
@@ -142,8 +146,12 @@ class MultilingualConfig:
             raise ConfigError(f"multilingual.conditions: unknown {bad}; choose from {', '.join(CONDITIONS)}.")
         if self.norm_source not in ("english", "translate"):
             raise ConfigError("multilingual.norm_source must be 'english' or 'translate'.")
-        if self.jail_filter not in ("none", "refused"):
-            raise ConfigError("multilingual.jail_filter must be 'none' or 'refused'.")
+        if self.jail_filter not in ("none", "refused", "template"):
+            raise ConfigError("multilingual.jail_filter must be 'none', 'refused' or 'template'.")
+        if self.jail_filter == "template" and "response" not in (self.importance.position,
+                                                                 self.importance.ablate_positions):
+            raise ConfigError("multilingual.jail_filter: template pairs each harmful row with a refusal, which only "
+                              "importance over response tokens reads; set importance.position: response.")
         unknown = [l for l in (*(self.expansion.train_languages or ()), *self.expansion.holdout)
                    if l not in self.languages]
         if unknown:
@@ -162,6 +170,16 @@ def split_rows(cfg: MultilingualConfig) -> tuple[dict[str, PromptSet], dict[str,
     ident = {l: ps.filter(lambda p: p.id in ident_ids, "identification rows") for l, ps in per_lang.items()}
     held = {l: ps.filter(lambda p: p.id in eval_ids, "held-out rows") for l, ps in per_lang.items()}
     return ident, held
+
+
+def _refusal(lang: str, setting: str = "jail_filter: template") -> str:
+    """The plain refusal written for ``lang`` (train.sft.REFUSALS); a ConfigError naming ``setting`` otherwise."""
+    from safeneurons.train.sft import REFUSALS
+
+    if lang not in REFUSALS:
+        raise ConfigError(f"multilingual.{setting} has no refusal written for {lang!r} "
+                          f"(languages with one: {', '.join(REFUSALS)}).")
+    return REFUSALS[lang]
 
 
 def _translate(lm: Any, texts: list[str], lang: str, gen: GenerationConfig) -> list[str]:
@@ -232,6 +250,9 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
                                   "rows, so jail_filter: refused leaves no (prompt, refusal) pairs for importance "
                                   "over response tokens; use jail_filter: none or more rows (n_identify).")
             jail = jail.derive(jail.name, kept or jail.prompts, f"kept {len(kept)} refused rows")
+        elif cfg.jail_filter == "template":
+            jail = jail.derive(jail.name, [Prompt(p.text, p.id, p.category, lang, p.source, _refusal(lang))
+                                           for p in jail.prompts], "responses: the language's refusal template")
         elif needs_responses:
             jail = with_answers(jail, lang)
         norm = norm_en
@@ -342,16 +363,11 @@ def expansion_target(sets: dict[str, dict[str, NeuronSet]], target: str, hr: str
 def expansion_examples(cfg: MultilingualConfig, ident: dict[str, PromptSet], languages: list[str],
                        english_refusals: dict[str, str] | None = None) -> list[tuple[str, str]]:
     """Parallel (harmful prompt, safe response) pairs from the identification rows of ``languages``."""
-    from safeneurons.train.sft import REFUSALS
-
     examples: list[tuple[str, str]] = []
     for lang in languages:
         for p in ident[lang].prompts[: cfg.expansion.n_train]:
             if cfg.expansion.responses == "templates":
-                if lang not in REFUSALS:
-                    raise ConfigError(f"multilingual.expansion.responses = 'templates' has no refusal for {lang!r}; "
-                                      "use responses: model_en.")
-                examples.append((p.text, REFUSALS[lang]))
+                examples.append((p.text, _refusal(lang, "expansion.responses: templates (use model_en)")))
             elif english_refusals and p.id in english_refusals:
                 examples.append((p.text, english_refusals[p.id]))
     if not examples:
