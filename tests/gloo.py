@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 TESTS_DIR = str(Path(__file__).resolve().parent)
+COLLECTIVE_TIMEOUT_S = 180
 
 
 def free_port() -> int:
@@ -31,7 +33,8 @@ def gloo_group(rank: int, world: int, port: int) -> Iterator[Any]:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a bounded wait: a rank that never arrives fails the test instead of blocking the suite
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     try:
         yield dist
     finally:
@@ -39,13 +42,12 @@ def gloo_group(rank: int, world: int, port: int) -> Iterator[Any]:
 
 
 def run_ranks(worker: Callable[..., None], world: int, *args: Any) -> None:
-    """Run ``worker(rank, world, port, *args)`` in ``world`` processes and wait for all (skip without gloo).
-    Fork where the platform has it: the workers inherit the imported modules (spawn re-imports torch and
-    transformers, ~20 s on 2 cores)."""
+    """Run ``worker(rank, world, port, *args)`` in ``world`` fresh processes and wait for all (skip without gloo).
+    Spawned, not forked: forking the test process, which by then runs native thread pools (OpenMP, tokenizers),
+    once left a rank hung in the full suite; spawning costs ~20 s of imports per test on 2 cores."""
     import torch.distributed as dist
     import torch.multiprocessing as mp
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with the gloo backend is not available")
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(worker, args=(world, free_port(), *args), nprocs=world, join=True, start_method=method)
+    mp.start_processes(worker, args=(world, free_port(), *args), nprocs=world, join=True, start_method="spawn")

@@ -64,7 +64,6 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 def test_frozen_slices_bit_identical_under_ddp(tmp_path):
     from safetensors.torch import load_file
     from tiny import make_tiny_model
-    from torch.nn.parallel import DistributedDataParallel  # noqa: F401  (imported once, before forking)
 
     run_ranks(_worker, 2, str(tmp_path))
     r0, r1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2))

@@ -485,3 +485,19 @@ def test_partial_report_and_comparison_render_in_headless_chromium(compared, tmp
     got = check_in_browser(report, tmp_path, ARTIFACTS / "report-partial.png",
                            expected_images=len(list((base / "partial" / "figures").glob("*.png"))))
     assert got["headings"] == HEADINGS
+
+
+def test_capability_figure_ignores_an_impossible_stderr(tmp_path):
+    """A negative stderr (the fuzz test's find) is no stderr: the capability figure draws without error bars
+    instead of failing."""
+    run = make_run(tmp_path / "r", training=False, multilingual=False)
+    cap = json.loads((run / "capability.json").read_text())
+    for row in cap.values():
+        for score in row["tasks"].values():
+            score["stderr"] = -0.1
+    (run / "capability.json").write_text(json.dumps(cap))
+    data = load_run(run)
+    assert all(s.stderr is None for row in data.capability.values() for s in row.tasks.values())
+    figs = FigureSet(tmp_path / "figs")
+    draw_run_figures(data, figs)
+    assert not isinstance(figs.made["capability"], Missing)

@@ -460,7 +460,7 @@ def parse_capability(raw: Any) -> dict[str, CapabilityRow]:
                     tasks[_label(tname, "?")] = TaskScore(
                         task=_label(s.get("task"), _label(tname, "?")), acc=_prob(s.get("acc")),
                         acc_norm=_prob(s.get("acc_norm")),
-                        stderr=_num(s.get("stderr", s.get("acc_stderr"))), n=_count(s.get("n")),
+                        stderr=_prob(s.get("stderr", s.get("acc_stderr"))), n=_count(s.get("n")),
                         metric=_label(s.get("metric"), "acc"))
                 elif _prob(s) is not None:
                     tasks[_label(tname, "?")] = TaskScore(_label(tname, "?"), _prob(s), None, None, None)
