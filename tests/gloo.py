@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
-from datetime import timedelta
 import sys
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
