@@ -305,6 +305,15 @@ def test_resume_skips_finished_cells(tiny, tok, tmp_path, monkeypatch):
                                 progress=False, resume_path=tmp_path)
     with pytest.raises(DataError, match="different run"):
         deactivation_importance(model, tok, PROMPTS[:2], ImportanceConfig(**kw), progress=False, resume_path=tmp_path)
+    # a pipeline's own folder seeded by --reuse from other settings: started over, never mixed in
+    other = ImportanceConfig(method="exact", sites=("k",), norm="l2_squared")
+    fresh = deactivation_importance(model, tok, PROMPTS, other, progress=False)
+    redone = deactivation_importance(model, tok, PROMPTS, other, progress=False, resume_path=tmp_path,
+                                     restart_stale=True)
+    assert redone.meta["resumed_cells"] == 0
+    _assert_close(redone, fresh, rtol=1e-6)
+    again = deactivation_importance(model, tok, PROMPTS, other, progress=False, resume_path=tmp_path)
+    assert again.meta["resumed_cells"] == len(again.scores)  # the folder now holds the new settings' cells
 
 
 @pytest.mark.parametrize("method", ["exact", "probe"])

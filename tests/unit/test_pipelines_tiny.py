@@ -458,3 +458,23 @@ def test_multilingual_importance_over_response_tokens(tmp_path):
         assert any(not np.array_equal(s.scores[k], own.scores[k]) for k in s.scores)
     with pytest.raises(ConfigError, match="only importance over response tokens"):
         load_config(MultilingualConfig, None, ["jail_filter=template"])
+
+
+def test_multilingual_reuse_with_other_importance_settings_starts_the_cells_over(tmp_path):
+    """--reuse copies importance partial cells keyed by their settings; a run with other importance settings
+    recomputes them (it used to stop with 'partial importance results of a different run')."""
+    from safeneurons.config import load_config
+    from safeneurons.identify.importance import ImportanceScores
+    from safeneurons.pipelines.multilingual import MultilingualConfig, run_multilingual
+    from safeneurons.pipelines.rundir import seed_caches
+
+    base = ["languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3", "generation.max_new_tokens=4",
+            "p=0.25", "conditions=[ORI]", "expansion.enabled=false"]
+    first = run_multilingual(load_config(MultilingualConfig, None, [*base, "importance={method: probe, n_probes: 2}"]),
+                             tmp_path / "a", progress=False, lm=tiny_lm())
+    seed_caches(first, tmp_path / "b")
+    assert (tmp_path / "b" / "importance" / "partial" / "en-jail" / "manifest.json").exists()
+    other = run_multilingual(load_config(MultilingualConfig, None, [*base, "importance={method: probe, n_probes: 3}"]),
+                             tmp_path / "b", progress=False, lm=tiny_lm())
+    s = ImportanceScores.load(other / "importance" / "importance-en-jail.safetensors")
+    assert s.meta["resumed_cells"] == 0 and s.config["n_probes"] == 3

@@ -428,7 +428,7 @@ class _Progress:
 class _Resume:
     """Per-(layer, site) partial results: ``<dir>/cell-<layer>.<site>.safetensors`` + ``manifest.json``."""
 
-    def __init__(self, path: str | Path | None, key: str, cfg: ImportanceConfig) -> None:
+    def __init__(self, path: str | Path | None, key: str, cfg: ImportanceConfig, restart_stale: bool = False) -> None:
         self.dir = Path(path) if path is not None else None
         self.key = key
         self.cfg = cfg
@@ -442,6 +442,10 @@ class _Resume:
             data = read_json(manifest)
         except ValueError as exc:
             raise DataError(f"{manifest}: unreadable resume manifest ({exc}); delete {self.dir} to start over.") from exc
+        if (data.get("format") != PARTIAL_FORMAT or data.get("key") != key) and restart_stale:
+            log.info("resume: %s holds another configuration's cells (key %s); starting over there.",
+                     self.dir, str(data.get("key"))[:19])
+            return  # the first finished cell rewrites the manifest; unlisted cell files are never read
         if data.get("format") != PARTIAL_FORMAT or data.get("key") != key:
             raise DataError(
                 f"{self.dir} holds partial importance results of a different run (model, prompts, config or shard "
@@ -598,7 +602,8 @@ def deactivation_importance(model: nn.Module, tokenizer: Any, prompts: Any,
                             config: ImportanceConfig | None = None, layout: ModelLayout | None = None,
                             progress: bool = True, resume_path: str | Path | None = None, *,
                             responses: Sequence[str | None] | None = None,
-                            neuron_shard: tuple[int, int] | None = None) -> ImportanceScores:
+                            neuron_shard: tuple[int, int] | None = None,
+                            restart_stale: bool = False) -> ImportanceScores:
     """``I(N, D)`` (papers.md B.3) for every neuron of ``config.sites`` in ``config.layers``.
 
     ``prompts``: a list of strings or a :class:`~safeneurons.data.prompts.PromptSet` (its responses are
@@ -607,6 +612,8 @@ def deactivation_importance(model: nn.Module, tokenizer: Any, prompts: Any,
     run with the same model, prompts, config and shard are loaded instead of recomputed (``exact`` and
     ``naive`` save each cell when it is done; the cheap methods score every cell in the same passes and
     save them together at the end). Changing ``layers``, ``sites`` or batch sizes keeps the cells valid.
+    Partial results of another model, prompt set or config there are an error, or, with ``restart_stale``
+    (for a pipeline's own run folder, where ``--reuse`` may have seeded them), ignored and overwritten.
     ``neuron_shard=(rank, world)``: score only neurons ``j`` with ``j % world == rank`` in each cell
     (others are NaN); combine shards with :func:`merge_importance`."""
     cfg = config or ImportanceConfig()
@@ -624,7 +631,7 @@ def deactivation_importance(model: nn.Module, tokenizer: Any, prompts: Any,
     encoded, prompts_hash = _encode(tokenizer, prompts, responses, cfg)
     batches = _make_batches(encoded, cfg, pad_token_id(tokenizer), device)
     key = _run_key(model, cfg, prompts_hash, shard)
-    resume = _Resume(resume_path, key, cfg)
+    resume = _Resume(resume_path, key, cfg, restart_stale)
     cells = [(layer, site) for layer in layers_sel for site in cfg.sites]
     todo = [c for c in cells if c not in resume.done]
     t0 = time.perf_counter()
@@ -638,7 +645,8 @@ def deactivation_importance(model: nn.Module, tokenizer: Any, prompts: Any,
         runner(model, layout, cfg, batches, len(encoded), todo, shard, resume, progress, meta)
     scores = {c: resume.done[c] for c in cells}
     if cfg.refine:
-        scores = _refine(model, layout, cfg, batches, len(encoded), cells, scores, resume_path, key, progress, meta)
+        scores = _refine(model, layout, cfg, batches, len(encoded), cells, scores, resume_path, key, progress, meta,
+                         restart_stale)
     meta["seconds"] = time.perf_counter() - t0
     for (layer, site), v in scores.items():
         covered = v[_shard_indices(v.size, shard)]
@@ -650,11 +658,11 @@ def deactivation_importance(model: nn.Module, tokenizer: Any, prompts: Any,
 
 def _refine(model: nn.Module, layout: ModelLayout, cfg: ImportanceConfig, batches: list[_Batch], n_prompts: int,
             cells: list[Cell], coarse: dict[Cell, np.ndarray], resume_path: str | Path | None, key: str,
-            progress: bool, meta: dict[str, Any]) -> dict[Cell, np.ndarray]:
+            progress: bool, meta: dict[str, Any], restart_stale: bool = False) -> dict[Cell, np.ndarray]:
     """Exact scores for each cell's shortlist (see ``refine`` in the module docstring)."""
     t = time.perf_counter()
     cand = {c: top_indices(v, top_k_count(v.size, cfg.refine)) for c, v in coarse.items()}
-    sub = _Resume(Path(resume_path) / "refine" if resume_path is not None else None, key + ":refine", cfg)
+    sub = _Resume(Path(resume_path) / "refine" if resume_path is not None else None, key + ":refine", cfg, restart_stale)
     todo = [c for c in cells if c not in sub.done]
     sub_meta: dict[str, Any] = {}
     if todo:

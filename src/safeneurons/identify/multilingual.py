@@ -149,7 +149,8 @@ def compute_language_importance(model: Any, tokenizer: Any, data: Mapping[str, M
                                 save_dir: str | Path | None = None) -> dict[str, dict[str, ImportanceScores]]:
     """Run :func:`deactivation_importance` for ``{language: {"jail": prompts, "norm": prompts}}``.
 
-    ``resume_dir``/``<lang>-<role>`` holds each run's partial results; ``save_dir`` (optional)
+    ``resume_dir``/``<lang>-<role>`` holds each run's partial results (those of other settings, e.g. seeded by
+    ``--reuse``, are started over); ``save_dir`` (optional)
     receives ``importance-<lang>-<role>.safetensors``. A prompt set shared by several languages (the
     default English ``D_norm``: same texts and responses) is scored once."""
     out: dict[str, dict[str, ImportanceScores]] = {}
@@ -165,7 +166,8 @@ def compute_language_importance(model: Any, tokenizer: Any, data: Mapping[str, M
                 rp = Path(resume_dir) / f"{lang}-{role}" if resume_dir is not None else None
                 log.info("deactivation importance: language %s, %s prompts", lang, role)
                 scored[key] = deactivation_importance(model, tokenizer, roles[role], config, layout=layout,
-                                                        progress=progress, resume_path=rp)
+                                                        progress=progress, resume_path=rp,
+                                                        restart_stale=True)
             s = copy.deepcopy(scored[key])  # each language gets its own copy and meta
             s.meta.update({"language": lang, "role": role})
             if save_dir is not None:
