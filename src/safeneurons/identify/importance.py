@@ -174,6 +174,12 @@ class ImportanceConfig:
             raise ConfigError(f"importance config has unknown key(s) {unknown}; known: {sorted(known)}.")
         return cls(**dict(d))
 
+    @property
+    def reads_responses(self) -> bool:
+        """Whether the scores depend on the response tokens (``position`` or ``ablate_positions`` is
+        ``"response"``), so every prompt needs a response."""
+        return "response" in (self.position, self.ablate_positions)
+
     def result_key_fields(self) -> dict[str, Any]:
         """Fields that change the numbers (not batching, layers or sites; cells are independent)."""
         d = self.to_dict()
@@ -297,7 +303,7 @@ def _texts_and_responses(prompts: Any, responses: Sequence[str | None] | None) -
 def _encode(tokenizer: Any, prompts: Any, responses: Sequence[str | None] | None,
             cfg: ImportanceConfig) -> tuple[list[Encoded], str]:
     texts, resp = _texts_and_responses(prompts, responses)
-    needs_resp = cfg.position == "response" or cfg.ablate_positions == "response"
+    needs_resp = cfg.reads_responses
     if needs_resp and (resp is None or any(not r for r in resp)):
         missing = "all" if resp is None else str([i for i, r in enumerate(resp) if not r][:5])
         raise DataError(f"importance.position={cfg.position!r} / ablate_positions={cfg.ablate_positions!r} need a "
@@ -442,11 +448,11 @@ class _Resume:
             data = read_json(manifest)
         except ValueError as exc:
             raise DataError(f"{manifest}: unreadable resume manifest ({exc}); delete {self.dir} to start over.") from exc
-        if (data.get("format") != PARTIAL_FORMAT or data.get("key") != key) and restart_stale:
-            log.info("resume: %s holds another configuration's cells (key %s); starting over there.",
-                     self.dir, str(data.get("key"))[:19])
-            return  # the first finished cell rewrites the manifest; unlisted cell files are never read
         if data.get("format") != PARTIAL_FORMAT or data.get("key") != key:
+            if restart_stale:
+                log.info("resume: %s holds another configuration's cells (key %s); starting over there.",
+                         self.dir, str(data.get("key"))[:19])
+                return  # the first finished cell rewrites the manifest; unlisted cell files are never read
             raise DataError(
                 f"{self.dir} holds partial importance results of a different run (model, prompts, config or shard "
                 f"differ: key {str(data.get('key'))[:19]} vs {key[:19]}). Pass another resume_path or delete it.")

@@ -148,8 +148,7 @@ class MultilingualConfig:
             raise ConfigError("multilingual.norm_source must be 'english' or 'translate'.")
         if self.jail_filter not in ("none", "refused", "template"):
             raise ConfigError("multilingual.jail_filter must be 'none', 'refused' or 'template'.")
-        if self.jail_filter == "template" and "response" not in (self.importance.position,
-                                                                 self.importance.ablate_positions):
+        if self.jail_filter == "template" and not self.importance.reads_responses:
             raise ConfigError("multilingual.jail_filter: template pairs each harmful row with a refusal, which only "
                               "importance over response tokens reads; set importance.position: response.")
         unknown = [l for l in (*(self.expansion.train_languages or ()), *self.expansion.holdout)
@@ -220,7 +219,7 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
     norm_en = load_prompts(cfg.norm_dataset, data_dir=cfg.data_dir, limit=cfg.n_norm, seed=cfg.seed)
 
     # 1-2. importance and sets
-    needs_responses = "response" in (cfg.importance.position, cfg.importance.ablate_positions)
+    needs_responses = cfg.importance.reads_responses
 
     def answered(ps: PromptSet, lang: str) -> list[Prompt]:
         """The prompts of ``ps`` with the model's own answers attached as responses."""
