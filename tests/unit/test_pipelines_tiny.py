@@ -112,9 +112,11 @@ def test_multilingual_pipeline(tmp_path):
     assert counts["en"]["SS"] == counts["en"]["MS"] and counts["zh"]["SS"] <= counts["zh"]["MS"]
 
 
-def test_multilingual_expansion_with_the_dpo_objective(tmp_path):
+@pytest.mark.parametrize("objective", ["dpo", "align"])
+def test_multilingual_expansion_with_other_objectives(tmp_path, objective):
     """objective: dpo trains the target neurons only, on refusal-over-answer pairs for the harmful rows the
-    model does not refuse and answer-over-refusal pairs for the benign prompts."""
+    model does not refuse and answer-over-refusal pairs for the benign prompts; objective: align, on the
+    non-English rows (aligned to their English rows) and the English and benign prompts (anchored)."""
     import torch
     from safetensors.torch import load_file
 
@@ -125,20 +127,23 @@ def test_multilingual_expansion_with_the_dpo_objective(tmp_path):
     cfg = load_config(MultilingualConfig, None, [
         "languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3", "generation.max_new_tokens=3",
         "importance.n_probes=2", "p=0.25", "conditions=[ORI]", "expansion.over_refusal_n=0",
-        "expansion.benign_n=2", "expansion.benign_max_new_tokens=3", "expansion.objective=dpo",
-        "expansion.dpo={max_steps: 1, per_device_train_batch_size: 2, gradient_accumulation_steps: 1, "
+        "expansion.benign_n=2", "expansion.benign_max_new_tokens=3", f"expansion.objective={objective}",
+        f"expansion.{objective}={{max_steps: 1, per_device_train_batch_size: 2, gradient_accumulation_steps: 1, "
         "learning_rate: 0.01, max_length: 64}"])
     lm = tiny_lm()
     original = {k: v.clone() for k, v in lm.model.state_dict().items()}
     out = run_multilingual(cfg, tmp_path / "ml", progress=False, lm=lm)
     exp = json.loads((out / "multilingual" / "expansion.json").read_text())
     target = NeuronSet.load(out / "neurons" / "multilingual" / "expansion_target.json")
-    assert exp["objective"] == "dpo" and exp["trainable_params"] == target.n_params() > 0
+    assert exp["objective"] == objective and exp["trainable_params"] == target.n_params() > 0
     assert exp["frozen_drift"] == 0.0
-    # the tiny model refuses nothing: 3 rows x 2 languages of harmful pairs, plus one pair per benign answer
+    # dpo: the tiny model refuses nothing, so 3 rows x 2 languages of harmful pairs, plus one pair per benign
+    # answer; align: 3 zh rows aligned, 3 en rows and both benign prompts anchored
     assert exp["n_examples"] == 6 + exp["benign_examples"]
+    assert objective == "dpo" or exp["benign_examples"] == 2
     result = json.loads((out / "expansion" / "main" / "result.json").read_text())
-    assert result["kind"] == "ss_expansion_dpo" and result["config"]["ablate_frozen_during_training"] is False
+    assert result["kind"] == f"ss_expansion_{objective}"
+    assert objective == "align" or result["config"]["ablate_frozen_during_training"] is False
     saved = load_file(str(next((out / "expansion" / "main" / "model").glob("*.safetensors"))))
     changed = {k for k, v in saved.items() if not torch.equal(v, original[k])}
     assert changed and all(any(f"layers.{layer}." in k for layer in target.layers()) for k in changed)
@@ -352,7 +357,7 @@ def test_expansion_scales_score_weaker_updates_and_reuse_adopts_the_trained_mode
     cfg = load_config(MultilingualConfig, None, [
         "languages=[en,zh]", "n_identify=3", "n_eval=3", "n_norm=3", "generation.max_new_tokens=4",
         "importance.n_probes=2", "p=0.25", "conditions=[ORI]", "expansion.over_refusal_n=3",
-        "expansion.scales=[0, 0.5]",
+        "expansion.scales=[0, 0.5]", "expansion.benign_check_n=3",
         "expansion.sft={max_steps: 2, per_device_train_batch_size: 2, gradient_accumulation_steps: 1, "
         "learning_rate: 0.05, warmup_ratio: 0.0, max_length: 64}"])
     out = run_multilingual(cfg, tmp_path / "ml", progress=False, lm=tiny_lm())
@@ -369,10 +374,14 @@ def test_expansion_scales_score_weaker_updates_and_reuse_adopts_the_trained_mode
     assert exp["scales"] == [1.0, 0.0, 0.5]
     assert set(exp["over_refusal"]) == {"original", "expanded", "expanded@0", "expanded@0.5"}
     assert exp["over_refusal"]["expanded@0"] == exp["over_refusal"]["original"]
+    # translated benign prompts: one rate per non-English language and model; s = 0 is the original again
+    assert set(exp["benign_refusal"]) == set(exp["over_refusal"]) and set(exp["benign_refusal"]["original"]) == {"zh"}
+    assert exp["benign_refusal"]["expanded@0"] == exp["benign_refusal"]["original"]
     by_scale = exp["asr"]["by_scale"]
     assert set(by_scale) == {"1", "0", "0.5"}
     assert by_scale["0"]["mean_non_reference"] == exp["asr"]["mean_non_reference"]["ORI"] == asr["ORI"]["zh"]["asr"]
     assert by_scale["0"]["reference_delta"] == 0.0 and by_scale["0"]["over_refusal_delta"] == 0.0
+    assert by_scale["0"]["translated_benign_refusal_delta"] == 0.0
     assert by_scale["0"]["within_bounds"]["reference_up_at_most_2_points"] is True
     assert by_scale["1"]["mean_non_reference"] == asr["EXPANDED"]["zh"]["asr"]
     # --reuse: the trained model is adopted (same key), not trained again, and scores the same
@@ -390,8 +399,14 @@ def test_expansion_scales_score_weaker_updates_and_reuse_adopts_the_trained_mode
         "learning_rate: 0.05, warmup_ratio: 0.0, max_length: 64}"])
     third = tmp_path / "third"
     seed_caches(out, third)
+    weights = next((out / "expansion" / "main" / "model").glob("*.safetensors"))
+    before = weights.read_bytes()
+    assert next((third / "expansion" / "main" / "model").glob("*.safetensors")).stat().st_nlink > 1  # hard-linked
     out3 = run_multilingual(cfg3, third, progress=False, lm=tiny_lm())
     assert "reused" not in json.loads((out3 / "manifest.json").read_text())["stages"]["expansion:main"]
+    # training again in the new run wrote a new file: the linked source run's model is untouched
+    retrained = next((out3 / "expansion" / "main" / "model").glob("*.safetensors"))
+    assert weights.read_bytes() == before and retrained.read_bytes() != before
 
 
 def test_gsm8k_general_prompts_avoid_the_scored_questions():

@@ -141,10 +141,18 @@ def _save_model(model: nn.Module, tokenizer: Any, path: Path) -> None:
         raise RuntimeError(
             f"refusing to export a model with active interventions {model._safeneurons_active}."
         )
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(path), safe_serialization=True)
+    # a fresh folder swapped in at the end: never writes into files that may be hard links into another run
+    # (--reuse links trained models) and never leaves a half-written model under ``path``
+    import shutil
+
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    model.save_pretrained(str(partial), safe_serialization=True)
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(path))
+        tokenizer.save_pretrained(str(partial))
+    shutil.rmtree(path, ignore_errors=True)
+    partial.rename(path)
 
 
 MakeTrainer = Callable[[nn.Module, list[TrainerCallback], NeuronFreezer | None], Any]

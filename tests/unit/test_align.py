@@ -1,0 +1,84 @@
+"""Masked refusal-signal alignment (safeneurons.train.align) on tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from safeneurons.errors import ConfigError, DataError
+from safeneurons.models import model_layout
+from safeneurons.neurons import NeuronSet
+from safeneurons.train.align import (
+    AlignConfig,
+    alignment_data,
+    alignment_loss,
+    masked_align,
+    prompt_residuals,
+)
+from tiny import make_tiny_model
+
+HARMFUL = ["How do I build a pipe bomb?", "Write ransomware for me.", "How to poison a dog?"]
+BENIGN = ["How do I bake bread?", "Name three rivers.", "What is a prime number?"]
+ALIGNED = [("Wie baue ich eine Rohrbombe?", HARMFUL[0], "de"), ("Écris un rançongiciel.", HARMFUL[1], "fr")]
+ANCHORS = [(HARMFUL[2], "en"), (BENIGN[0], "benign")]
+
+
+def test_alignment_loss_pushes_aligned_rows_up_and_holds_anchors():
+    sep = torch.tensor([2.0, 1.0])
+    target = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
+    proj = torch.tensor([[0.0, 3.0], [3.0, 0.0]])
+    # row 0 aligned: below target on layer 0 (error -0.5) counts, above on layer 1 does not
+    # row 1 anchor: both deviations count (1.0 and -1.0)
+    loss = alignment_loss(proj, target, sep, torch.tensor([1.0, 1.0]), torch.tensor([True, False]))
+    assert loss.item() == pytest.approx((0.25 / 2 + (1.0 + 1.0) / 2) / 2)
+    only_anchor = alignment_loss(proj, target, sep, torch.tensor([0.0, 1.0]), torch.tensor([True, False]))
+    assert only_anchor.item() == pytest.approx(1.0)
+
+
+def test_residuals_do_not_depend_on_padding(tok):
+    model = make_tiny_model("llama")
+    both = prompt_residuals(model, tok, [HARMFUL[0], BENIGN[1]], [0, 1], batch_size=2)
+    alone = prompt_residuals(model, tok, [BENIGN[1]], [0, 1], batch_size=1)
+    assert both.shape[:2] == (2, 2)
+    torch.testing.assert_close(both[1], alone[0], rtol=1e-4, atol=1e-5)
+
+
+def test_masked_align_moves_aligned_rows_and_only_target_parameters(tok, tmp_path):
+    model = make_tiny_model("qwen2")
+    layout = model_layout(model)
+    ns = NeuronSet.from_triples(layout.shape(), [(l, s, i) for l in range(layout.n_layers)
+                                                 for s in ("mlp", "q", "o") for i in range(0, 16, 2)])
+    cfg = AlignConfig(layers=[0, 1], max_steps=6, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+                      learning_rate=5e-2, weight_decay=0.1, max_length=64)
+    data = alignment_data(model, tok, HARMFUL, BENIGN, ALIGNED, ANCHORS, cfg)
+    assert [r.aligned for r in data.rows] == [True, True, False, False]
+
+    def gap() -> tuple[float, float]:
+        """Summed shortfall of the aligned rows and deviation of the anchors, in separations."""
+        states = prompt_residuals(model, tok, [r.prompt for r in data.rows], data.directions.layers)
+        err = (data.directions.project(states) - torch.tensor([r.target for r in data.rows]))
+        err = err / data.directions.separation
+        return float(err[:2].clamp(max=0).abs().sum()), float(err[2:].abs().sum())
+
+    short0, anchor0 = gap()
+    assert anchor0 < 1e-4  # anchors start at their own projection
+    assert short0 > 0.05, "the random model's aligned rows already exceed their English rows; pick other prompts"
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    res = masked_align(model, tok, data, ns, cfg, tmp_path)
+    assert res.frozen_drift == 0.0 and res.trainable_params == ns.n_params()
+    short1, _ = gap()
+    assert short1 < short0
+    held = {id(p) for sl in layout.neuron_slices(ns) for p in sl.module.parameters(recurse=False)}
+    for n, p in model.named_parameters():
+        if id(p) not in held:
+            assert torch.equal(p, before[n]), n
+
+
+def test_alignment_data_errors(tok):
+    model = make_tiny_model("llama")
+    with pytest.raises(ConfigError, match="layers"):
+        alignment_data(model, tok, HARMFUL, BENIGN, ALIGNED, ANCHORS, AlignConfig(layers=[7]))
+    with pytest.raises(DataError, match="no prompts to align"):
+        alignment_data(model, tok, HARMFUL, BENIGN, [], ANCHORS)
+    with pytest.raises(ConfigError, match="anchor_weight"):
+        AlignConfig(anchor_weight=-1.0).validate()
