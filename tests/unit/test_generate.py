@@ -401,6 +401,8 @@ def test_over_refusal_with_a_stub_judge(tiny, tok):
     lo, hi = res["ci95"]
     assert 0 < lo < 0.25 < hi < 1
     assert res["examples"][0]["id"] == "p4" and res["judge"] == "lock-stub"
+    assert [v["id"] for v in res["verdicts"]] == [f"p{i}" for i in range(5)]
+    assert [v["label"] for v in res["verdicts"]].count("refusal") == 1
     assert {lang for _, _, lang in judge.items} == {"fr"}
     assert res["by_category"]["c2"] == {"k": 1, "n": 3, "rate": pytest.approx(1 / 3)}
     assert res["by_category"]["c1"] == {"k": 0, "n": 1, "rate": 0.0}

@@ -128,6 +128,7 @@ def test_multilingual_expansion_with_other_objectives(tmp_path, objective):
         "languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3", "generation.max_new_tokens=3",
         "importance.n_probes=2", "p=0.25", "conditions=[ORI]", "expansion.over_refusal_n=0",
         "expansion.benign_n=2", "expansion.benign_max_new_tokens=3", f"expansion.objective={objective}",
+        *(["expansion.benign_translated_n=1"] if objective == "align" else []),
         f"expansion.{objective}={{max_steps: 1, per_device_train_batch_size: 2, gradient_accumulation_steps: 1, "
         "learning_rate: 0.01, max_length: 64}"])
     lm = tiny_lm()
@@ -138,8 +139,8 @@ def test_multilingual_expansion_with_other_objectives(tmp_path, objective):
     assert exp["objective"] == objective and exp["trainable_params"] == target.n_params() > 0
     assert exp["frozen_drift"] == 0.0
     # dpo: the tiny model refuses nothing, so 3 rows x 2 languages of harmful pairs, plus one pair per benign
-    # answer; align: 3 zh rows aligned, 3 en rows and both benign prompts anchored
-    assert exp["n_examples"] == 6 + exp["benign_examples"]
+    # answer; align: 3 zh rows aligned, 3 en rows, both benign prompts and the first one translated into zh anchored
+    assert exp["n_examples"] == 6 + exp["benign_examples"] + (objective == "align")
     assert objective == "dpo" or exp["benign_examples"] == 2
     result = json.loads((out / "expansion" / "main" / "result.json").read_text())
     assert result["kind"] == f"ss_expansion_{objective}"
@@ -377,6 +378,16 @@ def test_expansion_scales_score_weaker_updates_and_reuse_adopts_the_trained_mode
     # translated benign prompts: one rate per non-English language and model; s = 0 is the original again
     assert set(exp["benign_refusal"]) == set(exp["over_refusal"]) and set(exp["benign_refusal"]["original"]) == {"zh"}
     assert exp["benign_refusal"]["expanded@0"] == exp["benign_refusal"]["original"]
+    saved = json.loads((out / "multilingual" / "benign_check" / "expanded.json").read_text())
+    assert list(saved) == ["zh"] and len(saved["zh"]) == 3
+    assert sum(r["refused"] for r in saved["zh"]) / 3 == exp["benign_refusal"]["expanded"]["zh"]
+    # prompt-by-prompt tests against the original model; s = 0 answers every prompt as the original does
+    paired = exp["paired_vs_original"]
+    assert set(paired) == {"over_refusal", "translated_benign"}
+    assert set(paired["over_refusal"]) == {"expanded", "expanded@0", "expanded@0.5"}
+    assert paired["over_refusal"]["expanded@0"] == {"n": 3, "other_rate": exp["over_refusal"]["original"],
+                                                    "only_here": 0, "only_other": 0, "p_mcnemar": 1.0}
+    assert paired["translated_benign"]["expanded"]["n"] == 3
     by_scale = exp["asr"]["by_scale"]
     assert set(by_scale) == {"1", "0", "0.5"}
     assert by_scale["0"]["mean_non_reference"] == exp["asr"]["mean_non_reference"]["ORI"] == asr["ORI"]["zh"]["asr"]
@@ -473,6 +484,39 @@ def test_multilingual_importance_over_response_tokens(tmp_path):
         assert any(not np.array_equal(s.scores[k], own.scores[k]) for k in s.scores)
     with pytest.raises(ConfigError, match="only importance over response tokens"):
         load_config(MultilingualConfig, None, ["jail_filter=template"])
+    with pytest.raises(ConfigError, match="exceeds benign_n"):
+        load_config(MultilingualConfig, None, ["expansion.objective=align", "expansion.benign_translated_n=3"])
+    with pytest.raises(ConfigError, match="objective: align only"):
+        load_config(MultilingualConfig, None, ["expansion.benign_n=3", "expansion.benign_translated_n=3"])
+
+
+def test_multilingual_neuron_sets_from_an_earlier_run_skip_importance(tmp_path):
+    """neuron_sets: a run's neurons/multilingual folder stands in for importance; the causal tests then use exactly
+    those sets, and a folder lacking a language fails naming the missing file."""
+    from safeneurons.config import load_config
+    from safeneurons.errors import DataError
+    from safeneurons.neurons import NeuronSet
+    from safeneurons.pipelines.multilingual import MultilingualConfig, run_multilingual
+
+    base = ["languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3", "generation.max_new_tokens=3",
+            "importance.n_probes=2", "p=0.25", "conditions=[ORI,SUPPRESS_SS]", "expansion.enabled=false"]
+    first = run_multilingual(load_config(MultilingualConfig, None, base), tmp_path / "a", progress=False, lm=tiny_lm())
+    folder = first / "neurons" / "multilingual"
+    second = run_multilingual(load_config(MultilingualConfig, None, [*base, f"neuron_sets={folder}"]), tmp_path / "b",
+                              progress=False, lm=tiny_lm())
+    assert not (second / "importance").exists() or not any((second / "importance").glob("*.safetensors"))
+    stage = json.loads((second / "manifest.json").read_text())["stages"]["importance"]
+    assert stage["method"] == "loaded" and stage["neuron_sets"] == str(folder.resolve())
+    for kind in ("S_jail", "S_norm", "MS", "SS"):
+        assert NeuronSet.load(second / "neurons" / "multilingual" / "zh" / f"{kind}.json") == \
+            NeuronSet.load(folder / "zh" / f"{kind}.json")
+    for name in ("asr.json", "counts.json"):
+        assert json.loads((second / "multilingual" / name).read_text()) == \
+            json.loads((first / "multilingual" / name).read_text())
+    (folder / "zh" / "SS.json").unlink()
+    with pytest.raises(DataError, match="zh/SS.json"):
+        run_multilingual(load_config(MultilingualConfig, None, [*base, f"neuron_sets={folder}"]), tmp_path / "c",
+                         progress=False, lm=tiny_lm())
 
 
 def test_multilingual_reuse_with_other_importance_settings_starts_the_cells_over(tmp_path):

@@ -66,7 +66,10 @@ def over_refusal(model: Any, tokenizer: Any, prompts: "PromptSet | Sequence[Prom
 
         {"prompts": name, "n": judged, "k": refusals, "refusal_rate": k / n, "ci95": [lo, hi],
          "labels": {label: count}, "degenerate_rate": ..., "by_category": {category: {"k", "n", "rate"}},
-         "examples": [{"id", "prompt", "response", "reason"}...], "generation": {...}}
+         "examples": [{"id", "prompt", "response", "reason"}...], "verdicts": [{"id", "label", "response"}...],
+         "generation": {...}}
+
+    ``verdicts`` has one entry per prompt, in order, for paired comparisons between models.
 
     ``interventions`` are active during generation; ``cache``/``model_key`` as in
     :func:`~safeneurons.evaluate.generate.generate`."""
@@ -110,6 +113,8 @@ def over_refusal(model: Any, tokenizer: Any, prompts: "PromptSet | Sequence[Prom
         "by_category": by_cat,
         "judge": getattr(judge, "name", type(judge).__name__),
         "examples": examples,
+        "verdicts": [{"id": pid, "label": v.label, "response": resp}
+                     for (pid, _, _, _), resp, v in zip(items, responses, verdicts)],
         "generation": generation.to_dict(),
     }
 

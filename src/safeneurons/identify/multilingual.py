@@ -143,6 +143,24 @@ def build_language_sets(scores: Mapping[str, Mapping[str, ImportanceScores]], p:
     return out
 
 
+SET_KINDS = ("S_jail", "S_norm", "MS", "SS")
+
+
+def load_language_sets(folder: str | Path, languages: Sequence[str],
+                       shape: ModelShape | None = None) -> dict[str, dict[str, NeuronSet]]:
+    """The sets :func:`build_language_sets` saved as ``<folder>/<lang>/<kind>.json``, each checked against
+    ``shape``; a missing language or kind is named in the error."""
+    root = Path(folder)
+    missing = [f"{lang}/{kind}.json" for lang in languages for kind in SET_KINDS
+               if not (root / lang / f"{kind}.json").is_file()]
+    if missing:
+        raise DataError(f"neuron_sets {root}: missing {', '.join(missing[:6])}"
+                        f"{f' and {len(missing) - 6} more' if len(missing) > 6 else ''} (expected the "
+                        "neurons/multilingual folder of a multilingual run).")
+    return {lang: {kind: NeuronSet.load(root / lang / f"{kind}.json", shape) for kind in SET_KINDS}
+            for lang in languages}
+
+
 def compute_language_importance(model: Any, tokenizer: Any, data: Mapping[str, Mapping[str, Any]],
                                 config: ImportanceConfig | None = None, *, resume_dir: str | Path | None = None,
                                 layout: Any = None, progress: bool = True,

@@ -80,6 +80,10 @@ class ExpansionConfig:
                 "safe prompts outside the over-refusal sample (borderline prompts; over-refusal is then "
                 "measured in-distribution, on held-out XSTest prompts)"})
     benign_max_new_tokens: int = field(default=64, metadata={"help": "length of the model's own benign answers"})
+    benign_translated_n: int = field(default=0, metadata={
+        "help": "objective: align only: the first N benign prompts, translated by the original model into each "
+                "non-reference training language, are anchored too, so the update cannot raise the refusal "
+                "signal of every prompt in a language instead of its harmful ones (ours; 0 = English anchors only)"})
     objective: str = field(default="sft", metadata={
         "help": "sft (the paper's: the safe responses' likelihood) or dpo (masked DPO: the safe response over the "
                 "model's own non-refusing answer on each harmful row, and on each benign example its own answer "
@@ -110,7 +114,12 @@ class ExpansionConfig:
             self.train_languages = tuple(self.train_languages)
         if self.target not in EXPANSION_TARGETS:
             raise ConfigError(f"multilingual.expansion.target: {self.target!r}; choose from {', '.join(EXPANSION_TARGETS)}.")
-        for name in ("benign_n", "benign_check_n"):
+        if self.benign_translated_n > self.benign_n:
+            raise ConfigError(f"multilingual.expansion.benign_translated_n = {self.benign_translated_n} exceeds benign_n "
+                              f"= {self.benign_n}: it translates the first benign prompts.")
+        if self.benign_translated_n and self.objective != "align":
+            raise ConfigError("multilingual.expansion.benign_translated_n is read by objective: align only.")
+        for name in ("benign_n", "benign_check_n", "benign_translated_n"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"multilingual.expansion.{name} must be >= 0, got {getattr(self, name)}.")
         if self.objective not in EXPANSION_OBJECTIVES:
@@ -142,6 +151,9 @@ class MultilingualConfig:
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=48, batch_size=16))
     judge: str = field(default="refusal", metadata={"help": "judge name"})
     expansion: ExpansionConfig = field(default_factory=ExpansionConfig)
+    neuron_sets: str | None = field(default=None, metadata={
+        "help": "a neurons/multilingual folder of an earlier run (<lang>/S_jail, S_norm, MS, SS .json) to use "
+                "instead of computing importance; each set is checked against this model's shape"})
     seed: int = field(default=0, metadata={"help": "row split and random-set seed"})
     data_dir: str | None = field(default=None, metadata={"help": "datasets folder"})
 
@@ -213,6 +225,7 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
         compute_language_importance,
         count_asr_correlation,
         jaccard_matrix,
+        load_language_sets,
         set_counts,
     )
     from safeneurons.models import load_model, model_layout
@@ -246,43 +259,52 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
                               "over response tokens has nothing to score (raise generation.max_new_tokens).")
         return ps.derive(ps.name, kept, f"responses: the model's own answers ({len(kept)} non-empty)")
 
-    if needs_responses:
-        norm_en = with_answers(norm_en, cfg.hr_language)
-    data: dict[str, dict[str, Any]] = {}
-    for lang in cfg.languages:
-        jail = ident[lang]
-        if cfg.jail_filter == "refused":
-            replies = answered(jail, lang)
-            refused = _has_label(judge, jail.texts(), [p.response for p in replies], lang, "refusal")
-            kept = [p for p, r in zip(replies, refused) if r]
-            if not kept and needs_responses:
-                raise ConfigError(f"multilingual: the model refuses none of the {len(jail)} {lang} identification "
-                                  "rows, so jail_filter: refused leaves no (prompt, refusal) pairs for importance "
-                                  "over response tokens; use jail_filter: none or more rows (n_identify).")
-            jail = jail.derive(jail.name, kept or jail.prompts, f"kept {len(kept)} refused rows")
-        elif cfg.jail_filter == "template":
-            jail = jail.derive(jail.name, [Prompt(p.text, p.id, p.category, lang, p.source, _refusal(lang))
-                                           for p in jail.prompts], "responses: the language's refusal template")
-        elif needs_responses:
-            jail = with_answers(jail, lang)
-        norm = norm_en
-        if cfg.norm_source == "translate" and lang != cfg.hr_language:
-            texts = _translate(lm, norm_en.texts(), lang, cfg.generation, cache)
-            norm = PromptSet(f"{norm_en.name}[{lang}]", [Prompt(t, language=lang) for t in texts])
-            if needs_responses:
-                norm = with_answers(norm, lang)
-        data[lang] = {"jail": jail, "norm": norm}
+    def importance_data() -> dict[str, dict[str, PromptSet]]:
+        """D_jail and D_norm per language, with the responses that importance over response tokens reads."""
+        norm_base = with_answers(norm_en, cfg.hr_language) if needs_responses else norm_en
+        data: dict[str, dict[str, PromptSet]] = {}
+        for lang in cfg.languages:
+            jail = ident[lang]
+            if cfg.jail_filter == "refused":
+                replies = answered(jail, lang)
+                refused = _has_label(judge, jail.texts(), [p.response for p in replies], lang, "refusal")
+                kept = [p for p, r in zip(replies, refused) if r]
+                if not kept and needs_responses:
+                    raise ConfigError(f"multilingual: the model refuses none of the {len(jail)} {lang} identification "
+                                      "rows, so jail_filter: refused leaves no (prompt, refusal) pairs for importance "
+                                      "over response tokens; use jail_filter: none or more rows (n_identify).")
+                jail = jail.derive(jail.name, kept or jail.prompts, f"kept {len(kept)} refused rows")
+            elif cfg.jail_filter == "template":
+                jail = jail.derive(jail.name, [Prompt(p.text, p.id, p.category, lang, p.source, _refusal(lang))
+                                               for p in jail.prompts], "responses: the language's refusal template")
+            elif needs_responses:
+                jail = with_answers(jail, lang)
+            norm = norm_base
+            if cfg.norm_source == "translate" and lang != cfg.hr_language:
+                texts = _translate(lm, norm_en.texts(), lang, cfg.generation, cache)
+                norm = PromptSet(f"{norm_en.name}[{lang}]", [Prompt(t, language=lang) for t in texts])
+                if needs_responses:
+                    norm = with_answers(norm, lang)
+            data[lang] = {"jail": jail, "norm": norm}
+        return data
+
     imp_dir = run.file("importance/.keep").parent
-    if run.done("importance"):
-        scores = {lang: {r: ImportanceScores.load(imp_dir / f"importance-{lang}-{r}.safetensors")
-                         for r in ("jail", "norm")} for lang in cfg.languages}
-    else:
+    if cfg.neuron_sets is not None:
+        sets = load_language_sets(cfg.neuron_sets, cfg.languages, shape)
         with run.stage("importance") as info:
-            scores = compute_language_importance(lm.model, lm.tokenizer, data, cfg.importance,
-                                                 resume_dir=imp_dir / "partial", layout=layout, progress=progress,
-                                                 save_dir=imp_dir)
-            info.update(method=cfg.importance.method, languages=list(cfg.languages))
-    sets = build_language_sets(scores, cfg.p, cfg.hr_language, shape=shape)
+            info.update(method="loaded", neuron_sets=str(Path(cfg.neuron_sets).resolve()))
+    else:
+        if run.done("importance"):
+            scores = {lang: {r: ImportanceScores.load(imp_dir / f"importance-{lang}-{r}.safetensors")
+                             for r in ("jail", "norm")} for lang in cfg.languages}
+        else:
+            data = importance_data()
+            with run.stage("importance") as info:
+                scores = compute_language_importance(lm.model, lm.tokenizer, data, cfg.importance,
+                                                     resume_dir=imp_dir / "partial", layout=layout,
+                                                     progress=progress, save_dir=imp_dir)
+                info.update(method=cfg.importance.method, languages=list(cfg.languages))
+        sets = build_language_sets(scores, cfg.p, cfg.hr_language, shape=shape)
     for lang, kinds in sets.items():
         for kind, ns in kinds.items():
             ns.save(run.file(f"neurons/multilingual/{lang}/{kind}.json"))
@@ -430,8 +452,16 @@ def _benign_check_prompts(lm: Any, cfg: MultilingualConfig, cache: Any) -> dict[
                           f"prompts left after the {skip} used for D_norm and the benign training prompts.")
     from dataclasses import replace
 
-    gen = replace(cfg.generation, max_new_tokens=max(96, cfg.generation.max_new_tokens))  # whole translations
-    return {lang: _translate(lm, texts, lang, gen, cache) for lang in cfg.languages if lang != cfg.hr_language}
+    return _translations(lm, cfg, texts, [lang for lang in cfg.languages if lang != cfg.hr_language], cache)
+
+
+def _translations(lm: Any, cfg: MultilingualConfig, texts: list[str], languages: list[str],
+                  cache: Any) -> dict[str, list[str]]:
+    """``texts`` translated by the model into each of ``languages``, long enough to finish (>= 96 new tokens)."""
+    from dataclasses import replace
+
+    gen = replace(cfg.generation, max_new_tokens=max(96, cfg.generation.max_new_tokens))
+    return {lang: _translate(lm, texts, lang, gen, cache) for lang in languages}
 
 
 def _benign_examples(lm: Any, cfg: MultilingualConfig, cache: Any, progress: bool,
@@ -501,10 +531,12 @@ def expansion_pairs(lm: Any, cfg: MultilingualConfig, ident: dict[str, PromptSet
     return pairs
 
 
-def expansion_alignment(lm: Any, cfg: MultilingualConfig, ident: dict[str, PromptSet], languages: list[str]) -> Any:
+def expansion_alignment(lm: Any, cfg: MultilingualConfig, ident: dict[str, PromptSet], languages: list[str],
+                        cache: Any = None) -> Any:
     """Rows of ``objective: align``: the first ``n_train`` identification rows of each non-reference
     language in ``languages``, aligned to their parallel reference row; anchored: the reference language's
-    rows (when trained) and the benign prompts. Directions: the reference identification rows vs D_norm."""
+    rows (when trained), the benign prompts and the first ``benign_translated_n`` of them translated into
+    each non-reference training language. Directions: the reference identification rows vs D_norm."""
     from safeneurons.train.align import AlignConfig, alignment_data
 
     hr = cfg.hr_language
@@ -513,7 +545,11 @@ def expansion_alignment(lm: Any, cfg: MultilingualConfig, ident: dict[str, Promp
     aligned = [(p.text, english[p.id], lang) for lang in languages if lang != hr
                for p in ident[lang].prompts[:n] if p.id in english]
     anchors = [(p.text, hr) for p in ident[hr].prompts[:n]] if hr in languages else []
-    anchors += [(t, "benign") for t in _benign_prompts(cfg)]
+    benign = _benign_prompts(cfg)
+    anchors += [(t, "benign") for t in benign]
+    others = [lang for lang in languages if lang != hr]
+    for lang, texts in _translations(lm, cfg, benign[:cfg.expansion.benign_translated_n], others, cache).items():
+        anchors += [(t, f"benign[{lang}]") for t in texts]
     if not aligned:
         raise ConfigError("multilingual.expansion.objective = 'align': no non-reference training rows with a "
                           f"parallel {hr} row (check train_languages and holdout).")
@@ -530,7 +566,7 @@ def _training_data(lm: Any, cfg: MultilingualConfig, ident: dict[str, PromptSet]
                    english_refusals: dict[str, str] | None, benign: list[tuple[str, str]], judge: Any, cache: Any,
                    progress: bool) -> TrainingData:
     if cfg.expansion.objective == "align":
-        return expansion_alignment(lm, cfg, ident, languages)
+        return expansion_alignment(lm, cfg, ident, languages, cache)
     examples = expansion_examples(cfg, ident, languages, english_refusals)
     if cfg.expansion.objective == "sft":
         return examples + benign
@@ -612,22 +648,33 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
     key = _expansion_key(lm.checksum, target, data, exp)
     model, info = _expanded_model(run, lm, cfg, target, data, "main", key)
 
+    # per-prompt refusal flags of every scored model, for the paired tests against the original
+    refused: dict[str, dict[str, dict[Any, bool]]] = {"over_refusal": {}, "translated_benign": {}}
+
     def over_refusal(name: str, m: Any, k: str) -> None:
         if exp.over_refusal_n:
-            over[name] = over_refusal_stage(
+            res = over_refusal_stage(
                 run, f"multilingual/over_refusal/{name}.json", m, lm.tokenizer, n=exp.over_refusal_n,
                 data_dir=cfg.data_dir, seed=cfg.seed, judge=judge, generation=cfg.generation, cache=cache,
-                model_key=k, progress=progress)["refusal_rate"]
+                model_key=k, progress=progress)
+            over[name] = res["refusal_rate"]
+            if "verdicts" in res:  # (absent from results written before they were kept)
+                refused["over_refusal"][name] = {v["id"]: v["label"] == "refusal" for v in res["verdicts"]}
 
     checks = _benign_check_prompts(lm, cfg, cache)
     benign_refusal: dict[str, dict[str, float]] = {}
 
     def translated_benign(name: str, m: Any, k: str) -> None:
-        """Refusal rate on the translated benign prompts, per language."""
+        """Refusal rate on the translated benign prompts, per language; the completions are saved with it."""
+        saved: dict[str, list[dict[str, Any]]] = {}
         for lang, texts in checks.items():
             outs = generate(m, lm.tokenizer, texts, cfg.generation, cache=cache, model_key=k, progress=progress)
-            refused = _has_label(judge, texts, outs, lang, "refusal")
-            benign_refusal.setdefault(name, {})[lang] = sum(refused) / len(refused)
+            flags = _has_label(judge, texts, outs, lang, "refusal")
+            benign_refusal.setdefault(name, {})[lang] = sum(flags) / len(flags)
+            saved[lang] = [{"prompt": t, "response": o, "refused": r} for t, o, r in zip(texts, outs, flags)]
+            refused["translated_benign"].setdefault(name, {}).update({(lang, i): r for i, r in enumerate(flags)})
+        if saved:
+            run.write_json(f"multilingual/benign_check/{name}.json", saved)
 
     over: dict[str, Any] = {}
     over_refusal("original", lm.model, lm.checksum)
@@ -662,7 +709,11 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
         "benign_examples": len(_benign_prompts(cfg)) if exp.objective == "align" else len(benign),
         **{k: info.get(k) for k in ("n_examples", "trainable_params", "total_params", "trainable_fraction",
                                     "train_loss", "steps", "seconds", "frozen_drift")},
-        "over_refusal": over, "benign_refusal": benign_refusal, "leave_one_out": lolo}
+        "over_refusal": over, "benign_refusal": benign_refusal,
+        "paired_vs_original": {what: {name: paired_test(flags, by_name["original"]) for name, flags in by_name.items()
+                                      if name != "original"}
+                               for what, by_name in refused.items() if "original" in by_name},
+        "leave_one_out": lolo}
     return records, summary
 
 
@@ -717,6 +768,21 @@ def _expansion_asr(asr: dict[str, dict[str, Any]], cfg: MultilingualConfig,
     }
 
 
+def paired_test(mine: dict[Any, bool], theirs: dict[Any, bool]) -> dict[str, Any] | None:
+    """One outcome under two models on the same items: ``n`` shared items, the other model's rate, the
+    discordant counts ``only_here`` (b) / ``only_other`` (c) and the exact McNemar p (two-sided binomial
+    test of b vs c); None when no item is shared."""
+    from scipy.stats import binomtest
+
+    common = [k for k in mine if k in theirs]
+    if not common:
+        return None
+    b = sum(mine[k] and not theirs[k] for k in common)
+    c = sum(theirs[k] and not mine[k] for k in common)
+    return {"n": len(common), "other_rate": sum(theirs[k] for k in common) / len(common), "only_here": b,
+            "only_other": c, "p_mcnemar": float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0}
+
+
 def paired_condition_tests(records: list[dict[str, Any]], hr: str = "en", baseline: str = "RANDOM_SS",
                            conditions: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Is a condition's effect "clearly more than" the matched random set's? Pooled over the non-reference
@@ -725,8 +791,6 @@ def paired_condition_tests(records: list[dict[str, Any]], hr: str = "en", baseli
     and the exact McNemar test on the discordant prompts (two-sided binomial test of ``b`` vs ``c``, where
     ``b`` counts prompts with the outcome under the condition only and ``c`` under the other only).
     ``conditions`` default: every condition in ``records`` but the baseline and ORI."""
-    from scipy.stats import binomtest
-
     if conditions is None:
         conditions = tuple(dict.fromkeys(r["condition"] for r in records if r["condition"] not in (baseline, "ORI")))
 
@@ -748,15 +812,8 @@ def paired_condition_tests(records: list[dict[str, Any]], hr: str = "en", baseli
             mine = outcome(cond, what)
             row: dict[str, Any] = {"n": len(mine), "rate": sum(mine.values()) / len(mine) if mine else None}
             for other in (baseline, "ORI"):
-                theirs = outcome(other, what)
-                common = [k for k in mine if k in theirs]
-                if not common or other == cond:
-                    continue
-                b = sum(mine[k] and not theirs[k] for k in common)
-                c = sum(theirs[k] and not mine[k] for k in common)
-                row[f"vs_{other}"] = {"n": len(common), "other_rate": sum(theirs[k] for k in common) / len(common),
-                                      "only_here": b, "only_other": c,
-                                      "p_mcnemar": float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0}
+                if other != cond and (paired := paired_test(mine, outcome(other, what))) is not None:
+                    row[f"vs_{other}"] = paired
             res[what] = row
         out["tests"][cond] = res
     return out
