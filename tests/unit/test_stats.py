@@ -45,6 +45,19 @@ def test_moments_keep_precision_on_a_large_offset():
     np.testing.assert_allclose(m.mean.numpy(), ref.mean(0), rtol=1e-12)
 
 
+def test_half_precision_batches_match_their_float64_moments():
+    """bf16/fp16 activations (the GPU path) are reduced through float32, not a float64 copy."""
+    x = (3 + torch.randn(512, 6, generator=torch.Generator().manual_seed(1)))
+    for dtype in (torch.bfloat16, torch.float16):
+        xh = x.to(dtype)
+        m = RunningMoments(6)
+        for chunk in xh.split(100):
+            m.add(chunk)
+        ref = xh.double().numpy()
+        np.testing.assert_allclose(m.mean.numpy(), ref.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(m.var.numpy(), ref.var(0, ddof=1), rtol=1e-6)
+
+
 def test_positive_probability():
     m = RunningMoments(2, track_positive=True)
     m.add(torch.tensor([[1.0, -1.0], [2.0, 0.0], [-3.0, 5.0]]))

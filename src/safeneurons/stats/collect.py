@@ -202,13 +202,10 @@ def collect_stats(model: nn.Module, tokenizer: Any, groups: Mapping[str, PromptS
                 x = x[..., lay.offset : lay.offset + lay.width]
                 samples = _reduce(x, state["sel"], state["reduce"])
                 # any inf/nan makes the sum non-finite (5x cheaper than isfinite(x).all()); half-precision
-                # activations are summed in float32 so a large but finite batch cannot overflow
+                # activations are summed in float32 so a large but finite batch cannot overflow. The sums are
+                # checked once per batch (one device sync per batch, not one per hook)
                 wide = torch.float32 if samples.dtype in (torch.float16, torch.bfloat16) else None
-                if not torch.isfinite(samples.sum(dtype=wide)):
-                    raise NumericalError(
-                        f"non-finite activations at {layer}.{site} for prompts {state['span']} of group {gname!r}; "
-                        "not averaged. Try dtype float32."
-                    )
+                state["sums"].append(((layer, site), samples.sum(dtype=wide)))
                 cells[(layer, site)].add(samples)
 
             if io == "input":
@@ -228,12 +225,18 @@ def collect_stats(model: nn.Module, tokenizer: Any, groups: Mapping[str, PromptS
                 batch = [encoded[i] for i in idx]
                 ids, mask = pad_batch(batch, pad, "right")
                 state["sel"], state["reduce"] = _selection(batch, ids.shape[1], cfg.position)
-                state["span"] = f"{min(idx)}-{max(idx)}"
+                state["sums"] = []
                 decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+                finite = torch.isfinite(torch.stack([t.float() for _, t in state["sums"]] or [torch.zeros(())])).cpu()
+                if not bool(finite.all()):
+                    layer, site = state["sums"][int((~finite).nonzero()[0])][0]
+                    raise NumericalError(
+                        f"non-finite activations at {layer}.{site} for prompts {min(idx)}-{max(idx)} of group "
+                        f"{gname!r}; not averaged. Try dtype float32.")
         finally:
             for h in handles:
                 h.remove()
-        result[gname] = cells
+        result[gname] = {cell: moments.to("cpu") for cell, moments in cells.items()}
         meta["groups"][gname] = {
             "n_prompts": len(texts),
             "sha256": prompts.sha256 if isinstance(prompts, PromptSet) else None,
