@@ -257,6 +257,9 @@ def test_paired_condition_tests_compare_the_same_prompts():
     vs = t["compliance"]["vs_RANDOM_SS"]
     assert (vs["only_here"], vs["only_other"], vs["other_rate"]) == (9, 1, 0.1)
     assert vs["p_mcnemar"] == pytest.approx(0.021484375)  # 2 * P(X >= 9), X ~ Bin(10, 1/2)
+    assert vs["difference"] == pytest.approx(0.8)  # 0.9 - 0.1
+    half = 1.96 * math.sqrt(10 - 8**2 / 10) / 10  # b + c = 10, b - c = 8
+    assert vs["difference_ci95"] == pytest.approx([0.8 - half, 0.8 + half])
     assert t["refusal"]["vs_ORI"]["only_other"] == 9 and t["refusal"]["vs_ORI"]["p_mcnemar"] < 0.01
     same = paired_condition_tests(recs("ORI", ori) + recs("RANDOM_SS", ori) + recs("SUPPRESS_SS", ori))
     assert same["tests"]["SUPPRESS_SS"]["compliance"]["vs_RANDOM_SS"]["p_mcnemar"] == 1.0

@@ -770,17 +770,23 @@ def _expansion_asr(asr: dict[str, dict[str, Any]], cfg: MultilingualConfig,
 
 def paired_test(mine: dict[Any, bool], theirs: dict[Any, bool]) -> dict[str, Any] | None:
     """One outcome under two models on the same items: ``n`` shared items, the other model's rate, the
-    discordant counts ``only_here`` (b) / ``only_other`` (c) and the exact McNemar p (two-sided binomial
-    test of b vs c); None when no item is shared."""
+    discordant counts ``only_here`` (b) / ``only_other`` (c), the exact McNemar p (two-sided binomial
+    test of b vs c), and the rate difference ``(b - c) / n`` with its 95 % Wald interval for paired
+    proportions, ``± 1.96 · sqrt(b + c − (b − c)² / n) / n``; None when no item is shared."""
+    import math
+
     from scipy.stats import binomtest
 
     common = [k for k in mine if k in theirs]
     if not common:
         return None
+    n = len(common)
     b = sum(mine[k] and not theirs[k] for k in common)
     c = sum(theirs[k] and not mine[k] for k in common)
-    return {"n": len(common), "other_rate": sum(theirs[k] for k in common) / len(common), "only_here": b,
-            "only_other": c, "p_mcnemar": float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0}
+    diff, half = (b - c) / n, 1.96 * math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
+    return {"n": n, "other_rate": sum(theirs[k] for k in common) / n, "only_here": b, "only_other": c,
+            "p_mcnemar": float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0,
+            "difference": diff, "difference_ci95": [diff - half, diff + half]}
 
 
 def paired_condition_tests(records: list[dict[str, Any]], hr: str = "en", baseline: str = "RANDOM_SS",
