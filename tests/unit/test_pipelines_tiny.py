@@ -451,6 +451,33 @@ def test_gsm8k_general_prompts_avoid_the_scored_questions():
     assert _training_inputs(to_dict(si)) == _training_inputs(to_dict(cfg(100, "self_instruct")))
 
 
+def test_gsm8k_general_pairs_checked_against_the_reference_answers():
+    """pairs.general_chosen: 'correct' keeps only the pairs whose chosen answer ends on the reference number,
+    'reference' swaps a wrong answer for the dataset's worked solution; both need general_dataset: gsm8k."""
+    from safeneurons.config import load_config
+    from safeneurons.data import load_prompts
+    from safeneurons.data.datasets import read_jsonl_file
+    from safeneurons.evaluate.capability import GSM8K_FILE
+    from safeneurons.errors import ConfigError
+    from safeneurons.pipelines.train import TrainRunConfig, checked_gsm8k_pairs
+    from safeneurons.train.preference_data import PreferencePair
+
+    prompts = load_prompts("gsm8k").filter(lambda p: p.id in ("gsm8k-0", "gsm8k-1", "gsm8k-2"), "first three")
+    rows = read_jsonl_file(GSM8K_FILE)[:3]
+    answers = [f"... So the answer is {rows[0]['short_answer']}.", "The total is 99999.", "I think it is 70000 $."]
+    pairs = [PreferencePair.single(p.text, a, "unrelated answer", source="helpfulness")
+             for p, a in zip(prompts.prompts, answers)]
+    kept, counts = checked_gsm8k_pairs(pairs, prompts, "correct")
+    assert counts == {"right": 2, "wrong": 1} and [p.chosen for p in kept] == [answers[0], answers[2]]
+    fixed, _ = checked_gsm8k_pairs(pairs, prompts, "reference")
+    assert fixed[1].chosen == rows[1]["choices"][0] and fixed[1].rejected == "unrelated answer"
+    assert fixed[1].meta["chosen"] == "gsm8k reference" and fixed[0] == pairs[0]
+    with pytest.raises(ConfigError, match="needs pairs.general_dataset: gsm8k"):
+        load_config(TrainRunConfig, None, ["pairs.general_chosen=correct"])
+    with pytest.raises(ConfigError, match="choose from model, correct, reference"):
+        load_config(TrainRunConfig, None, ["pairs.general_dataset=gsm8k", "pairs.general_chosen=gold"])
+
+
 def test_multilingual_importance_over_response_tokens(tmp_path):
     """importance.position: response scores (prompt, answer) pairs: D_jail keeps the rows the model refuses with
     its refusal (jail_filter: refused) or gets its own answers, D_norm gets the model's answers; joint probes

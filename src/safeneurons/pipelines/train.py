@@ -39,6 +39,7 @@ from safeneurons.train.sft import MaskedSFTConfig
 
 log = logging.getLogger("safeneurons.train")
 METHODS = ("safeneuron", "dpo", "sn_tune")
+GENERAL_CHOSEN = ("model", "correct", "reference")
 
 
 @dataclass
@@ -52,6 +53,10 @@ class PairsConfig:
                 "check scores (reasoning-style answers, against the GSM8K loss of safety DPO)"})
     general_max_new_tokens: int | None = field(default=None, metadata={
         "help": "length of the model's general answers (None: generation.max_new_tokens; GSM8K solutions need ~256)"})
+    general_chosen: str = field(default="model", metadata={
+        "help": "gsm8k only: 'model' keeps the model's answers right or wrong; 'correct' drops the pairs whose answer's "
+                "final number is not the reference answer; 'reference' puts the dataset's worked solution in place "
+                "of a wrong answer"})
     degrade: str = field(default="other_prompt", metadata={"help": "rejected general answer: other_prompt, truncate, pruned"})
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=96, batch_size=16))
 
@@ -77,6 +82,12 @@ class TrainRunConfig:
             raise ConfigError(f"train.methods: unknown {bad}; choose from {', '.join(METHODS)}.")
         if self.rounds < 1:
             raise ConfigError(f"train.rounds must be >= 1, got {self.rounds}.")
+        if self.pairs.general_chosen not in GENERAL_CHOSEN:
+            raise ConfigError(f"train.pairs.general_chosen {self.pairs.general_chosen!r}; choose from "
+                              f"{', '.join(GENERAL_CHOSEN)}.")
+        if self.pairs.general_chosen != "model" and self.pairs.general_dataset != "gsm8k":
+            raise ConfigError("train.pairs.general_chosen checks answers against GSM8K's reference answers: it needs "
+                              f"pairs.general_dataset: gsm8k (got {self.pairs.general_dataset!r}).")
 
 
 def _dpo_config(cfg: TrainRunConfig) -> SafeNeuronDPOConfig:
@@ -102,6 +113,29 @@ def general_prompts(cfg: TrainRunConfig) -> Any:
             raise ConfigError(f"train.pairs.general_dataset = {task!r}: the capability check scores every question; "
                               f"lower attack.capability.n_per_task.{task}.")
     return ps.sample(cfg.pairs.n_general, cfg.data.seed + 1)
+
+
+def checked_gsm8k_pairs(pairs: list[Any], prompts: Any, mode: str,
+                        data_dir: str | None = None) -> tuple[list[Any], dict[str, int]]:
+    """GSM8K helpfulness pairs whose chosen answer is right: the final number of the model's answer
+    (:func:`~safeneurons.evaluate.capability.extract_gsm8k_answer`) against the question's reference answer.
+    A wrong answer's pair is dropped (``mode="correct"``) or gets the dataset's worked solution, ending
+    "So the answer is N.", as its chosen answer (``mode="reference"``; the rejected answer is unchanged)."""
+    from safeneurons.data.datasets import read_jsonl_file
+    from safeneurons.evaluate.capability import GSM8K_FILE, extract_gsm8k_answer, normalize_number
+
+    rows = read_jsonl_file(GSM8K_FILE, data_dir)
+    row_of = {p.text: rows[int(p.id.rsplit("-", 1)[1])] for p in prompts.prompts}
+    out, counts = [], {"right": 0, "wrong": 0}
+    for pair in pairs:
+        row = row_of[pair.prompt_text]
+        right = extract_gsm8k_answer(pair.chosen) == normalize_number(str(row["short_answer"]))
+        counts["right" if right else "wrong"] += 1
+        if right:
+            out.append(pair)
+        elif mode == "reference":
+            out.append(replace(pair, chosen=row["choices"][0], meta={**pair.meta, "chosen": "gsm8k reference"}))
+    return out, counts
 
 
 def build_pairs(run: RunDir, lm: Any, cfg: TrainRunConfig, harmful: Any, full: Any) -> list[Any]:
@@ -136,6 +170,9 @@ def build_pairs(run: RunDir, lm: Any, cfg: TrainRunConfig, harmful: Any, full: A
             general_gen = gen
         general, rep_g = helpfulness_pairs(benign.texts(), general_gen, strategy=cfg.pairs.degrade,
                                            interventions=full if cfg.pairs.degrade == "pruned" else None)
+        if cfg.pairs.general_chosen != "model":
+            general, checked = checked_gsm8k_pairs(general, benign, cfg.pairs.general_chosen, cfg.data.data_dir)
+            info.update(general_checked=checked)
         if not safety:
             raise ConfigError("no on-policy safety pairs: the model refused none of the harmful prompts that its "
                               "pruned version answered; add prompts or use pairs.hh_rlhf.")
