@@ -386,7 +386,8 @@ def test_expansion_scales_score_weaker_updates_and_reuse_adopts_the_trained_mode
     assert set(paired) == {"over_refusal", "translated_benign"}
     assert set(paired["over_refusal"]) == {"expanded", "expanded@0", "expanded@0.5"}
     assert paired["over_refusal"]["expanded@0"] == {"n": 3, "other_rate": exp["over_refusal"]["original"],
-                                                    "only_here": 0, "only_other": 0, "p_mcnemar": 1.0}
+                                                    "only_here": 0, "only_other": 0, "p_mcnemar": 1.0,
+                                                    "difference": 0.0, "difference_ci95": [0.0, 0.0]}
     assert paired["translated_benign"]["expanded"]["n"] == 3
     by_scale = exp["asr"]["by_scale"]
     assert set(by_scale) == {"1", "0", "0.5"}
