@@ -450,8 +450,6 @@ def _benign_check_prompts(lm: Any, cfg: MultilingualConfig, cache: Any) -> dict[
     if len(texts) < n:
         raise ConfigError(f"multilingual.expansion.benign_check_n = {n}: {cfg.norm_dataset} has only {len(texts)} "
                           f"prompts left after the {skip} used for D_norm and the benign training prompts.")
-    from dataclasses import replace
-
     return _translations(lm, cfg, texts, [lang for lang in cfg.languages if lang != cfg.hr_language], cache)
 
 
@@ -547,9 +545,10 @@ def expansion_alignment(lm: Any, cfg: MultilingualConfig, ident: dict[str, Promp
     anchors = [(p.text, hr) for p in ident[hr].prompts[:n]] if hr in languages else []
     benign = _benign_prompts(cfg)
     anchors += [(t, "benign") for t in benign]
-    others = [lang for lang in languages if lang != hr]
-    for lang, texts in _translations(lm, cfg, benign[:cfg.expansion.benign_translated_n], others, cache).items():
-        anchors += [(t, f"benign[{lang}]") for t in texts]
+    if cfg.expansion.benign_translated_n:
+        others = [lang for lang in languages if lang != hr]
+        for lang, texts in _translations(lm, cfg, benign[:cfg.expansion.benign_translated_n], others, cache).items():
+            anchors += [(t, f"benign[{lang}]") for t in texts]
     if not aligned:
         raise ConfigError("multilingual.expansion.objective = 'align': no non-reference training rows with a "
                           f"parallel {hr} row (check train_languages and holdout).")

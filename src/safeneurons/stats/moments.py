@@ -51,7 +51,7 @@ class RunningMoments:
             mu_b = xs.sum(0, dtype=torch.float64) / m
             m2_b = torch.var_mean(xs, dim=0, correction=0)[0].to(torch.float64) * m
         pos_b = (x > 0).sum(0).to(torch.float64) if self.track_positive else None
-        if self.n == 0 and self.mean.device != x.device:  # accumulate where the batches are: no copy, no sync
+        if self.mean.device != x.device:  # accumulate where the batches are: no per-batch copy, no sync
             self.to(x.device)
         self._merge(m, mu_b, m2_b, pos_b)
 
