@@ -90,6 +90,22 @@ def test_ms_and_ss_algebra():
     assert ss.provenance["kind"] == "SS" and ms.provenance["kind"] == "MS"
 
 
+def test_expansion_targets_from_planted_sets():
+    """ms_en = English MS; ss = ⋃ SS_lang; union = both; ms_others = ⋃ MS_lang minus English MS."""
+    from safeneurons.pipelines.multilingual import expansion_target
+
+    def ns(*idx):
+        return NeuronSet(SHAPE, {(0, "q"): list(idx)})
+
+    sets = {"en": {"MS": ns(1, 2, 3), "SS": ns(1, 2, 3)},
+            "zh": {"MS": ns(2, 3, 8), "SS": ns(2, 3)},
+            "sw": {"MS": ns(3, 9), "SS": ns(3)}}
+    got = {t: expansion_target(sets, t).indices(0, "q").tolist() for t in ("ms_en", "ss", "union", "ms_others")}
+    assert got == {"ms_en": [1, 2, 3], "ss": [2, 3], "union": [1, 2, 3], "ms_others": [8, 9]}
+    with pytest.raises(ConfigError, match="selects no neurons"):
+        expansion_target({"en": sets["en"], "zh": {"MS": ns(1, 2), "SS": ns(1, 2)}}, "ms_others")
+
+
 def test_build_language_sets_planted():
     # en: jail top {1,2,3}, norm top {3,4,5} -> MS_en {1,2}
     # zh: jail top {2,6,7}, norm top {7,8,9} -> MS_zh {2,6}; SS_zh = {2}

@@ -428,6 +428,7 @@ def test_gsm8k_general_prompts_avoid_the_scored_questions():
     from safeneurons.config import load_config, to_dict
     from safeneurons.data import load_prompts
     from safeneurons.data.datasets import read_jsonl_file
+    from safeneurons.errors import ConfigError
     from safeneurons.evaluate.capability import GSM8K_FILE, subsample
     from safeneurons.pipelines.train import TrainRunConfig, _training_inputs, general_prompts
 
@@ -450,6 +451,15 @@ def test_gsm8k_general_prompts_avoid_the_scored_questions():
     si = cfg(50, "self_instruct")
     assert general_prompts(si).texts() == load_prompts("self_instruct", limit=600, seed=si.data.seed + 1).texts()
     assert _training_inputs(to_dict(si)) == _training_inputs(to_dict(cfg(100, "self_instruct")))
+    # a '+' mix shares n_general evenly, each part the sample it would be alone, GSM8K's still held out
+    mixed = cfg(700, "self_instruct+gsm8k")
+    assert mixed.pairs.general_datasets() == {"self_instruct": 300, "gsm8k": 300}
+    both = general_prompts(mixed)
+    assert both.texts()[:300] == load_prompts("self_instruct", limit=300, seed=si.data.seed + 1).texts()
+    assert {p.id for p in both.prompts[300:]} <= {p.id for p in picked.prompts}
+    assert _training_inputs(to_dict(mixed)) != _training_inputs(to_dict(cfg(100, "self_instruct+gsm8k")))
+    with pytest.raises(ConfigError, match="each once"):
+        load_config(TrainRunConfig, None, ["pairs.general_dataset=gsm8k+gsm8k"])
 
 
 def test_gsm8k_general_pairs_checked_against_the_reference_answers():
@@ -473,6 +483,10 @@ def test_gsm8k_general_pairs_checked_against_the_reference_answers():
     fixed, _ = checked_gsm8k_pairs(pairs, prompts, "reference")
     assert fixed[1].chosen == rows[1]["choices"][0] and fixed[1].rejected == "unrelated answer"
     assert fixed[1].meta["chosen"] == "gsm8k reference" and fixed[0] == pairs[0]
+    other = PreferencePair.single("Name three primary colours.", "Red, yellow, blue.", "unrelated", source="helpfulness")
+    mixed, counts = checked_gsm8k_pairs([*pairs, other], prompts, "correct")  # a mix: non-GSM8K pairs pass
+    assert counts == {"right": 2, "wrong": 1} and mixed[-1] == other and len(mixed) == 3
+    load_config(TrainRunConfig, None, ["pairs.general_dataset=self_instruct+gsm8k", "pairs.general_chosen=reference"])
     with pytest.raises(ConfigError, match="needs pairs.general_dataset: gsm8k"):
         load_config(TrainRunConfig, None, ["pairs.general_chosen=correct"])
     with pytest.raises(ConfigError, match="choose from model, correct, reference"):

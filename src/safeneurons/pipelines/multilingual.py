@@ -48,7 +48,7 @@ from safeneurons.pipelines.rundir import RunDir, default_run_dir
 
 log = logging.getLogger("safeneurons.multilingual")
 CONDITIONS = ("ORI", "SUPPRESS_SS", "SUPPRESS_MS_EN", "RANDOM_SS", "REINFORCE_SS")
-EXPANSION_TARGETS = ("ms_en", "ss", "union")
+EXPANSION_TARGETS = ("ms_en", "ss", "union", "ms_others")
 EXPANSION_RESPONSES = ("templates", "model_en")
 EXPANSION_OBJECTIVES = ("sft", "dpo", "align")
 
@@ -60,7 +60,8 @@ class ExpansionConfig:
     enabled: bool = field(default=True, metadata={"help": "run the expansion stage"})
     target: str = field(default="ms_en", metadata={
         "help": "neurons to train: ms_en (English MS, the paper's), ss (union of every language's SS), "
-                "union (both)"})
+                "union (both), ms_others (the other languages' MS minus English MS: neurons English refusal does "
+                "not use, ours, to leave English behaviour alone)"})
     train_languages: tuple[str, ...] | None = field(default=None, metadata={
         "help": "languages of the parallel training data (None: every configured language)"})
     holdout: tuple[str, ...] = field(default=(), metadata={
@@ -380,13 +381,15 @@ def _condition_records(run: RunDir, model: Any, tokenizer: Any, lang: str, cond:
 
 
 def expansion_target(sets: dict[str, dict[str, NeuronSet]], target: str, hr: str = "en") -> NeuronSet:
-    """The neurons SS-Neuron expansion trains: English MS (default), the union of all SS sets, or both."""
+    """The neurons SS-Neuron expansion trains: English MS (default), the union of all SS sets, both, or
+    ``ms_others`` = ⋃_{lang ≠ hr} MS_lang \\ MS_hr (the other languages' safety neurons that English's refusal
+    does not rely on)."""
     ms_en = sets[hr]["MS"]
-    ss_all = NeuronSet.empty(ms_en.shape)
+    ss_all, ms_all = NeuronSet.empty(ms_en.shape), NeuronSet.empty(ms_en.shape)
     for lang, kinds in sets.items():
         if lang != hr:
-            ss_all = ss_all | kinds["SS"]
-    chosen = {"ms_en": ms_en, "ss": ss_all, "union": ms_en | ss_all}[target]
+            ss_all, ms_all = ss_all | kinds["SS"], ms_all | kinds["MS"]
+    chosen = {"ms_en": ms_en, "ss": ss_all, "union": ms_en | ss_all, "ms_others": ms_all - ms_en}[target]
     if not chosen:
         raise ConfigError(f"multilingual.expansion.target = {target!r} selects no neurons on this model; "
                           "choose another target or raise p.")

@@ -50,15 +50,26 @@ class PairsConfig:
     safety_fraction: float = field(default=0.3, metadata={"help": "share of safety pairs in the mix (paper 0.3)"})
     general_dataset: str = field(default="self_instruct", metadata={
         "help": "benign prompts for helpfulness pairs; 'gsm8k' takes GSM8K questions outside those the capability "
-                "check scores (reasoning-style answers, against the GSM8K loss of safety DPO)"})
+                "check scores (reasoning-style answers, against the GSM8K loss of safety DPO); several joined by '+' "
+                "('self_instruct+gsm8k') share n_general evenly"})
     general_max_new_tokens: int | None = field(default=None, metadata={
         "help": "length of the model's general answers (None: generation.max_new_tokens; GSM8K solutions need ~256)"})
     general_chosen: str = field(default="model", metadata={
-        "help": "gsm8k only: 'model' keeps the model's answers right or wrong; 'correct' drops the pairs whose answer's "
-                "final number is not the reference answer; 'reference' puts the dataset's worked solution in place "
-                "of a wrong answer"})
+        "help": "GSM8K pairs only: 'model' keeps the model's answers right or wrong; 'correct' drops the pairs whose "
+                "answer's final number is not the reference answer; 'reference' puts the dataset's worked solution in "
+                "place of a wrong answer"})
     degrade: str = field(default="other_prompt", metadata={"help": "rejected general answer: other_prompt, truncate, pruned"})
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=96, batch_size=16))
+
+    def general_datasets(self) -> dict[str, int]:
+        """``general_dataset`` split on '+', each with its share of ``n_general`` (the first ones take the
+        remainder): ``self_instruct+gsm8k`` with 25 → {self_instruct: 13, gsm8k: 12}."""
+        names = [n.strip() for n in self.general_dataset.split("+")]
+        if not all(names) or len(set(names)) != len(names):
+            raise ConfigError(f"train.pairs.general_dataset {self.general_dataset!r}: expected dataset names joined "
+                              "by '+', each once (e.g. self_instruct+gsm8k).")
+        q, r = divmod(self.n_general, len(names))
+        return {name: q + (i < r) for i, name in enumerate(names)}
 
 
 @dataclass
@@ -85,7 +96,8 @@ class TrainRunConfig:
         if self.pairs.general_chosen not in GENERAL_CHOSEN:
             raise ConfigError(f"train.pairs.general_chosen {self.pairs.general_chosen!r}; choose from "
                               f"{', '.join(GENERAL_CHOSEN)}.")
-        if self.pairs.general_chosen != "model" and self.pairs.general_dataset != "gsm8k":
+        general = self.pairs.general_datasets()  # checks the '+' syntax
+        if self.pairs.general_chosen != "model" and "gsm8k" not in general:
             raise ConfigError("train.pairs.general_chosen checks answers against GSM8K's reference answers: it needs "
                               f"pairs.general_dataset: gsm8k (got {self.pairs.general_dataset!r}).")
 
@@ -98,37 +110,47 @@ def _dpo_config(cfg: TrainRunConfig) -> SafeNeuronDPOConfig:
 
 
 def general_prompts(cfg: TrainRunConfig) -> Any:
-    """The ``n_general`` benign prompts of the helpfulness pairs (seeded sample). When the dataset is also a
-    capability task (``gsm8k``), the questions the capability check scores (the same seeded indices as
-    :func:`safeneurons.evaluate.capability.subsample`) are removed first, so no evaluated question is trained on."""
-    from safeneurons.data import load_prompts
+    """The ``n_general`` benign prompts of the helpfulness pairs (a seeded sample of each dataset of
+    ``general_dataset``). When a dataset is also a capability task (``gsm8k``), the questions the capability
+    check scores (the same seeded indices as :func:`safeneurons.evaluate.capability.subsample`) are removed
+    first, so no evaluated question is trained on."""
+    from safeneurons.data import PromptSet, load_prompts
     from safeneurons.evaluate.capability import subsample
 
-    task, cap = cfg.pairs.general_dataset, cfg.attack.capability
-    ps = load_prompts(task, data_dir=cfg.data.data_dir)
-    if task in cap.tasks:
-        scored = {f"{task}-{i}" for i in subsample(len(ps), cap.n_of(task), 0)}
-        ps = ps.filter(lambda p: p.id not in scored, f"without the {len(scored)} questions the capability check scores")
-        if not ps.prompts:
-            raise ConfigError(f"train.pairs.general_dataset = {task!r}: the capability check scores every question; "
-                              f"lower attack.capability.n_per_task.{task}.")
-    return ps.sample(cfg.pairs.n_general, cfg.data.seed + 1)
+    cap, parts = cfg.attack.capability, []
+    for task, n in cfg.pairs.general_datasets().items():
+        ps = load_prompts(task, data_dir=cfg.data.data_dir)
+        if task in cap.tasks:
+            scored = {f"{task}-{i}" for i in subsample(len(ps), cap.n_of(task), 0)}
+            ps = ps.filter(lambda p: p.id not in scored, f"without the {len(scored)} questions the capability check scores")
+            if not ps.prompts:
+                raise ConfigError(f"train.pairs.general_dataset = {task!r}: the capability check scores every question; "
+                                  f"lower attack.capability.n_per_task.{task}.")
+        parts.append(ps.sample(n, cfg.data.seed + 1))
+    if len(parts) == 1:
+        return parts[0]
+    return PromptSet(cfg.pairs.general_dataset, [p for ps in parts for p in ps.prompts],
+                     origin=" + ".join(ps.origin for ps in parts), notes=[f"{ps.name}: {len(ps)}" for ps in parts])
 
 
 def checked_gsm8k_pairs(pairs: list[Any], prompts: Any, mode: str,
                         data_dir: str | None = None) -> tuple[list[Any], dict[str, int]]:
     """GSM8K helpfulness pairs whose chosen answer is right: the final number of the model's answer
     (:func:`~safeneurons.evaluate.capability.extract_gsm8k_answer`) against the question's reference answer.
-    A wrong answer's pair is dropped (``mode="correct"``) or gets the dataset's worked solution, ending
-    "So the answer is N.", as its chosen answer (``mode="reference"``; the rejected answer is unchanged)."""
+    Pairs from other datasets of a mix pass unchanged. A wrong answer's pair is dropped (``mode="correct"``)
+    or gets the dataset's worked solution, ending "So the answer is N.", as its chosen answer
+    (``mode="reference"``; the rejected answer is unchanged)."""
     from safeneurons.data.datasets import read_jsonl_file
     from safeneurons.evaluate.capability import GSM8K_FILE, extract_gsm8k_answer, normalize_number
 
     rows = read_jsonl_file(GSM8K_FILE, data_dir)
-    row_of = {p.text: rows[int(p.id.rsplit("-", 1)[1])] for p in prompts.prompts}
+    row_of = {p.text: rows[int(p.id.rsplit("-", 1)[1])] for p in prompts.prompts if p.id.startswith("gsm8k-")}
     out, counts = [], {"right": 0, "wrong": 0}
     for pair in pairs:
-        row = row_of[pair.prompt_text]
+        row = row_of.get(pair.prompt_text)
+        if row is None:  # a pair from another general dataset of a mix: nothing to check
+            out.append(pair)
+            continue
         right = extract_gsm8k_answer(pair.chosen) == normalize_number(str(row["short_answer"]))
         counts["right" if right else "wrong"] += 1
         if right:
@@ -192,10 +214,12 @@ def _training_inputs(config: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in config.items() if k not in EVALUATION_ONLY}
     attack = config.get("attack") or {}
     out["pair_judge"] = {"judge": attack.get("judge"), "judge_params": attack.get("judge_params")}
-    general = (config.get("pairs") or {}).get("general_dataset")
+    general = str((config.get("pairs") or {}).get("general_dataset") or "")
     cap = attack.get("capability") or {}
-    if general and general in (cap.get("tasks") or ()):  # the scored questions decide the general prompts
-        out["general_held_out"] = (cap.get("n_per_task") or {}).get(general, cap.get("n"))
+    for task in general.split("+"):
+        if task in (cap.get("tasks") or ()):  # the scored questions decide the general prompts
+            held_out = (cap.get("n_per_task") or {}).get(task, cap.get("n"))
+            out["general_held_out" if task == general else f"general_held_out:{task}"] = held_out
     return out
 
 
