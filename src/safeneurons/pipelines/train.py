@@ -62,14 +62,20 @@ class PairsConfig:
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=96, batch_size=16))
 
     def general_datasets(self) -> dict[str, int]:
-        """``general_dataset`` split on '+', each with its share of ``n_general`` (the first ones take the
+        """Each dataset of ``general_dataset`` with its share of ``n_general`` (the first ones take the
         remainder): ``self_instruct+gsm8k`` with 25 → {self_instruct: 13, gsm8k: 12}."""
-        names = [n.strip() for n in self.general_dataset.split("+")]
-        if not all(names) or len(set(names)) != len(names):
-            raise ConfigError(f"train.pairs.general_dataset {self.general_dataset!r}: expected dataset names joined "
-                              "by '+', each once (e.g. self_instruct+gsm8k).")
+        names = general_dataset_names(self.general_dataset)
         q, r = divmod(self.n_general, len(names))
         return {name: q + (i < r) for i, name in enumerate(names)}
+
+
+def general_dataset_names(spec: str) -> list[str]:
+    """The dataset names of ``pairs.general_dataset`` (several joined by '+')."""
+    names = [n.strip() for n in spec.split("+")]
+    if not all(names) or len(set(names)) != len(names):
+        raise ConfigError(f"train.pairs.general_dataset {spec!r}: expected dataset names joined by '+', each once "
+                          "(e.g. self_instruct+gsm8k).")
+    return names
 
 
 @dataclass
@@ -214,12 +220,14 @@ def _training_inputs(config: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in config.items() if k not in EVALUATION_ONLY}
     attack = config.get("attack") or {}
     out["pair_judge"] = {"judge": attack.get("judge"), "judge_params": attack.get("judge_params")}
-    general = str((config.get("pairs") or {}).get("general_dataset") or "")
+    general = (config.get("pairs") or {}).get("general_dataset")
     cap = attack.get("capability") or {}
-    for task in general.split("+"):
-        if task in (cap.get("tasks") or ()):  # the scored questions decide the general prompts
-            held_out = (cap.get("n_per_task") or {}).get(task, cap.get("n"))
-            out["general_held_out" if task == general else f"general_held_out:{task}"] = held_out
+    tasks, n_per_task = cap.get("tasks") or (), cap.get("n_per_task") or {}
+    # a general dataset that is also a capability task: its scored questions decide the general prompts
+    held_out = ({t: n_per_task.get(t, cap.get("n")) for t in general_dataset_names(general) if t in tasks}
+                if general else {})
+    if held_out:
+        out["general_held_out"] = held_out
     return out
 
 
