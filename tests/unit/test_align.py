@@ -10,6 +10,7 @@ from safeneurons.models import model_layout
 from safeneurons.neurons import NeuronSet
 from safeneurons.train.align import (
     AlignConfig,
+    AlignmentData,
     alignment_data,
     alignment_loss,
     masked_align,
@@ -33,6 +34,47 @@ def test_alignment_loss_pushes_aligned_rows_up_and_holds_anchors():
     assert loss.item() == pytest.approx((0.25 / 2 + (1.0 + 1.0) / 2) / 2)
     only_anchor = alignment_loss(proj, target, sep, torch.tensor([0.0, 1.0]), torch.tensor([True, False]))
     assert only_anchor.item() == pytest.approx(1.0)
+
+
+def test_ceiling_rows_count_only_above_their_target():
+    sep = torch.tensor([2.0, 1.0])
+    target = torch.tensor([[1.0, 1.0]])
+    proj = torch.tensor([[0.0, 3.0]])  # layer 0 below the ceiling (free), layer 1 two separations above
+    loss = alignment_loss(proj, target, sep, torch.tensor([1.0]), torch.tensor([False]), torch.tensor([True]))
+    assert loss.item() == pytest.approx(4.0 / 2)
+    held = alignment_loss(proj, target, sep, torch.tensor([1.0]), torch.tensor([False]), torch.tensor([False]))
+    assert held.item() == pytest.approx((0.25 + 4.0) / 2)
+
+
+def test_benign_margin_lowers_benign_targets_and_training_moves_them_down(tok, tmp_path):
+    model = make_tiny_model("qwen2")
+    layout = model_layout(model)
+    ns = NeuronSet.from_triples(layout.shape(), [(l, s, i) for l in range(layout.n_layers)
+                                                 for s in ("mlp", "q", "o") for i in range(0, 16, 2)])
+    benign = [(BENIGN[0], "benign"), (BENIGN[2], "benign[de]")]
+    base = dict(layers=[0, 1], per_device_train_batch_size=4, gradient_accumulation_steps=1, max_length=64)
+    held = alignment_data(model, tok, HARMFUL, BENIGN, ALIGNED, ANCHORS[:1], AlignConfig(**base), benign)
+    # without a margin the benign rows are plain anchors, fingerprinted as before ceilings existed
+    assert [(r.aligned, r.ceiling) for r in held.rows] == [(True, False)] * 2 + [(False, False)] * 3
+    assert all("ceiling" not in r.to_dict() for r in held.rows)
+    cfg = AlignConfig(**base, benign_margin=0.5, max_steps=6, learning_rate=5e-2)
+    data = alignment_data(model, tok, HARMFUL, BENIGN, ALIGNED, ANCHORS[:1], cfg, benign)
+    assert [r.ceiling for r in data.rows] == [False, False, False, True, True]
+    sep = data.directions.separation
+    for before, after in zip(held.rows[3:], data.rows[3:]):
+        torch.testing.assert_close(torch.tensor(after.target), torch.tensor(before.target) - 0.5 * sep)
+
+    def benign_excess() -> float:
+        """How far the benign rows sit above their ceilings, summed in separations."""
+        states = prompt_residuals(model, tok, [r.prompt for r in data.rows[3:]], data.directions.layers)
+        err = (data.directions.project(states) - torch.tensor([r.target for r in data.rows[3:]])) / sep
+        return float(err.clamp(min=0).sum())
+
+    excess0 = benign_excess()
+    assert excess0 == pytest.approx(0.5 * 2 * 2, rel=1e-3)  # two rows, two layers, half a separation each
+    # trained on the ceilings alone (the aligned rows of a random model pull everything around), they go down
+    masked_align(model, tok, AlignmentData(data.directions, data.rows[3:]), ns, cfg, tmp_path)
+    assert benign_excess() < 0.5 * excess0
 
 
 def test_residuals_do_not_depend_on_padding(tok):
@@ -82,3 +124,5 @@ def test_alignment_data_errors(tok):
         alignment_data(model, tok, HARMFUL, BENIGN, [], ANCHORS)
     with pytest.raises(ConfigError, match="anchor_weight"):
         AlignConfig(anchor_weight=-1.0).validate()
+    with pytest.raises(ConfigError, match="benign_margin"):
+        AlignConfig(benign_margin=-0.1).validate()

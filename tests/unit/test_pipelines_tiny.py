@@ -579,3 +579,31 @@ def test_multilingual_reuse_with_other_importance_settings_starts_the_cells_over
                              tmp_path / "b", progress=False, lm=tiny_lm())
     s = ImportanceScores.load(other / "importance" / "importance-en-jail.safetensors")
     assert s.meta["resumed_cells"] == 0 and s.config["n_probes"] == 3
+
+
+@pytest.mark.parametrize("margin", [None, 0.25])
+def test_expansion_alignment_rows_and_benign_ceilings(margin):
+    """align rows: each non-English row aligned to its English parallel, the English rows held, the benign
+    prompts held or, with ``benign_margin``, ceilings that many separations below their own projections."""
+    import torch
+
+    from safeneurons.config import load_config
+    from safeneurons.pipelines.multilingual import MultilingualConfig, _benign_prompts, expansion_alignment, split_rows
+
+    align = "{layers: [0, 1], max_length: 64" + ("}" if margin is None else f", benign_margin: {margin}}}")
+    cfg = load_config(MultilingualConfig, None, ["languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3",
+                                                 "expansion.benign_n=2", f"expansion.align={align}"])
+    lm = tiny_lm()
+    ident, _ = split_rows(cfg)
+    data = expansion_alignment(lm, cfg, ident, ["en", "zh"], None)
+    benign = _benign_prompts(cfg)
+    kinds = [(r.source, r.aligned, r.ceiling) for r in data.rows]
+    assert kinds == [("zh", True, False)] * 3 + [("en", False, False)] * 3 + [("benign", False, margin is not None)] * 2
+    assert [r.prompt for r in data.rows[6:]] == benign
+    if margin is not None:
+        held = expansion_alignment(lm, load_config(MultilingualConfig, None, [
+            "languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3", "expansion.benign_n=2",
+            "expansion.align={layers: [0, 1], max_length: 64}"]), ident, ["en", "zh"], None)
+        lowered = torch.tensor([r.target for r in held.rows[6:]]) - margin * data.directions.separation
+        torch.testing.assert_close(torch.tensor([r.target for r in data.rows[6:]]), lowered)
+        assert [r.target for r in data.rows[:6]] == [r.target for r in held.rows[:6]]

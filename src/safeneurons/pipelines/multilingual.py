@@ -537,7 +537,8 @@ def expansion_alignment(lm: Any, cfg: MultilingualConfig, ident: dict[str, Promp
     """Rows of ``objective: align``: the first ``n_train`` identification rows of each non-reference
     language in ``languages``, aligned to their parallel reference row; anchored: the reference language's
     rows (when trained), the benign prompts and the first ``benign_translated_n`` of them translated into
-    each non-reference training language. Directions: the reference identification rows vs D_norm."""
+    each non-reference training language (the benign ones as ceilings when ``align.benign_margin`` is set).
+    Directions: the reference identification rows vs D_norm."""
     from safeneurons.train.align import AlignConfig, alignment_data
 
     hr = cfg.hr_language
@@ -547,16 +548,16 @@ def expansion_alignment(lm: Any, cfg: MultilingualConfig, ident: dict[str, Promp
                for p in ident[lang].prompts[:n] if p.id in english]
     anchors = [(p.text, hr) for p in ident[hr].prompts[:n]] if hr in languages else []
     benign = _benign_prompts(cfg)
-    anchors += [(t, "benign") for t in benign]
+    benign_anchors = [(t, "benign") for t in benign]
     if cfg.expansion.benign_translated_n:
         others = [lang for lang in languages if lang != hr]
         for lang, texts in _translations(lm, cfg, benign[:cfg.expansion.benign_translated_n], others, cache).items():
-            anchors += [(t, f"benign[{lang}]") for t in texts]
+            benign_anchors += [(t, f"benign[{lang}]") for t in texts]
     if not aligned:
         raise ConfigError("multilingual.expansion.objective = 'align': no non-reference training rows with a "
                           f"parallel {hr} row (check train_languages and holdout).")
     return alignment_data(lm.model, lm.tokenizer, ident[hr].texts(), _norm_prompts(cfg).texts(), aligned, anchors,
-                          AlignConfig.from_dict(cfg.expansion.align))
+                          AlignConfig.from_dict(cfg.expansion.align), benign_anchors)
 
 
 def _norm_prompts(cfg: MultilingualConfig) -> PromptSet:

@@ -13,9 +13,12 @@ original model, while anchor prompts (English harmful rows, benign prompts) keep
 
 with ``t_i,ℓ = ⟨h_0,ℓ(x_i^en), r̂_ℓ⟩`` and ``e`` clipped at 0 from above for aligned rows (a prompt already
 past its English row is left alone), ``t_i,ℓ = ⟨h_0,ℓ(x_i), r̂_ℓ⟩`` for anchors (``h_0``: the original
-model). No response text is trained, so no refusal template is imposed and the model keeps its own style;
-the anchors are what stands against over-refusal, which the SFT objective raised on every run
-(docs/results.md §5–5c).
+model). With ``benign_margin = m`` set, benign anchors become ceilings instead:
+``t_i,ℓ = ⟨h_0,ℓ(x_i), r̂_ℓ⟩ − m·‖r_ℓ‖`` and ``e`` clipped at 0 from below (lower is fine), so training
+pushes benign prompts m separations away from refusal rather than only holding them (held anchors did not
+keep their held-out neighbours from drifting towards refusal, docs/results.md §5d–5e). No response text is
+trained, so no refusal template is imposed and the model keeps its own style; the anchors are what stands
+against over-refusal, which the SFT objective raised on every run (docs/results.md §5–5c).
 """
 
 from __future__ import annotations
@@ -55,27 +58,37 @@ class AlignConfig(BaseTrainConfig):
         None, "Layers whose refusal direction is matched (None: every layer from a quarter of the depth on; the "
               "direction forms in the middle layers, Arditi et al. 2024).")
     anchor_weight: float = config_field(1.0, "Weight of each anchor prompt relative to an aligned one.")
+    benign_margin: float | None = config_field(
+        None, "None: benign prompts are held at their original projections like the other anchors. A number m: "
+              "they are ceilings at m separations below their original projections (only going above counts), "
+              "to push benign prompts away from refusal while the aligned rows move up.")
     chat_template: bool = config_field(True, "Render prompts with the tokenizer's chat template.")
 
     def validate(self) -> None:
         super().validate()
         if self.anchor_weight < 0:
             raise ConfigError(f"AlignConfig.anchor_weight = {self.anchor_weight!r}; expected >= 0.")
+        if self.benign_margin is not None and self.benign_margin < 0:
+            raise ConfigError(f"AlignConfig.benign_margin = {self.benign_margin!r}; expected >= 0 or null.")
 
 
 @dataclass(frozen=True)
 class AlignRow:
     """One training prompt: its per-layer target projections, its weight, and whether it is aligned (its
-    projections pushed up to the targets) or an anchor (held at them)."""
+    projections pushed up to the targets), a ceiling (kept at or below them) or an anchor (held at them)."""
 
     prompt: str
     target: tuple[float, ...]
     weight: float
     aligned: bool
     source: str = ""
+    ceiling: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.ceiling:  # rows from before ceilings existed keep their fingerprint (``--reuse`` keys)
+            del d["ceiling"]
+        return d
 
 
 @dataclass
@@ -168,11 +181,13 @@ def refusal_directions(harmful: torch.Tensor, benign: torch.Tensor, layers: Sequ
 
 def alignment_data(model: nn.Module, tokenizer: Any, harmful: Sequence[str], benign: Sequence[str],
                    aligned: Sequence[tuple[str, str, str]], anchors: Sequence[tuple[str, str]],
-                   config: AlignConfig | None = None) -> AlignmentData:
+                   config: AlignConfig | None = None,
+                   benign_anchors: Sequence[tuple[str, str]] = ()) -> AlignmentData:
     """Directions from ``harmful`` vs ``benign`` (English) prompts and the targets of the original ``model``.
 
     ``aligned``: (prompt, its English parallel, source) triples whose projections are pushed up to the
-    parallel's; ``anchors``: (prompt, source) pairs held at their own projections."""
+    parallel's; ``anchors``: (prompt, source) pairs held at their own projections; ``benign_anchors``: the
+    same, or ceilings ``benign_margin`` separations lower when the config sets one (rows after ``anchors``)."""
     config = config or AlignConfig()
     n_layers = model_layout(unwrap_model(model)).n_layers
     layers = list(config.layers) if config.layers is not None else default_layers(n_layers)
@@ -192,14 +207,24 @@ def alignment_data(model: nn.Module, tokenizer: Any, harmful: Sequence[str], ben
         held = dirs.project(states([p for p, _ in anchors]))
         rows += [AlignRow(p, tuple(held[i].tolist()), config.anchor_weight, False, src)
                  for i, (p, src) in enumerate(anchors)]
+    if benign_anchors:
+        held = dirs.project(states([p for p, _ in benign_anchors]))
+        margin = config.benign_margin
+        if margin is not None:
+            held = held - margin * dirs.separation
+        rows += [AlignRow(p, tuple(held[i].tolist()), config.anchor_weight, False, src, ceiling=margin is not None)
+                 for i, (p, src) in enumerate(benign_anchors)]
     return AlignmentData(dirs, rows)
 
 
 def alignment_loss(projection: torch.Tensor, target: torch.Tensor, separation: torch.Tensor,
-                   weight: torch.Tensor, aligned: torch.Tensor) -> torch.Tensor:
-    """The module docstring's ``L`` for one batch (``projection``/``target``: [b, layers])."""
+                   weight: torch.Tensor, aligned: torch.Tensor, ceiling: torch.Tensor | None = None) -> torch.Tensor:
+    """The module docstring's ``L`` for one batch (``projection``/``target``: [b, layers]; ``aligned`` and
+    ``ceiling``: [b] booleans, neither set for a held anchor)."""
     err = (projection - target) / separation
     err = torch.where(aligned.unsqueeze(-1), err.clamp(max=0.0), err)
+    if ceiling is not None:
+        err = torch.where(ceiling.unsqueeze(-1), err.clamp(min=0.0), err)
     per_row = err.pow(2).mean(-1)
     return (weight * per_row).sum() / weight.sum().clamp(min=1e-12)
 
@@ -224,7 +249,7 @@ def masked_align(model: nn.Module, tokenizer: Any, data: AlignmentData, target: 
     enc = encode(tokenizer, [r.prompt for r in data.rows], chat_template=config.chat_template,
                  max_length=config.max_length)
     dataset = Dataset.from_list([{"input_ids": e.ids, "target": list(r.target), "weight": r.weight,
-                                  "aligned": r.aligned} for e, r in zip(enc, data.rows)])
+                                  "aligned": r.aligned, "ceiling": r.ceiling} for e, r in zip(enc, data.rows)])
     pad = pad_token_id(tokenizer)
 
     def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -234,7 +259,8 @@ def masked_align(model: nn.Module, tokenizer: Any, data: AlignmentData, target: 
         return {"input_ids": ids, "attention_mask": mask,
                 "target": torch.tensor([b["target"] for b in batch], dtype=torch.float32),
                 "weight": torch.tensor([b["weight"] for b in batch], dtype=torch.float32),
-                "aligned": torch.tensor([b["aligned"] for b in batch], dtype=torch.bool)}
+                "aligned": torch.tensor([b["aligned"] for b in batch], dtype=torch.bool),
+                "ceiling": torch.tensor([b["ceiling"] for b in batch], dtype=torch.bool)}
 
     class AlignTrainer(Trainer):
         def compute_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
@@ -242,7 +268,8 @@ def masked_align(model: nn.Module, tokenizer: Any, data: AlignmentData, target: 
             h = last_token_residuals(model, inputs["input_ids"], inputs["attention_mask"], dirs.layers)
             proj = (h.float() * dirs.unit.to(h.device)).sum(-1)
             loss = alignment_loss(proj, inputs["target"].to(h.device), dirs.separation.to(h.device),
-                                  inputs["weight"].to(h.device), inputs["aligned"].to(h.device))
+                                  inputs["weight"].to(h.device), inputs["aligned"].to(h.device),
+                                  inputs["ceiling"].to(h.device))
             return (loss, {}) if return_outputs else loss
 
     check_trainer_overrides(TrainingArguments, config.trainer_overrides, type(config).__name__)
