@@ -1,8 +1,8 @@
 """How far an ``objective: align`` expansion moved prompts along the refusal direction (analysis of a run).
 
 For a finished ``safeneurons multilingual`` run with ``expansion.objective: align``, this rebuilds the refusal
-directions the run trained against (English identification rows vs D_norm, the layers of
-``safeneurons.train.align.default_layers``), projects the last prompt token of the original and the expanded
+directions the run trained against (English identification rows vs D_norm, with the layers and prompt
+rendering of the run's ``expansion.align`` settings), projects the last prompt token of the original and the expanded
 model onto them, and prints, in separations ``‖r_ℓ‖`` averaged over the layers: the projection in the
 original model and its change after training, for the XSTest prompts scored for over-refusal (all of them,
 those only the expanded model refuses, those the original refuses), the benign training anchors, and the
@@ -30,19 +30,21 @@ def main() -> None:
     from safeneurons.config import load_config
     from safeneurons.data import load_prompts
     from safeneurons.io import write_json_atomic
-    from safeneurons.models import load_model, model_layout
+    from safeneurons.models import load_model
     from safeneurons.pipelines.multilingual import MultilingualConfig, _benign_prompts, _norm_prompts, split_rows
-    from safeneurons.train.align import default_layers, prompt_residuals, refusal_directions
+    from safeneurons.train.align import AlignConfig, alignment_layers, prompt_residuals, refusal_directions
     from safeneurons.train.dpo import load_weights
 
     run = args.run
     cfg = load_config(MultilingualConfig, str(run / "config.yaml"), [])
     lm = load_model(cfg.model.spec, dtype=cfg.model.dtype)
     ident, _ = split_rows(cfg)
-    layers = default_layers(model_layout(lm.model).n_layers)
+    align = AlignConfig.from_dict(cfg.expansion.align)
+    layers = alignment_layers(lm.model, align)
 
     def residuals(model: torch.nn.Module, texts: list[str]) -> torch.Tensor:
-        return prompt_residuals(model, lm.tokenizer, texts, layers)
+        return prompt_residuals(model, lm.tokenizer, texts, layers, align.chat_template,
+                                align.per_device_train_batch_size, align.max_length)
 
     dirs = refusal_directions(residuals(lm.model, ident["en"].texts()), residuals(lm.model, _norm_prompts(cfg).texts()),
                               layers)

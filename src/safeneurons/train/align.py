@@ -189,10 +189,7 @@ def alignment_data(model: nn.Module, tokenizer: Any, harmful: Sequence[str], ben
     parallel's; ``anchors``: (prompt, source) pairs held at their own projections; ``benign_anchors``: the
     same, or ceilings ``benign_margin`` separations lower when the config sets one (rows after ``anchors``)."""
     config = config or AlignConfig()
-    n_layers = model_layout(unwrap_model(model)).n_layers
-    layers = list(config.layers) if config.layers is not None else default_layers(n_layers)
-    if not layers or any(not 0 <= l < n_layers for l in layers):
-        raise ConfigError(f"AlignConfig.layers = {config.layers}; give layers in [0, {n_layers}).")
+    layers = alignment_layers(model, config)
     if not aligned:
         raise DataError("alignment_data: no prompts to align.")
 
@@ -203,18 +200,27 @@ def alignment_data(model: nn.Module, tokenizer: Any, harmful: Sequence[str], ben
     dirs = refusal_directions(states(harmful), states(benign), layers)
     goal = dirs.project(states([en for _, en, _ in aligned]))
     rows = [AlignRow(p, tuple(goal[i].tolist()), 1.0, True, src) for i, (p, _, src) in enumerate(aligned)]
-    if anchors:
-        held = dirs.project(states([p for p, _ in anchors]))
-        rows += [AlignRow(p, tuple(held[i].tolist()), config.anchor_weight, False, src)
-                 for i, (p, src) in enumerate(anchors)]
-    if benign_anchors:
-        held = dirs.project(states([p for p, _ in benign_anchors]))
-        margin = config.benign_margin
+
+    def held(prompts: Sequence[tuple[str, str]], margin: float | None) -> list[AlignRow]:
+        """Rows held at their own projections, or ceilings ``margin`` separations below them."""
+        if not prompts:
+            return []
+        target = dirs.project(states([p for p, _ in prompts]))
         if margin is not None:
-            held = held - margin * dirs.separation
-        rows += [AlignRow(p, tuple(held[i].tolist()), config.anchor_weight, False, src, ceiling=margin is not None)
-                 for i, (p, src) in enumerate(benign_anchors)]
-    return AlignmentData(dirs, rows)
+            target = target - margin * dirs.separation
+        return [AlignRow(p, tuple(target[i].tolist()), config.anchor_weight, False, src, ceiling=margin is not None)
+                for i, (p, src) in enumerate(prompts)]
+
+    return AlignmentData(dirs, rows + held(anchors, None) + held(benign_anchors, config.benign_margin))
+
+
+def alignment_layers(model: nn.Module, config: AlignConfig) -> list[int]:
+    """The layers ``config`` matches on ``model`` (``config.layers``, or :func:`default_layers`), checked."""
+    n_layers = model_layout(unwrap_model(model)).n_layers
+    layers = list(config.layers) if config.layers is not None else default_layers(n_layers)
+    if not layers or any(not 0 <= l < n_layers for l in layers):
+        raise ConfigError(f"AlignConfig.layers = {config.layers}; give layers in [0, {n_layers}).")
+    return layers
 
 
 def alignment_loss(projection: torch.Tensor, target: torch.Tensor, separation: torch.Tensor,
@@ -287,5 +293,5 @@ def masked_align(model: nn.Module, tokenizer: Any, data: AlignmentData, target: 
     return result
 
 
-__all__ = ["AlignConfig", "AlignRow", "AlignmentData", "RefusalDirections", "alignment_data", "alignment_loss",
-           "masked_align", "prompt_residuals", "refusal_directions"]
+__all__ = ["AlignConfig", "AlignRow", "AlignmentData", "RefusalDirections", "alignment_data", "alignment_layers",
+           "alignment_loss", "masked_align", "prompt_residuals", "refusal_directions"]
