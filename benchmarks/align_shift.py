@@ -32,7 +32,7 @@ def main() -> None:
     from safeneurons.io import write_json_atomic
     from safeneurons.models import load_model
     from safeneurons.pipelines.multilingual import MultilingualConfig, _benign_prompts, _norm_prompts, split_rows
-    from safeneurons.train.align import AlignConfig, alignment_layers, prompt_residuals, refusal_directions
+    from safeneurons.train.align import AlignConfig, alignment_layers, alignment_residuals, refusal_directions
     from safeneurons.train.dpo import load_weights
 
     run = args.run
@@ -43,8 +43,7 @@ def main() -> None:
     layers = alignment_layers(lm.model, align)
 
     def residuals(model: torch.nn.Module, texts: list[str]) -> torch.Tensor:
-        return prompt_residuals(model, lm.tokenizer, texts, layers, align.chat_template,
-                                align.per_device_train_batch_size, align.max_length)
+        return alignment_residuals(model, lm.tokenizer, texts, layers, align)
 
     dirs = refusal_directions(residuals(lm.model, ident["en"].texts()), residuals(lm.model, _norm_prompts(cfg).texts()),
                               layers)

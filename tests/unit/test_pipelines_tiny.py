@@ -590,9 +590,12 @@ def test_expansion_alignment_rows_and_benign_ceilings(margin):
     from safeneurons.config import load_config
     from safeneurons.pipelines.multilingual import MultilingualConfig, _benign_prompts, expansion_alignment, split_rows
 
-    align = "{layers: [0, 1], max_length: 64" + ("}" if margin is None else f", benign_margin: {margin}}}")
-    cfg = load_config(MultilingualConfig, None, ["languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3",
-                                                 "expansion.benign_n=2", f"expansion.align={align}"])
+    def config(margin: float | None) -> MultilingualConfig:
+        align = "{layers: [0, 1], max_length: 64" + ("}" if margin is None else f", benign_margin: {margin}}}")
+        return load_config(MultilingualConfig, None, ["languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3",
+                                                      "expansion.benign_n=2", f"expansion.align={align}"])
+
+    cfg = config(margin)
     lm = tiny_lm()
     ident, _ = split_rows(cfg)
     data = expansion_alignment(lm, cfg, ident, ["en", "zh"], None)
@@ -601,9 +604,7 @@ def test_expansion_alignment_rows_and_benign_ceilings(margin):
     assert kinds == [("zh", True, False)] * 3 + [("en", False, False)] * 3 + [("benign", False, margin is not None)] * 2
     assert [r.prompt for r in data.rows[6:]] == benign
     if margin is not None:
-        held = expansion_alignment(lm, load_config(MultilingualConfig, None, [
-            "languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3", "expansion.benign_n=2",
-            "expansion.align={layers: [0, 1], max_length: 64}"]), ident, ["en", "zh"], None)
+        held = expansion_alignment(lm, config(None), ident, ["en", "zh"], None)
         lowered = torch.tensor([r.target for r in held.rows[6:]]) - margin * data.directions.separation
         torch.testing.assert_close(torch.tensor([r.target for r in data.rows[6:]]), lowered)
         assert [r.target for r in data.rows[:6]] == [r.target for r in held.rows[:6]]

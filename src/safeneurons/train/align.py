@@ -194,8 +194,7 @@ def alignment_data(model: nn.Module, tokenizer: Any, harmful: Sequence[str], ben
         raise DataError("alignment_data: no prompts to align.")
 
     def states(texts: Sequence[str]) -> torch.Tensor:
-        return prompt_residuals(model, tokenizer, texts, layers, config.chat_template,
-                                config.per_device_train_batch_size, config.max_length)
+        return alignment_residuals(model, tokenizer, texts, layers, config)
 
     dirs = refusal_directions(states(harmful), states(benign), layers)
     goal = dirs.project(states([en for _, en, _ in aligned]))
@@ -221,6 +220,14 @@ def alignment_layers(model: nn.Module, config: AlignConfig) -> list[int]:
     if not layers or any(not 0 <= l < n_layers for l in layers):
         raise ConfigError(f"AlignConfig.layers = {config.layers}; give layers in [0, {n_layers}).")
     return layers
+
+
+def alignment_residuals(model: nn.Module, tokenizer: Any, prompts: Sequence[str], layers: Sequence[int],
+                        config: AlignConfig) -> torch.Tensor:
+    """:func:`prompt_residuals` with ``config``'s prompt rendering (chat template, max length) and batch size:
+    how the targets of :func:`alignment_data` are read, for any analysis that must read prompts the same way."""
+    return prompt_residuals(model, tokenizer, prompts, layers, config.chat_template,
+                            config.per_device_train_batch_size, config.max_length)
 
 
 def alignment_loss(projection: torch.Tensor, target: torch.Tensor, separation: torch.Tensor,
@@ -294,4 +301,4 @@ def masked_align(model: nn.Module, tokenizer: Any, data: AlignmentData, target: 
 
 
 __all__ = ["AlignConfig", "AlignRow", "AlignmentData", "RefusalDirections", "alignment_data", "alignment_layers",
-           "alignment_loss", "masked_align", "prompt_residuals", "refusal_directions"]
+           "alignment_loss", "alignment_residuals", "masked_align", "prompt_residuals", "refusal_directions"]
