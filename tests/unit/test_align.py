@@ -77,6 +77,37 @@ def test_benign_margin_lowers_benign_targets_and_training_moves_them_down(tok, t
     assert benign_excess() < 0.5 * excess0
 
 
+def test_floors_are_aligned_to_their_own_raised_projections_and_training_lifts_them(tok, tmp_path):
+    model = make_tiny_model("qwen2")
+    layout = model_layout(model)
+    ns = NeuronSet.from_triples(layout.shape(), [(l, s, i) for l in range(layout.n_layers)
+                                                 for s in ("mlp", "q", "o") for i in range(0, 16, 2)])
+    floors = [(HARMFUL[1], "floor[en]"), (HARMFUL[2], "floor[en]")]
+    base = dict(layers=[0, 1], per_device_train_batch_size=4, gradient_accumulation_steps=1, max_length=64)
+    plain = alignment_data(model, tok, HARMFUL, BENIGN, ALIGNED, ANCHORS, AlignConfig(**base))
+    held = alignment_data(model, tok, HARMFUL, BENIGN, ALIGNED, ANCHORS, AlignConfig(**base), floors=floors)
+    # floors come last, so data without them is fingerprinted as before
+    assert held.to_dict()["rows"][:4] == plain.to_dict()["rows"]
+    assert [(r.source, r.aligned, r.ceiling, r.weight) for r in held.rows[4:]] == [("floor[en]", True, False, 1.0)] * 2
+    cfg = AlignConfig(**base, floor_margin=0.5, anchor_weight=2.0, max_steps=6, learning_rate=5e-2)
+    data = alignment_data(model, tok, HARMFUL, BENIGN, ALIGNED, ANCHORS, cfg, floors=floors)
+    sep = data.directions.separation
+    assert all(r.weight == 2.0 for r in data.rows[4:])
+    for before, after in zip(held.rows[4:], data.rows[4:]):
+        torch.testing.assert_close(torch.tensor(after.target), torch.tensor(before.target) + 0.5 * sep)
+
+    def shortfall() -> float:
+        """How far the floors sit below their targets, summed in separations."""
+        states = prompt_residuals(model, tok, [r.prompt for r in data.rows[4:]], data.directions.layers)
+        err = (data.directions.project(states) - torch.tensor([r.target for r in data.rows[4:]])) / sep
+        return float(err.clamp(max=0).abs().sum())
+
+    short0 = shortfall()
+    assert short0 == pytest.approx(0.5 * 2 * 2, rel=1e-3)  # two rows, two layers, half a separation each
+    masked_align(model, tok, AlignmentData(data.directions, data.rows[4:]), ns, cfg, tmp_path)
+    assert shortfall() < 0.5 * short0
+
+
 def test_residuals_do_not_depend_on_padding(tok):
     model = make_tiny_model("llama")
     both = prompt_residuals(model, tok, [HARMFUL[0], BENIGN[1]], [0, 1], batch_size=2)
@@ -126,3 +157,5 @@ def test_alignment_data_errors(tok):
         AlignConfig(anchor_weight=-1.0).validate()
     with pytest.raises(ConfigError, match="benign_margin"):
         AlignConfig(benign_margin=-0.1).validate()
+    with pytest.raises(ConfigError, match="floor_margin"):
+        AlignConfig(floor_margin=-0.1).validate()

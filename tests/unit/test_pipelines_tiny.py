@@ -530,6 +530,11 @@ def test_multilingual_importance_over_response_tokens(tmp_path):
         load_config(MultilingualConfig, None, ["expansion.objective=align", "expansion.benign_translated_n=3"])
     with pytest.raises(ConfigError, match="objective: align only"):
         load_config(MultilingualConfig, None, ["expansion.benign_n=3", "expansion.benign_translated_n=3"])
+    with pytest.raises(ConfigError, match="harmful_floor_n is read by objective: align only"):
+        load_config(MultilingualConfig, None, ["expansion.harmful_floor_n=3"])
+    with pytest.raises(ConfigError, match="n_eval a number"):
+        load_config(MultilingualConfig, None, ["expansion.objective=align", "expansion.harmful_floor_n=3",
+                                               "n_eval=null"])
 
 
 def test_multilingual_neuron_sets_from_an_earlier_run_skip_importance(tmp_path):
@@ -608,3 +613,34 @@ def test_expansion_alignment_rows_and_benign_ceilings(margin):
         lowered = torch.tensor([r.target for r in held.rows[6:]]) - margin * data.directions.separation
         torch.testing.assert_close(torch.tensor([r.target for r in data.rows[6:]]), lowered)
         assert [r.target for r in data.rows[:6]] == [r.target for r in held.rows[:6]]
+
+
+def test_expansion_alignment_floors_are_english_rows_outside_identification_and_evaluation():
+    """harmful_floor_n: the next English rows after the held-out ones in the split's order, appended as floors
+    (aligned to their own projections); too many for the dataset fails naming the setting."""
+    from safeneurons.config import load_config
+    from safeneurons.errors import ConfigError
+    from safeneurons.pipelines.multilingual import (
+        MultilingualConfig,
+        expansion_alignment,
+        floor_prompts,
+        split_rows,
+    )
+
+    def config(*extra: str) -> MultilingualConfig:
+        return load_config(MultilingualConfig, None, ["languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3",
+                                                      "expansion.objective=align",
+                                                      "expansion.align={layers: [0, 1], max_length: 64}", *extra])
+
+    cfg = config("expansion.harmful_floor_n=4")
+    ident, held = split_rows(cfg)
+    floors = floor_prompts(cfg)
+    assert len(floors) == 4 and not set(floors) & {*ident["en"].texts(), *held["en"].texts()}
+    # the floors are the rows a larger held-out split would take next
+    _, wider = split_rows(config("n_eval=6"))
+    assert set(wider["en"].texts()) == {*held["en"].texts(), *floors}
+    data = expansion_alignment(tiny_lm(), cfg, ident, ["en", "zh"], None)
+    assert [(r.source, r.aligned) for r in data.rows[6:]] == [("floor[en]", True)] * 4
+    assert [r.prompt for r in data.rows[6:]] == floors
+    with pytest.raises(ConfigError, match="harmful_floor_n = 100000"):
+        floor_prompts(config("expansion.harmful_floor_n=100000"))

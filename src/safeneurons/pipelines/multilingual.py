@@ -30,6 +30,7 @@ estimator defaults to the first-order probe sketch validated against exact ablat
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -85,6 +86,11 @@ class ExpansionConfig:
         "help": "objective: align only: the first N benign prompts, translated by the original model into each "
                 "non-reference training language, are anchored too, so the update cannot raise the refusal "
                 "signal of every prompt in a language instead of its harmful ones (ours; 0 = English anchors only)"})
+    harmful_floor_n: int = field(default=0, metadata={
+        "help": "objective: align only: N reference-language MultiJail rows after the identification and held-out "
+                "rows become floors, their refusal-direction projections kept at or above the original model's "
+                "(align.floor_margin above), so the benign ceilings cannot pull held-out English harmful prompts "
+                "towards compliance (ours; 0 = none; needs a finite n_eval)"})
     objective: str = field(default="sft", metadata={
         "help": "sft (the paper's: the safe responses' likelihood) or dpo (masked DPO: the safe response over the "
                 "model's own non-refusing answer on each harmful row, and on each benign example its own answer "
@@ -118,9 +124,10 @@ class ExpansionConfig:
         if self.benign_translated_n > self.benign_n:
             raise ConfigError(f"multilingual.expansion.benign_translated_n = {self.benign_translated_n} exceeds benign_n "
                               f"= {self.benign_n}: it translates the first benign prompts.")
-        if self.benign_translated_n and self.objective != "align":
-            raise ConfigError("multilingual.expansion.benign_translated_n is read by objective: align only.")
-        for name in ("benign_n", "benign_check_n", "benign_translated_n"):
+        for name in ("benign_translated_n", "harmful_floor_n"):
+            if getattr(self, name) and self.objective != "align":
+                raise ConfigError(f"multilingual.expansion.{name} is read by objective: align only.")
+        for name in ("benign_n", "benign_check_n", "benign_translated_n", "harmful_floor_n"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"multilingual.expansion.{name} must be >= 0, got {getattr(self, name)}.")
         if self.objective not in EXPANSION_OBJECTIVES:
@@ -170,6 +177,9 @@ class MultilingualConfig:
             raise ConfigError("multilingual.norm_source must be 'english' or 'translate'.")
         if self.jail_filter not in ("none", "refused", "template"):
             raise ConfigError("multilingual.jail_filter must be 'none', 'refused' or 'template'.")
+        if self.expansion.harmful_floor_n and self.n_eval is None:
+            raise ConfigError("multilingual.expansion.harmful_floor_n takes rows after the held-out ones; with "
+                              "n_eval: null every row is held out. Give n_eval a number.")
         if self.jail_filter == "template" and not self.importance.reads_responses:
             raise ConfigError("multilingual.jail_filter: template pairs each harmful row with a refusal, which only "
                               "importance over response tokens reads; set importance.position: response.")
@@ -183,14 +193,33 @@ class MultilingualConfig:
 def split_rows(cfg: MultilingualConfig) -> tuple[dict[str, PromptSet], dict[str, PromptSet]]:
     """Identification and held-out MultiJail rows per language; the same row ids in every language."""
     per_lang = {lang: load_prompts("multijail", language=lang, data_dir=cfg.data_dir) for lang in cfg.languages}
-    ids = sorted({p.id for p in per_lang[cfg.hr_language]},
-                 key=lambda i: __import__("hashlib").sha256(f"{cfg.seed}:{i}".encode()).hexdigest())
+    ids = _row_order(per_lang[cfg.hr_language], cfg.seed)
     ident_ids = set(ids[: cfg.n_identify])
     rest = [i for i in ids if i not in ident_ids]
     eval_ids = set(rest if cfg.n_eval is None else rest[: cfg.n_eval])
     ident = {l: ps.filter(lambda p: p.id in ident_ids, "identification rows") for l, ps in per_lang.items()}
     held = {l: ps.filter(lambda p: p.id in eval_ids, "held-out rows") for l, ps in per_lang.items()}
     return ident, held
+
+
+def _row_order(rows: PromptSet, seed: int) -> list[Any]:
+    """The row ids in the seeded order :func:`split_rows` cuts: identification, held-out, then the rest."""
+    return sorted({p.id for p in rows.prompts}, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+
+
+def floor_prompts(cfg: MultilingualConfig) -> list[str]:
+    """The ``expansion.harmful_floor_n`` reference-language rows right after the held-out ones."""
+    n = cfg.expansion.harmful_floor_n
+    if not n:
+        return []
+    rows = load_prompts("multijail", language=cfg.hr_language, data_dir=cfg.data_dir)
+    skip = cfg.n_identify + (cfg.n_eval or 0)
+    ids = _row_order(rows, cfg.seed)[skip : skip + n]
+    if len(ids) < n:
+        raise ConfigError(f"multilingual.expansion.harmful_floor_n = {n}: MultiJail has only {len(ids)} "
+                          f"{cfg.hr_language} rows after the {skip} identification and held-out ones.")
+    text = {p.id: p.text for p in rows.prompts}
+    return [text[i] for i in ids]
 
 
 def _refusal(lang: str, setting: str = "jail_filter: template") -> str:
@@ -537,7 +566,8 @@ def expansion_alignment(lm: Any, cfg: MultilingualConfig, ident: dict[str, Promp
     """Rows of ``objective: align``: the first ``n_train`` identification rows of each non-reference
     language in ``languages``, aligned to their parallel reference row; anchored: the reference language's
     rows (when trained), the benign prompts and the first ``benign_translated_n`` of them translated into
-    each non-reference training language (the benign ones as ceilings when ``align.benign_margin`` is set).
+    each non-reference training language (the benign ones as ceilings when ``align.benign_margin`` is set);
+    floors: the ``harmful_floor_n`` reference rows of :func:`floor_prompts`.
     Directions: the reference identification rows vs D_norm."""
     from safeneurons.train.align import AlignConfig, alignment_data
 
@@ -557,7 +587,8 @@ def expansion_alignment(lm: Any, cfg: MultilingualConfig, ident: dict[str, Promp
         raise ConfigError("multilingual.expansion.objective = 'align': no non-reference training rows with a "
                           f"parallel {hr} row (check train_languages and holdout).")
     return alignment_data(lm.model, lm.tokenizer, ident[hr].texts(), _norm_prompts(cfg).texts(), aligned, anchors,
-                          AlignConfig.from_dict(cfg.expansion.align), benign_anchors)
+                          AlignConfig.from_dict(cfg.expansion.align), benign_anchors,
+                          [(t, f"floor[{hr}]") for t in floor_prompts(cfg)])
 
 
 def _norm_prompts(cfg: MultilingualConfig) -> PromptSet:

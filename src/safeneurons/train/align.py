@@ -16,7 +16,10 @@ past its English row is left alone), ``t_i,ℓ = ⟨h_0,ℓ(x_i), r̂_ℓ⟩`` f
 model). With ``benign_margin = m`` set, benign anchors become ceilings instead:
 ``t_i,ℓ = ⟨h_0,ℓ(x_i), r̂_ℓ⟩ − m·‖r_ℓ‖`` and ``e`` clipped at 0 from below (lower is fine), so training
 pushes benign prompts m separations away from refusal rather than only holding them (held anchors did not
-keep their held-out neighbours from drifting towards refusal, docs/results.md §5d–5e). No response text is
+keep their held-out neighbours from drifting towards refusal, docs/results.md §5d–5e). Floors are the mirror:
+harmful prompts with ``t_i,ℓ = ⟨h_0,ℓ(x_i), r̂_ℓ⟩ + f·‖r_ℓ‖`` (``floor_margin = f``, default 0) and ``e`` clipped
+at 0 from above like aligned rows, so the ceilings cannot pull harmful prompts that resemble benign ones
+towards compliance (lower counts, higher is fine; docs/results.md §5f–5g). No response text is
 trained, so no refusal template is imposed and the model keeps its own style; the anchors are what stands
 against over-refusal, which the SFT objective raised on every run (docs/results.md §5–5c).
 """
@@ -62,6 +65,9 @@ class AlignConfig(BaseTrainConfig):
         None, "None: benign prompts are held at their original projections like the other anchors. A number m: "
               "they are ceilings at m separations below their original projections (only going above counts), "
               "to push benign prompts away from refusal while the aligned rows move up.")
+    floor_margin: float = config_field(
+        0.0, "Floors (harmful prompts whose projections may only rise) sit this many separations above their "
+             "original projections (0: held from below at the original).")
     chat_template: bool = config_field(True, "Render prompts with the tokenizer's chat template.")
 
     def validate(self) -> None:
@@ -70,12 +76,15 @@ class AlignConfig(BaseTrainConfig):
             raise ConfigError(f"AlignConfig.anchor_weight = {self.anchor_weight!r}; expected >= 0.")
         if self.benign_margin is not None and self.benign_margin < 0:
             raise ConfigError(f"AlignConfig.benign_margin = {self.benign_margin!r}; expected >= 0 or null.")
+        if self.floor_margin < 0:
+            raise ConfigError(f"AlignConfig.floor_margin = {self.floor_margin!r}; expected >= 0.")
 
 
 @dataclass(frozen=True)
 class AlignRow:
     """One training prompt: its per-layer target projections, its weight, and whether it is aligned (its
-    projections pushed up to the targets), a ceiling (kept at or below them) or an anchor (held at them)."""
+    projections pushed up to the targets; a floor is an aligned row whose target is its own projection), a
+    ceiling (kept at or below them) or an anchor (held at them)."""
 
     prompt: str
     target: tuple[float, ...]
@@ -182,12 +191,15 @@ def refusal_directions(harmful: torch.Tensor, benign: torch.Tensor, layers: Sequ
 def alignment_data(model: nn.Module, tokenizer: Any, harmful: Sequence[str], benign: Sequence[str],
                    aligned: Sequence[tuple[str, str, str]], anchors: Sequence[tuple[str, str]],
                    config: AlignConfig | None = None,
-                   benign_anchors: Sequence[tuple[str, str]] = ()) -> AlignmentData:
+                   benign_anchors: Sequence[tuple[str, str]] = (),
+                   floors: Sequence[tuple[str, str]] = ()) -> AlignmentData:
     """Directions from ``harmful`` vs ``benign`` (English) prompts and the targets of the original ``model``.
 
     ``aligned``: (prompt, its English parallel, source) triples whose projections are pushed up to the
     parallel's; ``anchors``: (prompt, source) pairs held at their own projections; ``benign_anchors``: the
-    same, or ceilings ``benign_margin`` separations lower when the config sets one (rows after ``anchors``)."""
+    same, or ceilings ``benign_margin`` separations lower when the config sets one (rows after ``anchors``);
+    ``floors``: (harmful prompt, source) pairs kept at or above their own projections plus ``floor_margin``
+    separations (the last rows, so data without floors fingerprints as before they existed)."""
     config = config or AlignConfig()
     layers = alignment_layers(model, config)
     if not aligned:
@@ -200,17 +212,20 @@ def alignment_data(model: nn.Module, tokenizer: Any, harmful: Sequence[str], ben
     goal = dirs.project(states([en for _, en, _ in aligned]))
     rows = [AlignRow(p, tuple(goal[i].tolist()), 1.0, True, src) for i, (p, _, src) in enumerate(aligned)]
 
-    def held(prompts: Sequence[tuple[str, str]], margin: float | None) -> list[AlignRow]:
-        """Rows held at their own projections, or ceilings ``margin`` separations below them."""
+    def held(prompts: Sequence[tuple[str, str]], shift: float | None, floor: bool = False) -> list[AlignRow]:
+        """Rows at their own projections moved ``shift`` separations: held anchors (None), ceilings below
+        (``floor`` false) or floors above."""
         if not prompts:
             return []
         target = dirs.project(states([p for p, _ in prompts]))
-        if margin is not None:
-            target = target - margin * dirs.separation
-        return [AlignRow(p, tuple(target[i].tolist()), config.anchor_weight, False, src, ceiling=margin is not None)
+        if shift is not None:
+            target = target + (shift if floor else -shift) * dirs.separation
+        return [AlignRow(p, tuple(target[i].tolist()), config.anchor_weight, floor, src,
+                         ceiling=shift is not None and not floor)
                 for i, (p, src) in enumerate(prompts)]
 
-    return AlignmentData(dirs, rows + held(anchors, None) + held(benign_anchors, config.benign_margin))
+    return AlignmentData(dirs, rows + held(anchors, None) + held(benign_anchors, config.benign_margin)
+                         + held(floors, config.floor_margin, floor=True))
 
 
 def alignment_layers(model: nn.Module, config: AlignConfig) -> list[int]:
