@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 
 from safeneurons.cli.main import app
 from safeneurons.config import load_config
-from safeneurons.errors import ConfigError
+from safeneurons.errors import ConfigError, DataError
 from safeneurons.pipelines.attack import AttackConfig
 from safeneurons.pipelines.demo import CONFIGS as CONFIG_DIR
 from safeneurons.pipelines.rundir import RunDir
@@ -113,18 +113,46 @@ def test_reuse_seeds_only_content_keyed_caches(tmp_path):
     old.write_json("asr.json", {"not": "a cache"})
     new = tmp_path / "new"
     new.mkdir()
-    (new / "generations.sqlite").write_bytes(b"")  # already there: kept, not overwritten
+    # already there: merged, its own entries kept (k1 there first keeps its value)
+    GenerationCache(new / "generations.sqlite").put_many({"k0": {"text": "own"}, "k1": {"text": "own k1"}})
     copied = seed_caches(old.path, new)
-    assert copied == ["attack-x/generations.sqlite", "attack-x/capability_cache/abc.json",
+    assert copied == ["attack-x/generations.sqlite", "generations.sqlite", "attack-x/capability_cache/abc.json",
                       "importance/partial/en-jail/cell-0.q.safetensors"]
     assert GenerationCache(new / "attack-x/generations.sqlite").get_many(["k2"])["k2"]["text"] == "nested"
     assert (new / "importance/partial/en-jail/cell-0.q.safetensors").read_text() == "cell"
-    assert (new / "generations.sqlite").read_bytes() == b"" and not (new / "asr.json").exists()
-    assert json.loads((new / "reused.json").read_text())["copied"] == copied
+    merged = GenerationCache(new / "generations.sqlite").get_many(["k0", "k1"])
+    assert {k: v["text"] for k, v in merged.items()} == {"k0": "own", "k1": "own k1"}
+    assert not (new / "asr.json").exists()
+    assert json.loads((new / "reused.json").read_text())["reused"][0]["copied"] == copied
+    # a second earlier run adds its entries to the same caches and to the record
+    other = RunDir(tmp_path / "other", "attack", load_config(AttackConfig))
+    GenerationCache(other.file("generations.sqlite")).put_many({"k3": {"text": "from the other run"}})
+    assert seed_caches(other.path, new) == ["generations.sqlite"]
+    assert len(GenerationCache(new / "generations.sqlite")) == 3
+    record = json.loads((new / "reused.json").read_text())["reused"]
+    assert [r["source"] for r in record] == [str(old.path.resolve()), str(other.path.resolve())]
     with pytest.raises(ConfigError, match="not a run directory"):
         seed_caches(tmp_path / "nowhere", tmp_path / "x")
     res = CliRunner().invoke(app, ["multilingual", "--reuse", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")])
     assert res.exit_code == 2 and "not a run directory" in res.output
+    res = CliRunner().invoke(app, ["multilingual", "--reuse", str(old.path), "--reuse", str(tmp_path / "nowhere"),
+                                   "--out", str(tmp_path / "z")])
+    assert res.exit_code == 2 and "nowhere: not a run directory" in res.output
+    assert GenerationCache(tmp_path / "z" / "generations.sqlite").get_many(["k1"])  # the first was seeded
+
+
+def test_generation_cache_merge_from(tmp_path):
+    from safeneurons.evaluate.cache import GenerationCache
+
+    a, b = GenerationCache(tmp_path / "a.sqlite"), GenerationCache(tmp_path / "b.sqlite")
+    a.put_many({"x": {"text": "a"}})
+    b.put_many({"x": {"text": "b"}, "y": {"text": "b"}})
+    assert a.merge_from(tmp_path / "b.sqlite") == 1 and a.merge_from(tmp_path / "b.sqlite") == 0
+    assert {k: v["text"] for k, v in a.get_many(["x", "y"]).items()} == {"x": "a", "y": "b"}
+    assert a.merge_from(tmp_path / "a.sqlite") == 0
+    (tmp_path / "junk.sqlite").write_text("not a database at all, just text " * 40)
+    with pytest.raises(DataError, match="junk.sqlite"):
+        a.merge_from(tmp_path / "junk.sqlite")
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)

@@ -280,3 +280,12 @@ def test_paired_condition_tests_compare_the_same_prompts():
     same = paired_condition_tests(recs("ORI", ori) + recs("RANDOM_SS", ori) + recs("SUPPRESS_SS", ori))
     assert same["tests"]["SUPPRESS_SS"]["compliance"]["vs_RANDOM_SS"]["p_mcnemar"] == 1.0
     assert "REINFORCE_SS" not in same["tests"]
+
+
+def test_paired_test_names_an_item_without_an_outcome():
+    from safeneurons.pipelines.multilingual import paired_test
+
+    assert paired_test({1: True, 2: False}, {1: False, 3: True})["n"] == 1
+    assert paired_test({1: True}, {2: True}) is None
+    with pytest.raises(DataError, match="item 'b' has no outcome"):
+        paired_test({"a": True, "b": None}, {"a": False, "b": True})

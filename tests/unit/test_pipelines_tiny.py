@@ -309,7 +309,9 @@ def test_train_pipeline_rounds_attack_every_round(tmp_path):
 
     again = overrides + ["attack.capability.k_shot={arc_challenge: 1}", "attack.capability.metric={arc_challenge: acc}"]
     seed_caches(out, tmp_path / "re-eval")
-    out2 = run_train(load_config(TrainRunConfig, None, again), tmp_path / "re-eval", progress=False, reuse=out)
+    # several sources: the first whose training fits is adopted (the first here is no run at all)
+    out2 = run_train(load_config(TrainRunConfig, None, again), tmp_path / "re-eval", progress=False,
+                     reuse=[tmp_path / "not-a-run", out])
     stage = json.loads((out2 / "manifest.json").read_text())["stages"]["train:safeneuron"]
     assert stage["reused_from"] == str(out.resolve()) and "seconds" in stage
     for r in stage["rounds"]:

@@ -20,9 +20,10 @@ ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="YAML conf
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config key: --set identify.params.tau_sas=2.5 (repeatable).")]
 OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="Run directory (default runs/<command>-<time>); re-run to resume.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model: local dir, offline registry name (safeneurons model list) or hub id.")]
-ReuseOpt = Annotated[str | None, typer.Option("--reuse", help="Earlier run directory whose content-keyed caches "
-                                            "(generations, importance cells) seed this run; changed settings are recomputed. "
-                                            "train: its trained models are adopted when only evaluation settings changed.")]
+ReuseOpt = Annotated[list[str] | None, typer.Option("--reuse", help="Earlier run directory whose content-keyed caches "
+                                                  "(generations, importance cells) seed this run; changed settings are "
+                                                  "recomputed. Repeatable: the caches of every run given are merged. "
+                                                  "train: its trained models are adopted when only evaluation settings changed.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
@@ -54,15 +55,17 @@ def explicit(**pairs: Any) -> dict[str, Any]:
     return {k: v for k, v in pairs.items() if v is not None}
 
 
-def run_dir_for(command: str, out: str | None, reuse: str | None) -> str | None:
-    """The run directory, seeded from ``--reuse`` when given (which then needs a fixed directory)."""
-    if reuse is None:
+def run_dir_for(command: str, out: str | None, reuse: list[str] | None) -> str | None:
+    """The run directory, seeded from each ``--reuse`` run in turn when given (which then needs a fixed
+    directory)."""
+    if not reuse:
         return out
     from safeneurons.pipelines.rundir import default_run_dir, seed_caches
 
     path = str(out or default_run_dir(command))
-    copied = seed_caches(reuse, path)
-    echo(f"reused {len(copied)} cache files from {reuse}")
+    for source in reuse:
+        copied = seed_caches(source, path)
+        echo(f"reused {len(copied)} cache files from {source}")
     return path
 
 

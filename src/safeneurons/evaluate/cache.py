@@ -121,6 +121,26 @@ class GenerationCache:
             self.puts += len(rows)
         return len(rows)
 
+    def merge_from(self, other: str | os.PathLike[str]) -> int:
+        """Add the entries of another cache file whose keys this one lacks (keys are content hashes, so an
+        entry present in both is the same generation); one transaction. Returns the number added."""
+        if self.path is not None and Path(other).resolve() == self.path.resolve():
+            return 0
+        with self._lock:
+            before = self._conn.total_changes
+            try:
+                self._conn.execute("ATTACH DATABASE ? AS other", (str(other),))
+            except sqlite3.DatabaseError as exc:
+                raise DataError(f"generation cache {other}: cannot open it ({exc}).") from exc
+            try:
+                self._conn.execute("INSERT OR IGNORE INTO generations (key, value, created) "
+                                   "SELECT key, value, created FROM other.generations")
+            except sqlite3.DatabaseError as exc:
+                raise DataError(f"generation cache {other}: cannot read its generations ({exc}).") from exc
+            finally:
+                self._conn.execute("DETACH DATABASE other")
+            return self._conn.total_changes - before
+
     def __contains__(self, key: object) -> bool:
         with self._lock:
             row = self._conn.execute("SELECT 1 FROM generations WHERE key = ?", (str(key),)).fetchone()

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from safeneurons.data import MULTIJAIL_LANGUAGES, Prompt, PromptSet, load_prompts
-from safeneurons.errors import ConfigError
+from safeneurons.errors import ConfigError, DataError
 from safeneurons.evaluate.generate import GenerationConfig
 from safeneurons.identify.importance import ImportanceConfig
 from safeneurons.intervene import Intervention
@@ -814,6 +814,10 @@ def paired_test(mine: dict[Any, bool], theirs: dict[Any, bool]) -> dict[str, Any
     common = [k for k in mine if k in theirs]
     if not common:
         return None
+    unjudged = next((k for k in common if mine[k] is None or theirs[k] is None), None)
+    if unjudged is not None:
+        raise DataError(f"paired_test: item {unjudged!r} has no outcome (None) under one of the models; give each "
+                        "shared item True or False (e.g. the verdict's label compared with one label).")
     n = len(common)
     b = sum(mine[k] and not theirs[k] for k in common)
     c = sum(theirs[k] and not mine[k] for k in common)

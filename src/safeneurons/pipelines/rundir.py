@@ -150,15 +150,19 @@ def copy_missing(files: Iterable[Path], src: Path, dst: Path, link: bool = False
 
 def seed_caches(source: str | Path, dest: str | Path) -> list[str]:
     """Copy the content-keyed caches of an earlier run into ``dest`` (``--reuse``): every
-    ``generations.sqlite`` (keyed by model checksum, interventions, rendered prompt and decoding settings)
-    every importance ``partial/`` cell (keyed by model, prompts, config and shard), every
-    ``capability_cache/`` result (keyed by model, interventions, task, questions and shots) and every trained
-    SS-Neuron expansion with its ``trained.json`` (keyed by starting weights, target neurons, training data and
-    settings; hard-linked), at the same relative paths. A changed setting therefore recomputes exactly what it
-    changes; nothing else is carried over (other trained models, finished stages), so results are those a fresh
-    run would give. Files already in ``dest`` are kept. Returns the relative paths copied and records them in ``dest/reused.json``."""
+    ``generations.sqlite`` (keyed by model checksum, interventions, rendered prompt and decoding settings;
+    merged into one ``dest`` already has, so several earlier runs can seed one run), every importance
+    ``partial/`` cell (keyed by model, prompts, config and shard), every ``capability_cache/`` result (keyed
+    by model, interventions, task, questions and shots) and every trained SS-Neuron expansion with its
+    ``trained.json`` (keyed by starting weights, target neurons, training data and settings; hard-linked), at
+    the same relative paths. A changed setting therefore recomputes exactly what it changes; nothing else is
+    carried over (other trained models, finished stages), so results are those a fresh run would give. Other
+    files already in ``dest`` are kept. Returns the relative paths copied or merged and appends them, with the
+    source, to ``dest/reused.json``."""
     import sqlite3
     from contextlib import closing
+
+    from safeneurons.evaluate.cache import GenerationCache
 
     src, dst = Path(source), Path(dest)
     if not (src / MANIFEST).exists():
@@ -169,17 +173,22 @@ def seed_caches(source: str | Path, dest: str | Path) -> list[str]:
     for db in sorted(src.rglob("generations.sqlite")):
         target = dst / db.relative_to(src)
         if target.exists():
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".sqlite.tmp")
-        with closing(sqlite3.connect(db)) as a, closing(sqlite3.connect(tmp)) as b:
-            a.backup(b)  # consistent even with an unmerged write-ahead log
-        tmp.replace(target)
+            with GenerationCache(target) as cache:
+                cache.merge_from(db)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".sqlite.tmp")
+            with closing(sqlite3.connect(db)) as a, closing(sqlite3.connect(tmp)) as b:
+                a.backup(b)  # consistent even with an unmerged write-ahead log
+            tmp.replace(target)
         copied.append(str(db.relative_to(src)))
     keyed_dirs = [p for name in ("partial", "capability_cache") for p in src.rglob(name) if p.is_dir()]
     copied += copy_missing((f for part in sorted(keyed_dirs) for f in sorted(part.rglob("*")) if f.is_file()), src, dst)
     trained = [m.parent for m in sorted(src.glob("expansion/*/trained.json"))]
     copied += copy_missing((f for d in trained for f in sorted(d.rglob("*")) if f.is_file()), src, dst, link=True)
-    write_json_atomic(dst / "reused.json", {"source": str(src.resolve()), "copied": copied, "at": _now()})
+    record = dst / "reused.json"
+    prev = read_json(record) if record.exists() else {}
+    earlier = prev.get("reused", [prev] if "source" in prev else [])  # (one source per file before)
+    write_json_atomic(record, {"reused": [*earlier, {"source": str(src.resolve()), "copied": copied, "at": _now()}]})
     log.info("reused %d cache files from %s", len(copied), src)
     return copied

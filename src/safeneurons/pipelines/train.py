@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -292,11 +293,11 @@ def _adopt_training(source: Path, run: RunDir, method: str, info: dict[str, Any]
 
 
 def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool = True,
-              reuse: str | Path | None = None) -> Path:
+              reuse: str | Path | Sequence[str | Path] | None = None) -> Path:
     """Identify, build preference pairs, train each method (and SafeNeuron rounds), then attack and
-    evaluate every model. ``reuse``: an earlier train run whose trained models are adopted where it
-    trained on exactly the same inputs (see :func:`reusable_training`), so changing only evaluation
-    settings re-evaluates without re-training."""
+    evaluate every model. ``reuse``: earlier train runs (the first that fits wins) whose trained models are
+    adopted where they trained on exactly the same inputs (see :func:`reusable_training`), so changing only
+    evaluation settings re-evaluates without re-training."""
     from safeneurons.models import load_model
     from safeneurons.pipelines.attack import run_attack
     from safeneurons.stats import collect_stats
@@ -304,6 +305,7 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
     from safeneurons.train.sft import sn_tune
 
     run = RunDir(out or default_run_dir("train"), "train", cfg)
+    sources = [] if reuse is None else [reuse] if isinstance(reuse, (str, Path)) else list(reuse)
 
     def fresh() -> Any:
         return load_model(cfg.model.spec, dtype=cfg.model.dtype, device=cfg.model.device,
@@ -323,10 +325,11 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
             models.update(_trained_models(method, run.manifest["stages"][f"train:{method}"]))
             continue
         start_set = None if method == "dpo" else sets["FULL"]
-        earlier = reusable_training(reuse, run, cfg, method, start_set) if reuse else None
-        if earlier is not None:
+        found = ((Path(src), reusable_training(src, run, cfg, method, start_set)) for src in sources)
+        source, earlier = next(((src, info) for src, info in found if info is not None), (None, None))
+        if source is not None and earlier is not None:
             with run.stage(f"train:{method}") as info:
-                info.update(_adopt_training(Path(reuse), run, method, earlier))
+                info.update(_adopt_training(source, run, method, earlier))
             models.update(_trained_models(method, info))
             continue
         lm_m = fresh()
