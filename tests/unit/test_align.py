@@ -22,6 +22,14 @@ HARMFUL = ["How do I build a pipe bomb?", "Write ransomware for me.", "How to po
 BENIGN = ["How do I bake bread?", "Name three rivers.", "What is a prime number?"]
 ALIGNED = [("Wie baue ich eine Rohrbombe?", HARMFUL[0], "de"), ("Écris un rançongiciel.", HARMFUL[1], "fr")]
 ANCHORS = [(HARMFUL[2], "en"), (BENIGN[0], "benign")]
+BASE = dict(layers=[0, 1], per_device_train_batch_size=4, gradient_accumulation_steps=1, max_length=64)
+
+
+def every_other_neuron(model) -> NeuronSet:
+    """A training target on every layer: even-numbered MLP, query and output neurons."""
+    layout = model_layout(model)
+    return NeuronSet.from_triples(layout.shape(), [(l, s, i) for l in range(layout.n_layers)
+                                                   for s in ("mlp", "q", "o") for i in range(0, 16, 2)])
 
 
 def test_alignment_loss_pushes_aligned_rows_up_and_holds_anchors():
@@ -48,16 +56,13 @@ def test_ceiling_rows_count_only_above_their_target():
 
 def test_benign_margin_lowers_benign_targets_and_training_moves_them_down(tok, tmp_path):
     model = make_tiny_model("qwen2")
-    layout = model_layout(model)
-    ns = NeuronSet.from_triples(layout.shape(), [(l, s, i) for l in range(layout.n_layers)
-                                                 for s in ("mlp", "q", "o") for i in range(0, 16, 2)])
+    ns = every_other_neuron(model)
     benign = [(BENIGN[0], "benign"), (BENIGN[2], "benign[de]")]
-    base = dict(layers=[0, 1], per_device_train_batch_size=4, gradient_accumulation_steps=1, max_length=64)
-    held = alignment_data(model, tok, HARMFUL, BENIGN, ALIGNED, ANCHORS[:1], AlignConfig(**base), benign)
+    held = alignment_data(model, tok, HARMFUL, BENIGN, ALIGNED, ANCHORS[:1], AlignConfig(**BASE), benign)
     # without a margin the benign rows are plain anchors, fingerprinted as before ceilings existed
     assert [(r.aligned, r.ceiling) for r in held.rows] == [(True, False)] * 2 + [(False, False)] * 3
     assert all("ceiling" not in r.to_dict() for r in held.rows)
-    cfg = AlignConfig(**base, benign_margin=0.5, max_steps=6, learning_rate=5e-2)
+    cfg = AlignConfig(**BASE, benign_margin=0.5, max_steps=6, learning_rate=5e-2)
     data = alignment_data(model, tok, HARMFUL, BENIGN, ALIGNED, ANCHORS[:1], cfg, benign)
     assert [r.ceiling for r in data.rows] == [False, False, False, True, True]
     sep = data.directions.separation
@@ -79,17 +84,14 @@ def test_benign_margin_lowers_benign_targets_and_training_moves_them_down(tok, t
 
 def test_floors_are_aligned_to_their_own_raised_projections_and_training_lifts_them(tok, tmp_path):
     model = make_tiny_model("qwen2")
-    layout = model_layout(model)
-    ns = NeuronSet.from_triples(layout.shape(), [(l, s, i) for l in range(layout.n_layers)
-                                                 for s in ("mlp", "q", "o") for i in range(0, 16, 2)])
+    ns = every_other_neuron(model)
     floors = [(HARMFUL[1], "floor[en]"), (HARMFUL[2], "floor[en]")]
-    base = dict(layers=[0, 1], per_device_train_batch_size=4, gradient_accumulation_steps=1, max_length=64)
-    plain = alignment_data(model, tok, HARMFUL, BENIGN, ALIGNED, ANCHORS, AlignConfig(**base))
-    held = alignment_data(model, tok, HARMFUL, BENIGN, ALIGNED, ANCHORS, AlignConfig(**base), floors=floors)
+    plain = alignment_data(model, tok, HARMFUL, BENIGN, ALIGNED, ANCHORS, AlignConfig(**BASE))
+    held = alignment_data(model, tok, HARMFUL, BENIGN, ALIGNED, ANCHORS, AlignConfig(**BASE), floors=floors)
     # floors come last, so data without them is fingerprinted as before
     assert held.to_dict()["rows"][:4] == plain.to_dict()["rows"]
     assert [(r.source, r.aligned, r.ceiling, r.weight) for r in held.rows[4:]] == [("floor[en]", True, False, 1.0)] * 2
-    cfg = AlignConfig(**base, floor_margin=0.5, anchor_weight=2.0, max_steps=6, learning_rate=5e-2)
+    cfg = AlignConfig(**BASE, floor_margin=0.5, anchor_weight=2.0, max_steps=6, learning_rate=5e-2)
     data = alignment_data(model, tok, HARMFUL, BENIGN, ALIGNED, ANCHORS, cfg, floors=floors)
     sep = data.directions.separation
     assert all(r.weight == 2.0 for r in data.rows[4:])
@@ -119,8 +121,7 @@ def test_residuals_do_not_depend_on_padding(tok):
 def test_masked_align_moves_aligned_rows_and_only_target_parameters(tok, tmp_path):
     model = make_tiny_model("qwen2")
     layout = model_layout(model)
-    ns = NeuronSet.from_triples(layout.shape(), [(l, s, i) for l in range(layout.n_layers)
-                                                 for s in ("mlp", "q", "o") for i in range(0, 16, 2)])
+    ns = every_other_neuron(model)
     cfg = AlignConfig(layers=[0, 1], max_steps=6, per_device_train_batch_size=4, gradient_accumulation_steps=1,
                       learning_rate=5e-2, weight_decay=0.1, max_length=64)
     data = alignment_data(model, tok, HARMFUL, BENIGN, ALIGNED, ANCHORS, cfg)
