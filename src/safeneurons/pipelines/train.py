@@ -325,11 +325,11 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
             models.update(_trained_models(method, run.manifest["stages"][f"train:{method}"]))
             continue
         start_set = None if method == "dpo" else sets["FULL"]
-        found = ((Path(src), reusable_training(src, run, cfg, method, start_set)) for src in sources)
-        source, earlier = next(((src, info) for src, info in found if info is not None), (None, None))
-        if source is not None and earlier is not None:
+        adoptable = next(((Path(src), earlier) for src in sources
+                          if (earlier := reusable_training(src, run, cfg, method, start_set)) is not None), None)
+        if adoptable is not None:
             with run.stage(f"train:{method}") as info:
-                info.update(_adopt_training(source, run, method, earlier))
+                info.update(_adopt_training(adoptable[0], run, method, adoptable[1]))
             models.update(_trained_models(method, info))
             continue
         lm_m = fresh()
