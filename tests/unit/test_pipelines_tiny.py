@@ -619,7 +619,8 @@ def test_expansion_alignment_rows_and_benign_ceilings(margin):
 
 def test_expansion_alignment_floors_are_english_rows_outside_identification_and_evaluation():
     """harmful_floor_n: the next English rows after the held-out ones in the split's order, appended as floors
-    (aligned to their own projections); too many for the dataset fails naming the setting."""
+    (aligned to their own projections); too many for the dataset fails naming the setting. eval_skip moves the
+    held-out rows past the floors without moving them."""
     from safeneurons.config import load_config
     from safeneurons.errors import ConfigError
     from safeneurons.pipelines.multilingual import (
@@ -646,3 +647,13 @@ def test_expansion_alignment_floors_are_english_rows_outside_identification_and_
     assert [r.prompt for r in data.rows[6:]] == floors
     with pytest.raises(ConfigError, match="harmful_floor_n = 100000"):
         floor_prompts(config("expansion.harmful_floor_n=100000"))
+    # eval_skip scores the rows after the floors instead; identification rows and floors stay where they were
+    ident2, fresh = split_rows(config("expansion.harmful_floor_n=4", "eval_skip=6"))
+    assert floor_prompts(config("expansion.harmful_floor_n=4", "eval_skip=6")) == floors
+    assert ident2["en"].texts() == ident["en"].texts() and len(fresh["en"].prompts) == 2
+    assert not set(fresh["en"].texts()) & {*ident["en"].texts(), *held["en"].texts(), *floors}
+    assert [p.id for p in fresh["zh"].prompts] == [p.id for p in fresh["en"].prompts]
+    with pytest.raises(ConfigError, match="would score floor rows"):
+        config("expansion.harmful_floor_n=4", "eval_skip=3")
+    with pytest.raises(ConfigError, match="too few for n_eval = 2"):
+        split_rows(config("eval_skip=100000"))

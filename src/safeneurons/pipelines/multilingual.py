@@ -145,6 +145,11 @@ class MultilingualConfig:
     hr_language: str = field(default="en", metadata={"help": "high-resource reference language for SS"})
     n_identify: int = field(default=48, metadata={"help": "MultiJail rows used to identify (D_jail), per language"})
     n_eval: int | None = field(default=48, metadata={"help": "held-out MultiJail rows for ASR (None: all the rest)"})
+    eval_skip: int = field(default=0, metadata={
+        "help": "score the n_eval rows that start this many rows after the identification rows instead of the first "
+                "n_eval (ours): a confirmation on fresh rows that an earlier run neither scored nor trained on, "
+                "e.g. n_eval + expansion.harmful_floor_n. Identification rows and floors do not move, so the "
+                "expansion training data, and a model --reuse brings, stay the same"})
     norm_source: str = field(default="english", metadata={"help": "D_norm: 'english' benign set for all languages, or 'translate'"})
     norm_dataset: str = field(default="self_instruct", metadata={"help": "benign prompts for D_norm"})
     n_norm: int = field(default=48, metadata={"help": "benign prompts in D_norm"})
@@ -180,6 +185,13 @@ class MultilingualConfig:
         if self.expansion.harmful_floor_n and self.n_eval is None:
             raise ConfigError("multilingual.expansion.harmful_floor_n takes rows after the held-out ones; with "
                               "n_eval: null every row is held out. Give n_eval a number.")
+        if self.eval_skip < 0:
+            raise ConfigError(f"multilingual.eval_skip must be >= 0, got {self.eval_skip}.")
+        floors_end = (self.n_eval or 0) + self.expansion.harmful_floor_n
+        if self.expansion.harmful_floor_n and 0 < self.eval_skip < floors_end:
+            raise ConfigError(f"multilingual.eval_skip = {self.eval_skip} would score floor rows (rows {self.n_eval} to "
+                              f"{floors_end - 1} after identification are expansion.harmful_floor_n floors); "
+                              f"give 0 or at least {floors_end}.")
         if self.jail_filter == "template" and not self.importance.reads_responses:
             raise ConfigError("multilingual.jail_filter: template pairs each harmful row with a refusal, which only "
                               "importance over response tokens reads; set importance.position: response.")
@@ -196,7 +208,11 @@ def split_rows(cfg: MultilingualConfig) -> tuple[dict[str, PromptSet], dict[str,
     ids = _row_order(per_lang[cfg.hr_language], cfg.seed)
     ident_ids = set(ids[: cfg.n_identify])
     rest = [i for i in ids if i not in ident_ids]
-    eval_ids = set(rest if cfg.n_eval is None else rest[: cfg.n_eval])
+    eval_ids = set(rest[cfg.eval_skip :] if cfg.n_eval is None else rest[cfg.eval_skip : cfg.eval_skip + cfg.n_eval])
+    if not eval_ids or (cfg.eval_skip and cfg.n_eval is not None and len(eval_ids) < cfg.n_eval):
+        raise ConfigError(f"multilingual.eval_skip = {cfg.eval_skip}: MultiJail has {len(rest)} {cfg.hr_language} rows "
+                          f"after the {cfg.n_identify} identification ones, too few for n_eval = {cfg.n_eval} after "
+                          f"skipping {cfg.eval_skip}.")
     ident = {l: ps.filter(lambda p: p.id in ident_ids, "identification rows") for l, ps in per_lang.items()}
     held = {l: ps.filter(lambda p: p.id in eval_ids, "held-out rows") for l, ps in per_lang.items()}
     return ident, held
@@ -208,7 +224,8 @@ def _row_order(rows: PromptSet, seed: int) -> list[Any]:
 
 
 def floor_prompts(cfg: MultilingualConfig) -> list[str]:
-    """The ``expansion.harmful_floor_n`` reference-language rows right after the held-out ones."""
+    """The ``expansion.harmful_floor_n`` reference-language rows right after the first ``n_eval`` held-out ones
+    (where they are whatever ``eval_skip`` scores instead)."""
     n = cfg.expansion.harmful_floor_n
     if not n:
         return []
