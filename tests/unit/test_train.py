@@ -411,6 +411,10 @@ def test_config_defaults_follow_the_paper_and_errors_name_the_field(tok, tmp_pat
         SafeNeuronDPOConfig(beta=0).validate()
     with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
         SafeNeuronDPOConfig.from_dict({"learning_rat": 1e-5})
+    # YAML 1.1 reads 5e-6 as text (`--set dpo.learning_rate=5e-6`): typed like every config, it is a number
+    assert SafeNeuronDPOConfig.from_dict({"learning_rate": "5e-6"}).learning_rate == 5e-6
+    with pytest.raises(ConfigError, match="learning_rate: expected a number, got 'fast'"):
+        SafeNeuronDPOConfig.from_dict({"learning_rate": "fast"})
     with pytest.raises(ConfigError, match="reference = 'copy' with lora"):
         SafeNeuronDPOConfig(lora=True, reference="copy").validate()
     with pytest.raises(ConfigError, match="trainer_overrides.*warmup_stepz"):

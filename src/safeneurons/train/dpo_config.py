@@ -131,19 +131,11 @@ class BaseTrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BaseTrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            import difflib
+        """Typed like every config (``safeneurons.config.from_dict``): unknown keys suggest a name, and numbers
+        given as text (YAML 1.1 reads ``5e-6`` as text) become numbers."""
+        from safeneurons.config import from_dict
 
-            hints = [
-                f"{u!r} (did you mean {m[0]!r}?)"
-                if (m := difflib.get_close_matches(u, names, 1))
-                else repr(u)
-                for u in unknown
-            ]
-            raise ConfigError(f"{cls.__name__}: unknown field(s) {', '.join(hints)}.")
-        return cls(**dict(d))
+        return from_dict(cls, d, source=cls.__name__)
 
     def training_kwargs(self, output_dir: str) -> dict[str, Any]:
         """The ``TrainingArguments`` fields common to every run."""
