@@ -7,6 +7,7 @@ parsed as YAML scalars (``--set identify.params.tau_sas=2.5``, ``--set stats.sit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -52,11 +53,9 @@ def _coerce(value: Any, tp: Any, where: str, source: str = "config") -> Any:
             return value
         raise ConfigError(f"{source}: {where}: expected true or false, got {value!r}.")
     if tp in (int, float):
-        if isinstance(value, str):  # YAML 1.1 reads 5e-6 (no dot) as text
-            try:
+        if isinstance(value, str):  # YAML 1.1 reads 5e-6 (no dot) as text; other text fails just below
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                raise ConfigError(f"{source}: {where}: expected a number, got {value!r}.") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {where}: expected a number, got {value!r}.")
         if tp is int and isinstance(value, float) and not value.is_integer():

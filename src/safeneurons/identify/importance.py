@@ -59,7 +59,7 @@ import logging
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -168,11 +168,9 @@ class ImportanceConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ImportanceConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"importance config has unknown key(s) {unknown}; known: {sorted(known)}.")
-        return cls(**dict(d))
+        from safeneurons.config import from_dict
+
+        return from_dict(cls, d, source=cls.__name__)
 
     @property
     def reads_responses(self) -> bool:
