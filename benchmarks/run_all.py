@@ -163,7 +163,7 @@ SETTINGS: dict[str, dict[str, tuple[str, str, list[str]]]] = {
         "capability": (
             "bench_capability.py",
             "capability-quick",
-            ["--model", "smollm2-135m-instruct", "--n", "4", "--k-shot", "25"],
+            ["--model", "smollm2-135m-instruct", "--n", "4", "--k-shot", "25", "--gsm8k-n", "8"],
         ),
     },
 }

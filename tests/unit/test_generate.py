@@ -72,6 +72,7 @@ def counting(monkeypatch):
 @pytest.mark.parametrize("field,value", [
     ("max_new_tokens", 0), ("batch_size", 0), ("temperature", 0.0), ("top_p", 1.5), ("top_p", 0.0),
     ("seed", -1), ("do_sample", "yes"), ("chat_template", 1), ("stop", ("",)), ("max_new_tokens", 2.5),
+    ("share_prefix", 0), ("share_prefix", True),
 ])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ConfigError, match=rf"GenerationConfig\.{field}\b"):
@@ -93,6 +94,7 @@ def test_config_fields_have_help_and_roundtrip():
 def test_decoding_key_ignores_irrelevant_settings():
     assert GenerationConfig(temperature=0.3).decoding_key() == GenerationConfig().decoding_key()
     assert GenerationConfig(batch_size=2).decoding_key() == GenerationConfig().decoding_key()
+    assert GenerationConfig(share_prefix=64).decoding_key() == GenerationConfig().decoding_key()
     assert GenerationConfig(max_new_tokens=5).decoding_key() != GenerationConfig().decoding_key()
     assert (GenerationConfig(do_sample=True, seed=1).decoding_key()
             != GenerationConfig(do_sample=True, seed=2).decoding_key())
@@ -108,6 +110,53 @@ def test_batched_left_padded_equals_one_by_one(tiny, tok, family):
     batched = generate(model, tok, PROMPTS, cfg, progress=False)
     single = [generate(model, tok, [p], cfg, progress=False)[0] for p in PROMPTS]
     assert batched == single
+
+
+FEW_SHOT = "".join(f"Question: what is {a} plus {a + 3}?\nAnswer: {a} plus {a + 3} is {2 * a + 3}.\n\n"
+                   for a in range(1, 9))
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama", "gpt2", "gemma2"])
+@pytest.mark.parametrize("chat_template", [False, True])
+def test_shared_prefix_runs_once_and_gives_the_same_text(tiny, tok, family, chat_template, monkeypatch):
+    """A few-shot head shared by every prompt is run once; the tails of different lengths are padded between
+    head and tail, so positions must follow the mask for the text to match the plain left-padded batches."""
+    model = tiny(family)
+    prompts = [FEW_SHOT + f"Question: {p}\nAnswer:" for p in PROMPTS]
+    plain = generate(model, tok, prompts, GenerationConfig(max_new_tokens=8, batch_size=3,
+                                                           chat_template=chat_template), progress=False)
+    seen = []
+    inner = model.generate
+
+    def spy(*a, **kw):
+        seen.append((kw.get("past_key_values") is not None, kw["input_ids"].shape[0]))
+        return inner(*a, **kw)
+
+    monkeypatch.setattr(model, "generate", spy)
+    shared = generate(model, tok, prompts, GenerationConfig(max_new_tokens=8, batch_size=3, share_prefix=64,
+                                                            chat_template=chat_template), progress=False)
+    assert shared == plain
+    assert seen == [(True, 3), (True, 2)]
+    with intervene(model, Intervention(_all_mlp(model, [0]), "scale", alpha=3.0)):
+        ablated_plain = generate(model, tok, prompts, GenerationConfig(max_new_tokens=8, batch_size=3),
+                                 progress=False)
+    ablated = generate(model, tok, prompts, GenerationConfig(max_new_tokens=8, batch_size=3, share_prefix=64),
+                       progress=False,
+                       interventions=Intervention(_all_mlp(model, [0]), "scale", alpha=3.0))
+    assert ablated == ablated_plain != shared
+
+
+def test_shared_head_needs_the_minimum_and_leaves_each_prompt_a_token():
+    from safeneurons.evaluate.generate import _shared_head
+    from safeneurons.stats.encode import Encoded
+
+    enc = [Encoded([1, 2, 3, 4, 5], 5), Encoded([1, 2, 3, 4, 9, 9], 6), Encoded([1, 2, 3, 4], 4)]
+    assert _shared_head(enc, 3) == 3  # the 4-token prompt keeps its last token
+    assert _shared_head(enc[:2], 3) == 4
+    assert _shared_head(enc[:2], 5) == 0
+    assert _shared_head(enc[:2], None) == 0
+    assert _shared_head(enc[:1], 1) == 0
+    assert _shared_head([Encoded([7, 1], 2), Encoded([8, 1], 2)], 1) == 0
 
 
 def test_order_preserved_and_only_new_text(tiny, tok, counting):

@@ -657,3 +657,30 @@ def test_expansion_alignment_floors_are_english_rows_outside_identification_and_
         config("expansion.harmful_floor_n=4", "eval_skip=3")
     with pytest.raises(ConfigError, match="too few for n_eval = 2"):
         split_rows(config("eval_skip=100000"))
+
+
+def test_capability_batch_size_reaches_every_task(tmp_path, monkeypatch):
+    """``capability.batch_size`` is what each task runs with (GSM8K's generation gains from wider batches);
+    a bad value names the field."""
+    from safeneurons.config import load_config
+    from safeneurons.errors import ConfigError
+    from safeneurons.evaluate import capability
+    from safeneurons.pipelines.attack import AttackConfig
+    from safeneurons.pipelines.rundir import RunDir
+    from safeneurons.pipelines.scoring import capability_stage
+
+    with pytest.raises(ConfigError, match=r"capability\.batch_size"):
+        load_config(AttackConfig, None, ["capability.batch_size=0"])
+    cfg = load_config(AttackConfig, None, ["capability.tasks=[arc_challenge, mmlu]", "capability.n=2",
+                                           "capability.perplexity_texts=0", "capability.batch_size=5"])
+    seen = []
+    real = capability.evaluate_capability
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["batch_size"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(capability, "evaluate_capability", spy)
+    run = RunDir(tmp_path / "run", "attack", cfg)
+    out = capability_stage(run, tiny_lm(), {"ORI": None}, cfg.capability, progress=False)
+    assert seen == [5, 5] and set(out["ORI"]["tasks"]) == {"arc_challenge", "mmlu"}

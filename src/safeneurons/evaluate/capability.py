@@ -599,9 +599,11 @@ def evaluate_gsm8k(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: 
                    batch_size: int = 8, interventions: Any = None, rows: Sequence[Mapping[str, Any]] | None = None,
                    prefix: str | None = None, max_new_tokens: int = 256, chat_template: bool = False,
                    cache: "GenerationCache | None" = None, model_key: str = "", data_dir: Any = None,
-                   progress: bool = True, **_: Any) -> CapabilityResult:
+                   progress: bool = True, share_prefix: int | None = None, **_: Any) -> CapabilityResult:
     """GSM8K exact match with the OLMES prompt ``prefix + "Question: {q}\\nAnswer:"`` (raw text by default;
-    ``chat_template=True`` sends it as one user turn). Greedy, stops at ``"Question:"`` or a blank line."""
+    ``chat_template=True`` sends it as one user turn). Greedy, stops at ``"Question:"`` or a blank line.
+    ``share_prefix=64`` runs the k-shot prefix every prompt shares once (see
+    :class:`~safeneurons.evaluate.generate.GenerationConfig`; default: every prompt in full)."""
     from safeneurons.evaluate.generate import GenerationConfig, generate
 
     t0 = time.perf_counter()
@@ -616,7 +618,7 @@ def evaluate_gsm8k(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: 
         prompts.append(f"{shots}Question: {row['question']}\nAnswer:")
         golds.append(normalize_number(str(row["short_answer"])))
     config = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, chat_template=chat_template,
-                              stop=("Question:", "\n\n"))
+                              stop=("Question:", "\n\n"), share_prefix=share_prefix)
     outputs = generate(model, tokenizer, prompts, config, interventions=interventions, cache=cache,
                        model_key=model_key, progress=progress)
     preds = [extract_gsm8k_answer(o) for o in outputs]
@@ -626,7 +628,7 @@ def evaluate_gsm8k(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: 
         task="gsm8k", n=m, acc=sum(correct) / m if m else float("nan"), acc_norm=None,
         stderr=mean_stderr(correct), k_shot=k_shot, seconds=time.perf_counter() - t0, metric="exact_match",
         meta={"split": "test", "seed": seed, "n_available": len(rows), "max_new_tokens": max_new_tokens,
-              "no_answer": sum(p is None for p in preds),
+              "no_answer": sum(p is None for p in preds), "outputs": list(outputs),
               "examples": [{"question": rows[i]["question"], "output": o, "pred": p, "gold": g}
                            for i, o, p, g in list(zip(idx, outputs, preds, golds))[:3]]},
         ids=[str(i) for i in idx], correct=correct,

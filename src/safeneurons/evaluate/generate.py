@@ -18,6 +18,7 @@ untouched), so re-running the same prompts with the same ``batch_size`` gives th
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -63,6 +64,12 @@ class GenerationConfig:
     stop: tuple[str, ...] = field(
         default=(), metadata={"help": "Strings that end a generation early; the text is cut before the first one."}
     )
+    share_prefix: int | None = field(
+        default=None, metadata={"help": "When all prompts start with the same tokens, at least this many (e.g. 64 "
+                                        "for a few-shot prefix), run them once and decode every batch from copies of "
+                                        "their key/value cache; null (default) runs every prompt in full. Same text "
+                                        "up to float rounding."}
+    )
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> ConfigError:
@@ -80,6 +87,9 @@ class GenerationConfig:
             raise bad("batch_size", "an integer >= 1")
         if self.seed < 0:
             raise bad("seed", "an integer >= 0")
+        if self.share_prefix is not None and (isinstance(self.share_prefix, bool)
+                                              or not isinstance(self.share_prefix, int) or self.share_prefix < 1):
+            raise bad("share_prefix", "an integer >= 1 or null")
         for name in ("do_sample", "chat_template"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "true or false")
@@ -102,8 +112,8 @@ class GenerationConfig:
     def decoding_key(self) -> dict[str, Any]:
         """The settings that change what is generated for an already rendered prompt (cache key part).
 
-        Sampling-only settings are left out for greedy decoding; ``batch_size`` is left out (it changes
-        only floating-point noise for greedy decoding); chat template and system prompt are part of the
+        Sampling-only settings are left out for greedy decoding; ``batch_size`` and ``share_prefix`` are left
+        out (they change only floating-point noise for greedy decoding); chat template and system prompt are part of the
         rendered prompt text instead."""
         key: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
                                "stop": list(self.stop)}
@@ -216,6 +226,18 @@ def _hf_generation_kwargs(model: Any, tokenizer: Any, config: GenerationConfig) 
     return kwargs
 
 
+def _shared_head(encoded: Sequence[Encoded], minimum: int | None) -> int:
+    """Length of the token prefix all prompts share, if at least ``minimum`` and there are two prompts or more
+    (else 0). Each prompt keeps one token of its own, so every batch feeds ``generate`` at least one new token."""
+    if minimum is None or len(encoded) < 2:
+        return 0
+    first = encoded[0].ids
+    n = min(len(e.ids) for e in encoded) - 1
+    for e in encoded[1:]:
+        n = next((j for j in range(n) if e.ids[j] != first[j]), n)
+    return n if n >= minimum else 0
+
+
 def _run_batches(model: Any, tokenizer: Any, rendered: Sequence[str], config: GenerationConfig,
                  progress: bool, on_batch: Any = None) -> list[Generation]:
     """Generate for ``rendered`` (already templated) texts; returns results in input order."""
@@ -228,6 +250,13 @@ def _run_batches(model: Any, tokenizer: Any, rendered: Sequence[str], config: Ge
     device = _model_device(model)
     max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     results: list[Generation | None] = [None] * len(rendered)
+    head = _shared_head(encoded, config.share_prefix)
+    head_cache = None
+    if head:
+        with torch.inference_mode():
+            head_ids = torch.tensor([encoded[0].ids[:head]], dtype=torch.long, device=device)
+            head_cache = model(input_ids=head_ids, use_cache=True).past_key_values
+        logger.debug("%d prompts share a %d-token prefix: run once", len(encoded), head)
     bar = tqdm(total=len(rendered), desc="generate", unit="prompt", file=sys.stderr, disable=not progress,
                leave=False)
     try:
@@ -237,16 +266,26 @@ def _run_batches(model: Any, tokenizer: Any, rendered: Sequence[str], config: Ge
             if max_pos and longest + config.max_new_tokens > int(max_pos):
                 logger.warning("prompt of %d tokens + %d new tokens exceeds the model's %d positions",
                                longest, config.max_new_tokens, max_pos)
-            ids, mask = pad_batch(items, pad_id, side="left")
+            if head_cache is None:
+                ids, mask = pad_batch(items, pad_id, side="left")
+                extra = {}
+            else:  # [shared head | pads | own tail]: the pads sit between, positions follow the mask
+                tails, tail_mask = pad_batch([Encoded(e.ids[head:], len(e.ids) - head) for e in items], pad_id,
+                                             side="left")
+                ids = torch.cat([torch.tensor([items[0].ids[:head]] * len(items), dtype=torch.long), tails], 1)
+                mask = torch.cat([torch.ones((len(items), head), dtype=tail_mask.dtype), tail_mask], 1)
+                cache = copy.deepcopy(head_cache)
+                cache.batch_repeat_interleave(len(items))
+                extra = {"past_key_values": cache}
             ids, mask = ids.to(device), mask.to(device)
             with torch.inference_mode():
                 if config.do_sample:
                     devices = [device] if device.type == "cuda" else []
                     with torch.random.fork_rng(devices=devices):
                         torch.manual_seed(_batch_seed(config.seed, [rendered[i] for i in batch]))
-                        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+                        out = model.generate(input_ids=ids, attention_mask=mask, **extra, **kwargs)
                 else:
-                    out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+                    out = model.generate(input_ids=ids, attention_mask=mask, **extra, **kwargs)
             new = out[:, ids.shape[1]:].cpu().tolist()
             done: dict[int, Generation] = {}
             for row, idx in enumerate(batch):

@@ -47,6 +47,9 @@ class CapabilityCheck:
                 "tasks not named use their default (0, GSM8K 8)"})
     metric: dict[str, str] = field(default_factory=dict, metadata={
         "help": "metric reported per task (acc or acc_norm); default acc_norm for arc_challenge/hellaswag, else acc"})
+    batch_size: int = field(default=8, metadata={
+        "help": "prompts per forward / generate call in every task (scores do not depend on it beyond float "
+                "rounding; GSM8K's generation gains from wider batches, see benchmarks/README.md)"})
 
     def __post_init__(self) -> None:
         from safeneurons.errors import ConfigError
@@ -61,6 +64,8 @@ class CapabilityCheck:
         for task, k in self.k_shot.items():
             if isinstance(k, bool) or not isinstance(k, int) or k < 0:
                 raise ConfigError(f"capability.k_shot.{task} = {k!r}: expected an integer >= 0.")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"capability.batch_size = {self.batch_size!r}: expected an integer >= 1.")
 
     def n_of(self, task: str) -> int | None:
         return self.n_per_task.get(task, self.n)
