@@ -251,11 +251,11 @@ def _run_batches(model: Any, tokenizer: Any, rendered: Sequence[str], config: Ge
     max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     results: list[Generation | None] = [None] * len(rendered)
     head = _shared_head(encoded, config.share_prefix)
+    head_ids = torch.tensor([encoded[0].ids[:head]], dtype=torch.long)  # (1, head): the shared prefix
     head_cache = None
     if head:
         with torch.inference_mode():
-            head_ids = torch.tensor([encoded[0].ids[:head]], dtype=torch.long, device=device)
-            head_cache = model(input_ids=head_ids, use_cache=True).past_key_values
+            head_cache = model(input_ids=head_ids.to(device), use_cache=True).past_key_values
         logger.debug("%d prompts share a %d-token prefix: run once", len(encoded), head)
     bar = tqdm(total=len(rendered), desc="generate", unit="prompt", file=sys.stderr, disable=not progress,
                leave=False)
@@ -272,7 +272,7 @@ def _run_batches(model: Any, tokenizer: Any, rendered: Sequence[str], config: Ge
             else:  # [shared head | pads | own tail]: the pads sit between, positions follow the mask
                 tails, tail_mask = pad_batch([Encoded(e.ids[head:], len(e.ids) - head) for e in items], pad_id,
                                              side="left")
-                ids = torch.cat([torch.tensor([items[0].ids[:head]] * len(items), dtype=torch.long), tails], 1)
+                ids = torch.cat([head_ids.expand(len(items), -1), tails], 1)
                 mask = torch.cat([torch.ones((len(items), head), dtype=tail_mask.dtype), tail_mask], 1)
                 cache = copy.deepcopy(head_cache)
                 cache.batch_repeat_interleave(len(items))
