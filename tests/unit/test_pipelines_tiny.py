@@ -660,8 +660,8 @@ def test_expansion_alignment_floors_are_english_rows_outside_identification_and_
 
 
 def test_capability_batch_size_reaches_every_task(tmp_path, monkeypatch):
-    """``capability.batch_size`` is what each task runs with (GSM8K's generation gains from wider batches);
-    a bad value names the field."""
+    """``capability.batch_size`` is what each task runs with unless ``batch_size_per_task`` names it (GSM8K's
+    generation gains from wider batches); ``share_prefix`` reaches the tasks; a bad value names the field."""
     from safeneurons.config import load_config
     from safeneurons.errors import ConfigError
     from safeneurons.evaluate import capability
@@ -671,16 +671,20 @@ def test_capability_batch_size_reaches_every_task(tmp_path, monkeypatch):
 
     with pytest.raises(ConfigError, match=r"capability\.batch_size"):
         load_config(AttackConfig, None, ["capability.batch_size=0"])
+    with pytest.raises(ConfigError, match=r"capability\.batch_size_per_task\.mmlu"):
+        load_config(AttackConfig, None, ["capability.batch_size_per_task={mmlu: 0}"])
     cfg = load_config(AttackConfig, None, ["capability.tasks=[arc_challenge, mmlu]", "capability.n=2",
-                                           "capability.perplexity_texts=0", "capability.batch_size=5"])
+                                           "capability.perplexity_texts=0", "capability.batch_size=5",
+                                           "capability.batch_size_per_task={mmlu: 3}", "capability.share_prefix=false"])
     seen = []
     real = capability.evaluate_capability
 
     def spy(*args, **kwargs):
-        seen.append(kwargs["batch_size"])
+        seen.append((kwargs["batch_size"], kwargs["share_prefix"]))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(capability, "evaluate_capability", spy)
     run = RunDir(tmp_path / "run", "attack", cfg)
     out = capability_stage(run, tiny_lm(), {"ORI": None}, cfg.capability, progress=False)
-    assert seen == [5, 5] and set(out["ORI"]["tasks"]) == {"arc_challenge", "mmlu"}
+    assert seen == [(5, None), (3, None)] and set(out["ORI"]["tasks"]) == {"arc_challenge", "mmlu"}
+    assert load_config(AttackConfig, None, []).capability.share_prefix  # on by default

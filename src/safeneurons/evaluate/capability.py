@@ -599,11 +599,12 @@ def evaluate_gsm8k(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: 
                    batch_size: int = 8, interventions: Any = None, rows: Sequence[Mapping[str, Any]] | None = None,
                    prefix: str | None = None, max_new_tokens: int = 256, chat_template: bool = False,
                    cache: "GenerationCache | None" = None, model_key: str = "", data_dir: Any = None,
-                   progress: bool = True, share_prefix: int | None = None, **_: Any) -> CapabilityResult:
+                   progress: bool = True, share_prefix: int | None = 64, **_: Any) -> CapabilityResult:
     """GSM8K exact match with the OLMES prompt ``prefix + "Question: {q}\\nAnswer:"`` (raw text by default;
     ``chat_template=True`` sends it as one user turn). Greedy, stops at ``"Question:"`` or a blank line.
-    ``share_prefix=64`` runs the k-shot prefix every prompt shares once (see
-    :class:`~safeneurons.evaluate.generate.GenerationConfig`; default: every prompt in full)."""
+    ``share_prefix=64`` (default) runs the k-shot prefix every prompt shares once (see
+    :class:`~safeneurons.evaluate.generate.GenerationConfig`; the same greedy text as ``None``, every prompt
+    in full, and 1.32x faster at batch 8 on 2 CPU cores: benchmarks/README.md)."""
     from safeneurons.evaluate.generate import GenerationConfig, generate
 
     t0 = time.perf_counter()

@@ -118,7 +118,8 @@ def capability_stage(run: RunDir, lm: Any, conds: Mapping[str, NeuronSet | None]
                     reused.append(f"{cond}/{task}")
                     continue
                 score = evaluate_capability(lm.model, lm.tokenizer, [task], n=n, interventions=ns, k_shot={task: k},
-                                            batch_size=cap.batch_size, progress=progress, data_dir=data_dir, model_key=getattr(lm, "checksum", ""),
+                                            batch_size=cap.batch_size_of(task), share_prefix=64 if cap.share_prefix else None,
+                                            progress=progress, data_dir=data_dir, model_key=getattr(lm, "checksum", ""),
                                             cache=gen_cache if key else None)[task]  # unknown weights: no cache
                 res["tasks"][task] = score.to_dict()
                 if cached is not None:
