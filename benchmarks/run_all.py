@@ -301,15 +301,23 @@ def rows_for(bench: str, res: dict[str, Any]) -> list[dict[str, Any]]:
         s = res.get("summary", {})
         k = res.get("config", {}).get("k_shot")
         b = f"capability ({res.get('model', '?')}, ARC {k}-shot, {res.get('config', {}).get('n')} questions)"
-        r = s.get("speedup_shared_vs_full")
-        rows.append(_row(b, "shared-context scoring: speed-up vs full passes", r, "> 1", (r or 0) > 1))
-        rows.append(_row(b, "max |log-likelihood diff| shared vs full", s.get("max_abs_loglikelihood_diff_shared_vs_full"),
-                         fmt="{:.1e}"))
-        rows.append(_row(b, "same predictions shared vs full", float(bool(s.get("same_predictions_shared_vs_full"))),
-                         "1", bool(s.get("same_predictions_shared_vs_full")), fmt="{:.0f}"))
+        if "speedup_shared_vs_full" in s:  # ARC ran (--n > 0)
+            r = s["speedup_shared_vs_full"]
+            rows.append(_row(b, "shared-context scoring: speed-up vs full passes", r, "> 1", r > 1))
+            rows.append(_row(b, "max |log-likelihood diff| shared vs full",
+                             s.get("max_abs_loglikelihood_diff_shared_vs_full"), fmt="{:.1e}"))
+            rows.append(_row(b, "same predictions shared vs full", float(bool(s.get("same_predictions_shared_vs_full"))),
+                             "1", bool(s.get("same_predictions_shared_vs_full")), fmt="{:.0f}"))
         if "speedup_shared_vs_lmeval" in s:
             r = s["speedup_shared_vs_lmeval"]
             rows.append(_row(b, "lm-eval time / ours (shared)", r, "> 1", r > 1))
+        for key, r in s.items():
+            if key.startswith("speedup_gsm8k"):  # GSM8K generation variants against every prompt in full
+                variant = key.removeprefix("speedup_").removesuffix("_vs_full")
+                same = bool(s.get(f"same_outputs_{variant}_vs_full"))
+                rows.append(_row(f"capability ({res.get('model', '?')}, GSM8K 8-shot)",
+                                 f"{variant}: speed-up vs full prompts (same text: {'yes' if same else 'NO'})",
+                                 r, "> 1, same text", r > 1 and same))
         for v, why in res.get("skipped", {}).items():
             rows.append(_row(b, f"{v}: skipped ({why})", None))
     return rows
