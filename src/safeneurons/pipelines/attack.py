@@ -65,16 +65,13 @@ class CapabilityCheck:
         for task, m in self.metric.items():
             if m not in ("acc", "acc_norm"):
                 raise ConfigError(f"capability.metric.{task} = {m!r}: expected acc or acc_norm.")
-        for task, n in self.n_per_task.items():
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ConfigError(f"capability.n_per_task.{task} = {n!r}: expected an integer >= 1.")
-        for task, k in self.k_shot.items():
-            if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-                raise ConfigError(f"capability.k_shot.{task} = {k!r}: expected an integer >= 0.")
-        for name, b in [("batch_size", self.batch_size),
-                        *((f"batch_size_per_task.{t}", v) for t, v in self.batch_size_per_task.items())]:
-            if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-                raise ConfigError(f"capability.{name} = {b!r}: expected an integer >= 1.")
+        counts = [("batch_size", self.batch_size, 1)]  # (field, value, lowest allowed)
+        for field_name, per_task, low in (("n_per_task", self.n_per_task, 1), ("k_shot", self.k_shot, 0),
+                                          ("batch_size_per_task", self.batch_size_per_task, 1)):
+            counts += [(f"{field_name}.{task}", v, low) for task, v in per_task.items()]
+        for name, v, low in counts:
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"capability.{name} = {v!r}: expected an integer >= {low}.")
 
     def n_of(self, task: str) -> int | None:
         return self.n_per_task.get(task, self.n)
