@@ -464,6 +464,21 @@ def test_gsm8k_general_prompts_avoid_the_scored_questions():
         load_config(TrainRunConfig, None, ["pairs.general_dataset=gsm8k+gsm8k"])
 
 
+def test_checkpoint_frequency_is_not_a_training_input():
+    """--reuse adopts a model trained with other checkpoint settings (they do not change the weights), not
+    one trained at another learning rate."""
+    from safeneurons.config import load_config, to_dict
+    from safeneurons.pipelines.train import TrainRunConfig, _training_inputs
+
+    def inputs(*overrides):
+        return _training_inputs(to_dict(load_config(TrainRunConfig, None, list(overrides))))
+
+    plain = inputs("dpo.learning_rate=5e-6")
+    assert inputs("dpo.learning_rate=5e-6", "dpo.save_steps=10", "dpo.keep_checkpoints=true") == plain
+    assert inputs("dpo.learning_rate=5e-6", "sft.save_steps=10") == plain
+    assert inputs("dpo.learning_rate=2e-5", "dpo.save_steps=10") != plain
+
+
 def test_gsm8k_general_pairs_checked_against_the_reference_answers():
     """pairs.general_chosen: 'correct' keeps only the pairs whose chosen answer ends on the reference number,
     'reference' swaps a wrong answer for the dataset's worked solution; both need general_dataset: gsm8k."""

@@ -630,3 +630,71 @@ def test_failed_run_leaves_a_clean_model(tok, tmp_path, monkeypatch):
     assert not any(p._backward_hooks for p in model.parameters())
     assert "forward" not in model.__dict__ and active_interventions(model) == []
     assert all(torch.equal(p, before[id(p)]) for p in model.parameters())
+
+
+def test_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(tok, tmp_path, monkeypatch):
+    """save_steps: a run stopped after step 3 and rerun into the same folder continues from checkpoint 2
+    (optimizer, schedule and data order restored) and ends with the weights of an uninterrupted run; the
+    frozen slices stay exact, the log holds each step once, checkpoints are removed at the end, and
+    checkpoints of other settings are refused."""
+    from safeneurons.train import dpo as dpo_mod
+
+    cfg = quick(max_steps=4, save_steps=2, per_device_train_batch_size=1, gradient_accumulation_steps=1)
+    torch.manual_seed(0)
+    start = make_tiny_model("llama").state_dict()
+    layout = model_layout(make_tiny_model("llama"))
+    ns = every_site(layout)
+
+    def fresh():
+        m = make_tiny_model("llama")
+        m.load_state_dict(start)
+        return m
+
+    whole = fresh()
+    ref = train_safeneuron_dpo(whole, tok, PAIRS, ns, cfg, tmp_path / "whole")
+    assert ref.global_step == 4
+
+    real_on_log = dpo_mod.TrainLogCallback.on_log
+
+    def crash_at_step_3(self, args, state, control, logs=None, **kw):
+        real_on_log(self, args, state, control, logs=logs, **kw)
+        if state.global_step == 3:
+            raise KeyboardInterrupt("simulated interruption")
+
+    monkeypatch.setattr(dpo_mod.TrainLogCallback, "on_log", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_safeneuron_dpo(fresh(), tok, PAIRS, ns, cfg, tmp_path / "cut")
+    trainer_dir = tmp_path / "cut" / "trainer"
+    assert sorted(p.name for p in trainer_dir.glob("checkpoint-*")) == ["checkpoint-2"]
+    monkeypatch.setattr(dpo_mod.TrainLogCallback, "on_log", real_on_log)
+
+    with pytest.raises(ConfigError, match="other settings, data or neurons"):
+        train_safeneuron_dpo(fresh(), tok, PAIRS, ns, quick(max_steps=4, save_steps=2, learning_rate=2e-3,
+                                                            per_device_train_batch_size=1,
+                                                            gradient_accumulation_steps=1), tmp_path / "cut")
+    (trainer_dir / "checkpoint-5").mkdir()  # a checkpoint cut off while saving: no trainer_state.json
+    from safeneurons.train.freezing import FreezeCallback
+
+    steps_run = []
+    real_step = FreezeCallback.on_optimizer_step
+
+    def counted_step(self, *a, **k):
+        steps_run.append(1)
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(FreezeCallback, "on_optimizer_step", counted_step)
+    resumed = fresh()
+    res = train_safeneuron_dpo(resumed, tok, PAIRS, ns, cfg, tmp_path / "cut")
+    assert res.global_step == 4 and res.frozen_drift == 0.0
+    assert len(steps_run) == 2, "the rerun did not continue from checkpoint-2"
+    for (name, a), b in zip(whole.named_parameters(), resumed.parameters()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0), name
+    moved = [n for n, p in resumed.named_parameters() if not torch.equal(p, start[n])]
+    assert moved, "the resumed run did not train"
+    for t, dim, idx in held_slices(model_layout(resumed), ns):
+        name = next(n for n, p in resumed.named_parameters() if p is t)
+        assert torch.equal(t.index_select(dim, idx), start[name].index_select(dim, idx))
+    steps = [r["step"] for r in json.loads((tmp_path / "cut" / "train_log.json").read_text())["records"]
+             if "loss" in r]
+    assert steps == [1, 2, 3, 4]
+    assert not list(trainer_dir.glob("checkpoint-*"))

@@ -217,8 +217,11 @@ EVALUATION_ONLY = ("attack", "over_refusal_n")  # config sections that do not ch
 
 def _training_inputs(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a train config that decides the trained models: everything but the evaluation
-    sections, except the judge, which labels the on-policy preference pairs."""
+    sections (and the checkpointing settings), except the judge, which labels the on-policy preference pairs."""
     out = {k: v for k, v in config.items() if k not in EVALUATION_ONLY}
+    for section in ("dpo", "sft"):  # how often a run checkpoints does not change what it trains
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in ("save_steps", "keep_checkpoints")}
     attack = config.get("attack") or {}
     out["pair_judge"] = {"judge": attack.get("judge"), "judge_params": attack.get("judge_params")}
     general = (config.get("pairs") or {}).get("general_dataset")

@@ -309,7 +309,8 @@ def masked_align(model: nn.Module, tokenizer: Any, data: AlignmentData, target: 
         return AlignTrainer(model=train_model, args=args, train_dataset=dataset, data_collator=collate,
                             processing_class=tokenizer, callbacks=callbacks)
 
-    result = run_masked_training(model, tokenizer, target, "train_only", config, output_dir, make_trainer, kind=kind)
+    result = run_masked_training(model, tokenizer, target, "train_only", config, output_dir, make_trainer, kind=kind,
+                                 data_key=dataset._fingerprint)
     logger.info("%s: %d of %d parameters trainable (%.3f%%).", kind, result.trainable_params, result.total_params,
                 100 * result.trainable_fraction)
     return result

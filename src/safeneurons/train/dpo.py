@@ -61,10 +61,14 @@ class TrainLogCallback(TrainerCallback):
     the held coordinates, must be 0) and ``restore_drift`` (how far the last step had moved them before
     the restore) to ``path`` as JSON, atomically, on the main process."""
 
-    def __init__(self, path: Path, freezer: NeuronFreezer | None = None) -> None:
+    def __init__(self, path: Path, freezer: NeuronFreezer | None = None, resume_step: int | None = None) -> None:
+        """``resume_step``: training resumes from a checkpoint at this step; the records logged up to it are
+        kept from ``path`` (those after it are logged again)."""
         self.path = Path(path)
         self.freezer = freezer
         self.records: list[dict[str, Any]] = []
+        if resume_step is not None and self.path.is_file():
+            self.records = [r for r in read_json(self.path).get("records", []) if r.get("step", 0) <= resume_step]
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
@@ -216,15 +220,22 @@ def run_masked_training(
     make_trainer: MakeTrainer,
     kind: str,
     ablate_during_training: bool = False,
+    data_key: str = "",
 ) -> TrainResult:
     """Shared driver of every masked run: restrict trainable layers, wrap LoRA, attach the freezer, build
     the trainer (``make_trainer(train_model, callbacks, freezer)``), train (with training-time ablation if
-    asked), then detach everything, merge LoRA into ``model`` and save. ``model`` is updated in place."""
+    asked), then detach everything, merge LoRA into ``model`` and save. ``model`` is updated in place.
+
+    With ``config.save_steps`` the trainer checkpoints into ``output_dir/trainer`` and a rerun continues
+    from the latest complete checkpoint, provided ``data_key`` (a fingerprint of the training data), the
+    neurons, ``mode`` and the training settings are those the checkpoints were written with."""
     config.validate()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if neurons is not None:
         neurons.check_fits(model_layout(unwrap_model(model)).shape())
+    resume = (_resume_checkpoint(out / "trainer", _resume_key(config, neurons, mode, kind, data_key))
+              if config.save_steps else None)
     t0 = time.perf_counter()
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
     train_model = model
@@ -248,7 +259,7 @@ def run_masked_training(
                 train_model = _wrap_lora(model, config)
             if neurons is not None:
                 freezer = stack.enter_context(NeuronFreezer(train_model, neurons, mode))  # type: ignore[arg-type]
-            log_cb = TrainLogCallback(out / "train_log.json", freezer)
+            log_cb = TrainLogCallback(out / "train_log.json", freezer, resume_step=resume[1] if resume else None)
             callbacks: list[TrainerCallback] = [log_cb]
             if freezer is not None:
                 callbacks.insert(0, FreezeCallback(freezer))
@@ -264,7 +275,7 @@ def run_masked_training(
                 freezer.ablation() if (freezer is not None and ablate_during_training) else nullcontext()
             )
             with ablation:
-                train_out = trainer.train()
+                train_out = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
             if freezer is not None:
                 freezer.step_restore()
                 drift = freezer.drift()
@@ -285,6 +296,8 @@ def run_masked_training(
         for p, flag in grad_flags:  # get_peft_model switched the base weights off
             p.requires_grad_(flag)
     model.eval()
+    if config.save_steps and not config.keep_checkpoints and is_main:
+        _remove_checkpoints(out / "trainer")
     model_dir = None
     if config.save_model and is_main:
         model_dir = out / MODEL_SUBDIR
@@ -325,6 +338,59 @@ def run_masked_training(
         result.seconds,
     )
     return result
+
+
+RESUME_KEY_FILE = "resume_key.json"
+_CHECKPOINT_FIELDS = ("save_steps", "keep_checkpoints", "save_model")
+
+
+def _resume_key(config: BaseTrainConfig, neurons: NeuronSet | None, mode: str, kind: str, data_key: str) -> str:
+    """What a mid-training checkpoint is valid for: the settings (less the checkpointing ones), the data,
+    the held or trained neurons and the masking mode."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in _CHECKPOINT_FIELDS}
+    return sha256_text(repr((sorted(settings.items()), fingerprint(neurons), mode, kind, data_key)))
+
+
+def _resume_checkpoint(trainer_dir: Path, key: str) -> tuple[Path, int] | None:
+    """The latest complete checkpoint under ``trainer_dir`` (``trainer_state.json`` is the last file
+    transformers writes into one) and its step; None when there is none. Records ``key`` for a fresh run
+    and refuses checkpoints written under another key."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    checkpoints = sorted(
+        (int(p.name.rsplit("-", 1)[1]), p)
+        for p in trainer_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()
+    )
+    complete = [(step, p) for step, p in checkpoints if (p / "trainer_state.json").is_file()]
+    key_file = trainer_dir / RESUME_KEY_FILE
+    if complete:
+        written = read_json(key_file).get("key") if key_file.is_file() else None
+        if written != key:
+            raise ConfigError(
+                f"{trainer_dir}: holds checkpoints of a training run with other settings, data or neurons "
+                f"({complete[-1][1].name}); delete that folder to start over, or use another output_dir."
+            )
+        import shutil
+
+        for step, p in checkpoints:  # interrupted while saving: transformers would pick it as the latest
+            if step > complete[-1][0]:
+                shutil.rmtree(p)
+        step, path = complete[-1]
+        logger.info("resuming training from %s (step %d).", path, step)
+        return path, step
+    trainer_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(key_file, {"key": key})
+    return None
+
+
+def _remove_checkpoints(trainer_dir: Path) -> None:
+    import shutil
+
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    for p in trainer_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _disk_backed(dataset: Any, args: Any, directory: Path) -> Any:
@@ -418,6 +484,7 @@ def _dpo(
     precompute = config.reference == "precompute"
     ablate_ref = frozen is not None and config.ablate_in_reference
     dataset = Dataset.from_list(to_trl_rows(list(pairs), config.chat_template))
+    data_key = dataset._fingerprint  # content hash, taken before the reference-ablation tag below
     if precompute:
         # TRL caches precomputed reference log-probs under hash(dataset fingerprint, weights); hooks are not
         # part of that hash, so put the reference ablation into the fingerprint.
@@ -469,6 +536,7 @@ def _dpo(
             make_trainer,
             kind=kind,
             ablate_during_training=config.ablate_frozen_during_training,
+            data_key=data_key,
         )
 
 

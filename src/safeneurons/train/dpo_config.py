@@ -103,6 +103,16 @@ class BaseTrainConfig:
     save_model: bool = config_field(
         True, "Save the trained model (safetensors) and tokenizer to <output_dir>/model."
     )
+    save_steps: int = config_field(
+        0,
+        "Write a resumable checkpoint (weights, optimizer, scheduler and RNG state) to "
+        "<output_dir>/trainer/checkpoint-<step> every this many optimizer steps; a rerun into the same "
+        "output_dir with the same settings, data and neurons continues from the latest one. 0: none. The "
+        "optimizer state is stored by transformers in torch's format (not safetensors).",
+    )
+    keep_checkpoints: bool = config_field(
+        False, "Keep the mid-training checkpoints after a finished run (False: delete them; only the model stays)."
+    )
     trainer_overrides: dict[str, Any] = config_field(
         {},
         "Extra TRL config fields passed through verbatim "
@@ -121,6 +131,7 @@ class BaseTrainConfig:
             ("warmup_ratio", 0.0 <= self.warmup_ratio < 1.0, "in [0, 1)"),
             ("logging_steps", self.logging_steps >= 1, ">= 1"),
             ("lora_r", self.lora_r >= 1, ">= 1"),
+            ("save_steps", self.save_steps >= 0, ">= 0 (0: no checkpoints)"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -157,7 +168,9 @@ class BaseTrainConfig:
             bf16=self.bf16,
             fp16=False,
             **_checkpointing_kwarg(self.gradient_checkpointing),
-            save_strategy="no",
+            save_strategy="steps" if self.save_steps else "no",
+            save_steps=self.save_steps or 500,
+            save_total_limit=2 if self.save_steps else None,
             report_to="none",
             disable_tqdm=True,
             max_length=self.max_length,

@@ -155,7 +155,8 @@ def masked_sft(
             callbacks=callbacks,
         )
 
-    result = run_masked_training(model, tokenizer, target, "train_only", config, out, make_trainer, kind=kind)
+    result = run_masked_training(model, tokenizer, target, "train_only", config, out, make_trainer, kind=kind,
+                                 data_key=dataset._fingerprint)
     logger.info(
         "%s: %d of %d parameters trainable (%.3f%%).",
         kind,
