@@ -228,6 +228,32 @@ def test_arc_few_shot_excludes_the_question_and_is_seeded():
         arc_docs(rows[:2], k_shot=2)
 
 
+def test_share_prefix_reaches_every_multiple_choice_task(tiny, tok, monkeypatch):
+    """``share_prefix`` of the MC evaluators reaches the scorer (None: lm-eval's full passes), the scores
+    equal either way; hellaswag's row is the lm-eval example above."""
+    model = tiny("llama")
+    seen = []
+    real = cap.loglikelihoods
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["share_prefix"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cap, "loglikelihoods", spy)
+    row = {"ind": 1, "activity_label": "Baking", "ctx_a": "A cook mixes flour.", "ctx_b": "she",
+           "endings": ["bakes it.", "swims.", "sings.", "reads."], "label": "0"}
+    runs = {"arc": lambda sp: cap.evaluate_arc(model, tok, rows=ARC_ROWS, k_shot=1, progress=False, share_prefix=sp),
+            "mmlu": lambda sp: cap.evaluate_mmlu(model, tok, rows=MMLU_ROWS, dev_rows=MMLU_DEV, k_shot=1,
+                                                 progress=False, share_prefix=sp),
+            "hellaswag": lambda sp: cap.evaluate_hellaswag(model, tok, rows=[row], progress=False, share_prefix=sp)}
+    for name, run in runs.items():
+        seen.clear()
+        full, shared = run(None), run(4)
+        assert seen == [None, 4], name
+        np.testing.assert_allclose(full.correct, shared.correct)
+        assert full.acc == pytest.approx(shared.acc) and full.acc_norm == pytest.approx(shared.acc_norm)
+
+
 def test_hellaswag_preprocessing_matches_lm_eval():
     assert hellaswag_preprocess("Home and Garden: [header] How to clean [title] Wipe it.") == \
         "Home and Garden: How to clean. Wipe it."

@@ -320,8 +320,10 @@ class MCScores:
 
 
 def score_multiple_choice(model: Any, tokenizer: Any, docs: Sequence[MCDoc], *, batch_size: int = 8,
-                          interventions: Any = None, progress: bool = False) -> MCScores:
-    """Score every choice of every doc as ``(context, delimiter + choice)`` (see :func:`loglikelihoods`)."""
+                          interventions: Any = None, progress: bool = False,
+                          share_prefix: int | None = 64) -> MCScores:
+    """Score every choice of every doc as ``(context, delimiter + choice)`` (see :func:`loglikelihoods`,
+    which also explains ``share_prefix``)."""
     requests: list[tuple[str, str]] = []
     for i, doc in enumerate(docs):
         if not doc.choices:
@@ -330,7 +332,7 @@ def score_multiple_choice(model: Any, tokenizer: Any, docs: Sequence[MCDoc], *, 
             raise DataError(f"multiple-choice doc {doc.id or i}: gold index {doc.gold} is outside 0..{len(doc.choices) - 1}.")
         requests += [(doc.context, doc.target_delimiter + c) for c in doc.choices]
     flat = loglikelihoods(model, tokenizer, requests, batch_size=batch_size, interventions=interventions,
-                          progress=progress)
+                          progress=progress, share_prefix=share_prefix)
     lls, k = [], 0
     for doc in docs:
         lls.append([flat[k + j][0] for j in range(len(doc.choices))])
@@ -499,14 +501,15 @@ BENCHMARKS: Registry[BenchmarkFn] = Registry("capability benchmark")
                      default_k_shot=0, headline_metric="acc_norm")
 def evaluate_arc(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: int = 0, seed: int = 0,
                  batch_size: int = 8, interventions: Any = None, rows: Sequence[Mapping[str, Any]] | None = None,
-                 data_dir: Any = None, progress: bool = True, **_: Any) -> CapabilityResult:
+                 data_dir: Any = None, progress: bool = True, share_prefix: int | None = 64,
+                 **_: Any) -> CapabilityResult:
     """ARC-Challenge (lm-eval ``arc_challenge`` prompt) on the local validation split."""
     t0 = time.perf_counter()
     rows = list(rows) if rows is not None else _read(ARC_FILE, data_dir)
     idx = subsample(len(rows), n, seed)
     docs = arc_docs(rows, k_shot=_check_k(k_shot), seed=seed, indices=idx)
     scores = score_multiple_choice(model, tokenizer, docs, batch_size=batch_size, interventions=interventions,
-                                   progress=progress)
+                                   progress=progress, share_prefix=share_prefix)
     return _mc_result("arc_challenge", scores, k_shot, time.perf_counter() - t0,
                       {"split": "validation", "seed": seed, "n_available": len(rows),
                        "fewshot_source": "other validation rows" if k_shot else None})
@@ -517,7 +520,7 @@ def evaluate_arc(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: in
 def evaluate_mmlu(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: int = 0, seed: int = 0,
                   batch_size: int = 8, interventions: Any = None, rows: Sequence[Mapping[str, Any]] | None = None,
                   dev_rows: Sequence[Mapping[str, Any]] | None = None, data_dir: Any = None, progress: bool = True,
-                  **_: Any) -> CapabilityResult:
+                  share_prefix: int | None = 64, **_: Any) -> CapabilityResult:
     """MMLU (lm-eval ``mmlu`` default prompt; k-shot examples: first k dev rows of the subject).
 
     ``acc`` over the sampled questions (micro average), not lm-eval's per-subject group average."""
@@ -528,7 +531,7 @@ def evaluate_mmlu(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: i
     idx = subsample(len(rows), n, seed)
     docs = mmlu_docs(rows, dev_rows, k_shot=_check_k(k_shot), indices=idx)
     scores = score_multiple_choice(model, tokenizer, docs, batch_size=batch_size, interventions=interventions,
-                                   progress=progress)
+                                   progress=progress, share_prefix=share_prefix)
     return _mc_result("mmlu", scores, k_shot, time.perf_counter() - t0,
                       {"split": "test", "seed": seed, "n_available": len(rows), "average": "micro",
                        "fewshot_source": "dev (first_n)" if k_shot else None})
@@ -539,14 +542,15 @@ def evaluate_mmlu(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: i
 def evaluate_hellaswag(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: int = 0, seed: int = 0,
                        batch_size: int = 8, interventions: Any = None,
                        rows: Sequence[Mapping[str, Any]] | None = None, data_dir: Any = None,
-                       progress: bool = True, **_: Any) -> CapabilityResult:
+                       progress: bool = True, share_prefix: int | None = 64,
+                       **_: Any) -> CapabilityResult:
     """HellaSwag (lm-eval ``hellaswag`` preprocessing) on the local validation split; report ``acc_norm``."""
     t0 = time.perf_counter()
     rows = list(rows) if rows is not None else _read(HELLASWAG_FILE, data_dir)
     idx = subsample(len(rows), n, seed)
     docs = hellaswag_docs(rows, k_shot=_check_k(k_shot), seed=seed, indices=idx)
     scores = score_multiple_choice(model, tokenizer, docs, batch_size=batch_size, interventions=interventions,
-                                   progress=progress)
+                                   progress=progress, share_prefix=share_prefix)
     return _mc_result("hellaswag", scores, k_shot, time.perf_counter() - t0,
                       {"split": "validation", "seed": seed, "n_available": len(rows),
                        "fewshot_source": "other validation rows" if k_shot else None})

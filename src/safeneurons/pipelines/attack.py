@@ -54,9 +54,9 @@ class CapabilityCheck:
         "help": "prompts per call for the named tasks instead of batch_size, e.g. {gsm8k: 16} (GSM8K 8-shot with "
                 "the shared prefix: 1.74x at 16 vs 8 in full, same text; benchmarks/README.md)"})
     share_prefix: bool = field(default=True, metadata={
-        "help": "GSM8K: run the k-shot prefix every prompt shares once and decode each batch from copies of its "
-                "key/value cache (same greedy text as full prompts, 1.32x at batch 8); the multiple-choice tasks "
-                "always share their context"})
+        "help": "run a context many prompts share once, on copies of its key/value cache: GSM8K's 8-shot prefix "
+                "(same greedy text as full prompts, 1.32x at batch 8), a multiple-choice question's context before "
+                "its choices (same log-likelihoods up to float rounding); false: full prompts, as lm-eval"})
 
     def __post_init__(self) -> None:
         from safeneurons.errors import ConfigError
