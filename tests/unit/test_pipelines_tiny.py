@@ -307,7 +307,8 @@ def test_train_pipeline_rounds_attack_every_round(tmp_path):
     # --reuse with only evaluation settings changed adopts the trained models (hard links) instead of training
     from safeneurons.pipelines.rundir import seed_caches
 
-    again = overrides + ["attack.capability.k_shot={arc_challenge: 1}", "attack.capability.metric={arc_challenge: acc}"]
+    again = overrides + ["attack.capability.k_shot={arc_challenge: 1}", "attack.capability.metric={arc_challenge: acc}",
+                         "methods=[safeneuron, dpo]"]  # one more method: safeneuron's models still adopted
     seed_caches(out, tmp_path / "re-eval")
     # several sources: the first whose training fits is adopted (the first here is no run at all)
     out2 = run_train(load_config(TrainRunConfig, None, again), tmp_path / "re-eval", progress=False,
@@ -477,6 +478,18 @@ def test_checkpoint_frequency_is_not_a_training_input():
     assert inputs("dpo.learning_rate=5e-6", "dpo.save_steps=10", "dpo.keep_checkpoints=true") == plain
     assert inputs("dpo.learning_rate=5e-6", "sft.save_steps=10") == plain
     assert inputs("dpo.learning_rate=2e-5", "dpo.save_steps=10") != plain
+
+    def method_inputs(method, *overrides):
+        return _training_inputs(to_dict(load_config(TrainRunConfig, None, list(overrides))), method)
+
+    # one method's model depends neither on the methods list nor on the sections only other methods read
+    for method in ("safeneuron", "dpo", "sn_tune"):
+        alone = method_inputs(method, f"methods=[{method}]")
+        assert method_inputs(method, "methods=[safeneuron, dpo, sn_tune]") == alone
+        assert (method_inputs(method, f"methods=[{method}]", "rounds=3") == alone) == (method != "safeneuron")
+        assert (method_inputs(method, f"methods=[{method}]", "sft.learning_rate=1e-4") == alone) == (method != "sn_tune")
+        assert (method_inputs(method, f"methods=[{method}]", "dpo.beta=0.5") == alone) == (method == "sn_tune")
+        assert method_inputs(method, f"methods=[{method}]", "pairs.n_general=7") != alone
 
 
 def test_gsm8k_general_pairs_checked_against_the_reference_answers():

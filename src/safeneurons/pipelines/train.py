@@ -215,10 +215,18 @@ def build_pairs(run: RunDir, lm: Any, cfg: TrainRunConfig, harmful: Any, full: A
 EVALUATION_ONLY = ("attack", "over_refusal_n")  # config sections that do not change what is trained
 
 
-def _training_inputs(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a train config that decides the trained models: everything but the evaluation
-    sections (and the checkpointing settings), except the judge, which labels the on-policy preference pairs."""
+# the config sections that only some methods read: the other methods' models do not depend on them
+METHOD_SECTIONS = {"rounds": ("safeneuron",), "dpo": ("safeneuron", "dpo"), "sft": ("sn_tune",)}
+
+
+def _training_inputs(config: dict[str, Any], method: str | None = None) -> dict[str, Any]:
+    """The part of a train config that decides the trained models (``method``'s alone when given: not the
+    ``methods`` list nor the sections only other methods read): everything but the evaluation sections (and
+    the checkpointing settings), except the judge, which labels the on-policy preference pairs."""
     out = {k: v for k, v in config.items() if k not in EVALUATION_ONLY}
+    if method is not None:
+        out = {k: v for k, v in out.items()
+               if k != "methods" and method in METHOD_SECTIONS.get(k, (method,))}
     for section in ("dpo", "sft"):  # how often a run checkpoints does not change what it trains
         if isinstance(out.get(section), dict):
             out[section] = {k: v for k, v in out[section].items() if k not in ("save_steps", "keep_checkpoints")}
@@ -253,9 +261,9 @@ def reusable_training(source: str | Path, run: RunDir, cfg: TrainRunConfig, meth
     checks = {
         "the training stage finished": info.get("status") == "done",
         "same model": manifest.get("model", {}).get("checksum") == run.manifest.get("model", {}).get("checksum"),
-        "same training config": _same_config(_training_inputs(manifest.get("config") or {}),
-                                             _training_inputs(run.manifest["config"]),
-                                             _training_inputs(_defaults(cfg) or {})),
+        "same training config": _same_config(_training_inputs(manifest.get("config") or {}, method),
+                                             _training_inputs(run.manifest["config"], method),
+                                             _training_inputs(_defaults(cfg) or {}, method)),
         "same preference pairs": (src / "pairs.jsonl").is_file()
         and (src / "pairs.jsonl").read_bytes() == run.file("pairs.jsonl").read_bytes(),
         "same starting neurons": frozen is None or (
