@@ -469,6 +469,7 @@ def test_checkpoint_frequency_is_not_a_training_input():
     """--reuse adopts a model trained with other checkpoint settings (they do not change the weights), not
     one trained at another learning rate."""
     from safeneurons.config import load_config, to_dict
+    from safeneurons.errors import ConfigError
     from safeneurons.pipelines.train import TrainRunConfig, _training_inputs
 
     def inputs(*overrides):
@@ -478,6 +479,11 @@ def test_checkpoint_frequency_is_not_a_training_input():
     assert inputs("dpo.learning_rate=5e-6", "dpo.save_steps=10", "dpo.keep_checkpoints=true") == plain
     assert inputs("dpo.learning_rate=5e-6", "sft.save_steps=10") == plain
     assert inputs("dpo.learning_rate=2e-5", "dpo.save_steps=10") != plain
+    with pytest.raises(ConfigError, match=r"pairs\.degrade 'bogus'"):
+        inputs("pairs.degrade=bogus")
+    with pytest.raises(ConfigError, match=r"dpo\.sft_weight > 0"):
+        inputs("pairs.degrade=anchor")
+    assert inputs("pairs.degrade=anchor", "dpo.sft_weight=1.0")["pairs"]["degrade"] == "anchor"
 
     def method_inputs(method, *overrides):
         return _training_inputs(to_dict(load_config(TrainRunConfig, None, list(overrides))), method)

@@ -540,8 +540,26 @@ def test_helpfulness_pairs_strategies():
         prompts, lambda ps, iv: [REFUSAL] * len(ps), "truncate", judge=_is_refusal
     )
     assert refused == [] and rep.dropped == {"chosen_refusal": 3}
+    anchor, rep = helpfulness_pairs(prompts, gen, "anchor")
+    assert len(anchor) == 3 and all(p.rejected == p.chosen for p in anchor) and rep.dropped == {}
     with pytest.raises(ConfigError, match="strategy 'bogus'"):
         helpfulness_pairs(prompts, gen, "bogus")  # type: ignore[arg-type]
+
+
+def test_anchor_pairs_train_only_through_the_nll_term(tok, tmp_path):
+    """degrade='anchor' (rejected = chosen): the DPO loss of such a pair is log 2 whatever the weights, so
+    without the NLL term its gradient is float noise (logged grad_norm); with the term it trains."""
+    import math
+
+    anchors = [PreferencePair.single(p.prompt_text, p.chosen, p.chosen, "general") for p in PAIRS]
+    grad = {}
+    for name, pairs, sft in (("anchor", anchors, 0.0), ("real", PAIRS, 0.0), ("anchor+nll", anchors, 1.0)):
+        res = train_plain_dpo(make_tiny_model("llama"), tok, pairs, quick(weight_decay=0.0, sft_weight=sft),
+                              tmp_path / name)
+        grad[name] = max(r["grad_norm"] for r in res.log_history if "grad_norm" in r)
+        if name == "anchor":
+            assert res.train_loss == pytest.approx(math.log(2), abs=1e-6)
+    assert grad["anchor"] < 1e-6 < 1e-2 < min(grad["real"], grad["anchor+nll"])
 
 
 def test_mix_composition():

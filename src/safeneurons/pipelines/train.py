@@ -59,7 +59,10 @@ class PairsConfig:
         "help": "GSM8K pairs only: 'model' keeps the model's answers right or wrong; 'correct' drops the pairs whose "
                 "answer's final number is not the reference answer; 'reference' puts the dataset's worked solution in "
                 "place of a wrong answer"})
-    degrade: str = field(default="other_prompt", metadata={"help": "rejected general answer: other_prompt, truncate, pruned"})
+    degrade: str = field(default="other_prompt", metadata={
+        "help": "rejected general answer: other_prompt, truncate, pruned, or anchor (= the chosen answer: the pair "
+                "trains only through dpo.sft_weight's NLL term; with general_chosen: reference a wrong GSM8K answer "
+                "is still the rejected side of its worked solution)"})
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=96, batch_size=16))
 
     def general_datasets(self) -> dict[str, int]:
@@ -103,6 +106,13 @@ class TrainRunConfig:
         if self.pairs.general_chosen not in GENERAL_CHOSEN:
             raise ConfigError(f"train.pairs.general_chosen {self.pairs.general_chosen!r}; choose from "
                               f"{', '.join(GENERAL_CHOSEN)}.")
+        from safeneurons.train.preference_data import DEGRADE_STRATEGIES
+
+        if self.pairs.degrade not in DEGRADE_STRATEGIES:
+            raise ConfigError(f"train.pairs.degrade {self.pairs.degrade!r}; choose from {', '.join(DEGRADE_STRATEGIES)}.")
+        if self.pairs.degrade == "anchor" and not float(self.dpo.get("sft_weight", 0) or 0) > 0:
+            raise ConfigError("train.pairs.degrade: anchor makes each general pair's DPO term a constant; the pairs then "
+                              "train only through the NLL term: set dpo.sft_weight > 0 (e.g. 1.0).")
         general = self.pairs.general_datasets()  # checks the '+' syntax
         if self.pairs.general_chosen != "model" and "gsm8k" not in general:
             raise ConfigError("train.pairs.general_chosen checks answers against GSM8K's reference answers: it needs "

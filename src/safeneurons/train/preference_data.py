@@ -50,6 +50,9 @@ DEGRADE_STRATEGIES: dict[str, str] = {
     "bias.",
     "pruned": "the answer of the pruned model (interventions given): teaches the full model over the "
     "ablated one.",
+    "anchor": "the chosen answer itself: the pair's DPO term is the constant log 2 (zero gradient), so with a "
+    "negative log-likelihood term on the chosen answers (SafeNeuronDPOConfig.sft_weight > 0) the pair only "
+    "anchors the model to its own benign answers, and preference learning acts on the safety pairs alone.",
 }
 _ROLES = ("system", "user", "assistant")
 
@@ -338,7 +341,7 @@ def hh_rlhf_pairs(
 def helpfulness_pairs(
     prompts: Sequence[str],
     generate_fn: GenerateFn,
-    strategy: Literal["other_prompt", "truncate", "pruned"] = "other_prompt",
+    strategy: Literal["other_prompt", "truncate", "pruned", "anchor"] = "other_prompt",
     judge: Any | None = None,
     interventions: Any = None,
     truncate_words: int = 4,
@@ -366,6 +369,8 @@ def helpfulness_pairs(
         rejected = [chosen[(i + shift) % len(prompts)] for i in order]
     elif strategy == "truncate":
         rejected = [" ".join(c.split()[:truncate_words]) for c in chosen]
+    elif strategy == "anchor":
+        rejected = list(chosen)
     else:
         rejected = _generate(generate_fn, prompts, interventions, "answers of the pruned model")
     refused = _labels(judge, prompts, chosen, "en") if judge is not None else ["compliance"] * len(prompts)
@@ -376,7 +381,7 @@ def helpfulness_pairs(
             report.drop("chosen_refusal")
         elif not c.strip() or not r.strip():
             report.drop("empty")
-        elif c.strip() == r.strip():
+        elif c.strip() == r.strip() and strategy != "anchor":
             report.drop("identical")
         else:
             out.append(PreferencePair.single(p, c, r, source, strategy=strategy))
