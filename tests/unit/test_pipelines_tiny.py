@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from safeneurons.data import Prompt, PromptSet
 from safeneurons.data.paths import find_data_dir
@@ -61,13 +62,26 @@ def test_attack_pipeline_writes_tables_and_resumes(tmp_path):
     cap2 = json.loads((out2 / "capability.json").read_text())
     assert cap2["FULL"]["tasks"]["arc_challenge"] == cap["FULL"]["tasks"]["arc_challenge"]
     assert set(cap2["ORI"]["tasks"]) == {"arc_challenge", "mmlu"} and cap2["ORI"]["tasks"]["mmlu"]["n"] == 3
+    # the identification statistics come from the seeded stats_cache (same weights, prompts and settings)
+    from safetensors.torch import load_file
+
+    from safeneurons.pipelines.common import load_identification_data, stats_key
+    from safeneurons.stats import StatsConfig
+
+    assert json.loads((out2 / "manifest.json").read_text())["stages"]["stats"]["reused"].startswith("stats_cache/")
+    a, b = load_file(out / "stats.safetensors"), load_file(out2 / "stats.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lm, (harmful, harmless) = tiny_lm(), load_identification_data(cfg.data)
+    key = stats_key(lm, harmful, harmless, cfg.stats)
+    assert key and (out2 / "stats_cache" / f"{key}.safetensors").is_file()
+    assert stats_key(lm, harmful, harmless, StatsConfig(position="prompt_mean")) != key
+    assert stats_key(lm, harmless, harmful, cfg.stats) != key
 
 
 def test_multilingual_pipeline(tmp_path):
     from safeneurons.config import load_config
     from safeneurons.pipelines.multilingual import MultilingualConfig, run_multilingual
 
-    import torch
 
     from safeneurons.neurons import NeuronSet
 
@@ -117,7 +131,6 @@ def test_multilingual_expansion_with_other_objectives(tmp_path, objective):
     """objective: dpo trains the target neurons only, on refusal-over-answer pairs for the harmful rows the
     model does not refuse and answer-over-refusal pairs for the benign prompts; objective: align, on the
     non-English rows (aligned to their English rows) and the English and benign prompts (anchored)."""
-    import torch
     from safetensors.torch import load_file
 
     from safeneurons.config import load_config
@@ -260,7 +273,6 @@ def test_train_pipeline_tiny(tmp_path):
         assert "FULL / plain DPO (95% CI)" in md
     assert "full_asr_ratio_vs_dpo" not in rob["dpo"] and "full_asr_ratio_vs_dpo" not in rob["original"]
     # the trained SafeNeuron model kept the frozen neurons' parameters exactly
-    import torch
 
     from safeneurons.models import load_model, model_layout
 
@@ -626,7 +638,6 @@ def test_multilingual_reuse_with_other_importance_settings_starts_the_cells_over
 def test_expansion_alignment_rows_and_benign_ceilings(margin):
     """align rows: each non-English row aligned to its English parallel, the English rows held, the benign
     prompts held or, with ``benign_margin``, ceilings that many separations below their own projections."""
-    import torch
 
     from safeneurons.config import load_config
     from safeneurons.pipelines.multilingual import MultilingualConfig, _benign_prompts, expansion_alignment, split_rows

@@ -79,6 +79,27 @@ def load_eval_data(data: DataConfig, identification: list[PromptSet], run: RunDi
     return ev
 
 
+STATS_CACHE = "stats_cache"  # one file per (weights, chat template, prompts, stats settings): see stats_key
+
+
+def stats_key(lm: Any, harmful: PromptSet, harmless: PromptSet, stats_cfg: StatsConfig) -> str:
+    """Content key of the identification statistics: the weights checksum, the chat template that renders the
+    prompts, both prompt sets' contents and every statistics setting. ``--reuse`` carries the statistics to a
+    new run under this key, so a run that changes only later stages does not collect them again. Empty for
+    weights of unknown identity (never reused)."""
+    import dataclasses
+    import hashlib
+    import json
+
+    if getattr(lm, "checksum", "unknown") in ("", "unknown", None):
+        return ""
+    template = getattr(lm.tokenizer, "chat_template", None) or ""
+    blob = json.dumps({"v": 1, "model": lm.checksum, "template": hashlib.sha256(str(template).encode()).hexdigest(),
+                       "harmful": harmful.sha256, "harmless": harmless.sha256,
+                       "stats": dataclasses.asdict(stats_cfg)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
 def identification_stage(run: RunDir, lm: Any, harmful: PromptSet, harmless: PromptSet, stats_cfg: StatsConfig,
                          identify_cfg: IdentifyConfig, prefix: str = "", progress: bool = True
                          ) -> tuple[ActivationStats, dict[str, NeuronSet]]:
@@ -92,9 +113,17 @@ def identification_stage(run: RunDir, lm: Any, harmful: PromptSet, harmless: Pro
     if run.done(f"{prefix}stats") and stats_path.exists():
         stats = ActivationStats.load(stats_path)
     else:
+        key = stats_key(lm, harmful, harmless, stats_cfg)
+        cached = run.file(f"{prefix}{STATS_CACHE}/{key}.safetensors") if key else None
         with run.stage(f"{prefix}stats") as info:
-            stats = collect_stats(lm.model, lm.tokenizer, {"harmful": harmful, "harmless": harmless}, stats_cfg,
-                                  layout=layout, shape=shape, progress=progress)
+            if cached is not None and cached.exists():
+                stats = ActivationStats.load(cached)
+                info["reused"] = f"{STATS_CACHE}/{cached.name}"
+            else:
+                stats = collect_stats(lm.model, lm.tokenizer, {"harmful": harmful, "harmless": harmless},
+                                      stats_cfg, layout=layout, shape=shape, progress=progress)
+                if cached is not None:
+                    stats.save(cached)
             stats.save(stats_path)
             info.update(n_harmful=len(harmful), n_harmless=len(harmless), position=stats_cfg.position)
     names_path = run.file(f"{prefix}neurons/index.json")
