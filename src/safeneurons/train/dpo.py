@@ -375,7 +375,7 @@ def _resume_checkpoint(trainer_dir: Path, key: str) -> tuple[Path, int] | None:
 
         for step, p in checkpoints:  # interrupted while saving: transformers would pick it as the latest
             if step > complete[-1][0]:
-                shutil.rmtree(p)
+                shutil.rmtree(p, ignore_errors=True)  # every rank may get here
         step, path = complete[-1]
         logger.info("resuming training from %s (step %d).", path, step)
         return path, step
