@@ -341,6 +341,62 @@ def test_train_pipeline_rounds_attack_every_round(tmp_path):
     assert "reused_from" not in json.loads((out3 / "manifest.json").read_text())["stages"]["train:safeneuron"]
 
 
+def test_more_rounds_continue_an_earlier_runs_rounds(tmp_path):
+    """--reuse of a finished SafeNeuron run with rounds = 1 and then 2 into runs with one more round: the
+    earlier rounds are adopted (hard links, T1's attack answers from its cache) and only the new round
+    trains, ending on the weights a run that trains every round itself gives."""
+    from safeneurons.config import load_config
+    from safeneurons.models import load_model
+    from safeneurons.neurons import NeuronSet
+    from safeneurons.pipelines.rundir import seed_caches
+    from safeneurons.pipelines.train import TrainRunConfig, run_train
+
+    overrides = train_overrides(tmp_path / "tiny-model", "methods=[safeneuron]", "attack.conditions=[ORI, FULL]",
+                                "over_refusal_n=0", "dpo.learning_rate=0.01")
+
+    def train(name: str, rounds: int, reuse: Path | None = None) -> Path:
+        if reuse is not None:
+            seed_caches(reuse, tmp_path / name)
+        return run_train(load_config(TrainRunConfig, None, [*overrides, f"rounds={rounds}"]), tmp_path / name,
+                         progress=False, reuse=reuse)
+
+    def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+        return load_model(str(model_dir)).model.state_dict()
+
+    def stage(out: Path) -> dict:
+        return json.loads((out / "manifest.json").read_text())["stages"]["train:safeneuron"]
+
+    one = train("one", 1)
+    two = train("two", 2, reuse=one)
+    st = stage(two)
+    assert st["rounds_reused_from"] == {"source": str(one.resolve()), "rounds": 1}
+    assert [r["resumed"] for r in st["rounds"]] == [True, False]
+    assert (two / "safeneuron/round_1/model/model.safetensors").stat().st_ino == \
+        (one / "safeneuron/model/model.safetensors").stat().st_ino
+    marker = json.loads((two / "safeneuron/round_1/round.json").read_text())
+    assert Path(marker["train"]["model_dir"]) == two / "safeneuron/round_1/model"
+    base = NeuronSet.load(one / "base/neurons/FULL.json")
+    assert NeuronSet.load(two / "safeneuron/round_1/neurons.json") == base.renamed("frozen_round_1", round=1)
+    assert not base.difference(NeuronSet.load(two / "safeneuron/round_2/neurons.json"))  # frozen sets only grow
+    rob1, rob2 = (json.loads((o / "robustness.json").read_text()) for o in (one, two))
+    assert set(rob2) == {"original", "safeneuron_T1", "safeneuron_T2"}
+    assert rob2["safeneuron_T1"]["asr"] == rob1["safeneuron"]["asr"]
+    assert "generations.sqlite" in json.loads((two / "attack-safeneuron_T1/reused.json").read_text())["reused"][0]["copied"]
+    assert "| T1 |" in (two / "robustness.md").read_text()
+    # a two-round run continues as a third round; the earlier run's files stay as they were
+    three = train("three", 3, reuse=two)
+    assert [r["resumed"] for r in stage(three)["rounds"]] == [True, True, False]
+    assert json.loads((two / "safeneuron/round_1/round.json").read_text()) == marker
+    # the same rounds trained in one run end on the same weights
+    fresh = train("fresh", 2)
+    assert "rounds_reused_from" not in stage(fresh)
+    w_fresh, w_two = weights(fresh / "safeneuron/round_2/model"), weights(two / "safeneuron/round_2/model")
+    assert all(torch.equal(w_fresh[k], w_two[k]) for k in w_fresh)
+    assert not all(torch.equal(w_fresh[k], v) for k, v in weights(one / "safeneuron/model").items())
+    # more rounds than this run asks for: trained again
+    assert "reused_from" not in stage(train("fewer", 1, reuse=two))
+
+
 def test_analyze_pipeline_tiny(tmp_path):
     from safeneurons.config import load_config
     from safeneurons.pipelines.analyze import AnalyzeConfig, run_analyze

@@ -257,8 +257,9 @@ def reusable_training(source: str | Path, run: RunDir, cfg: TrainRunConfig, meth
                       frozen: NeuronSet | None) -> dict[str, Any] | None:
     """The finished ``train:<method>`` stage of an earlier run (``--reuse``) when it trained on exactly
     what this run would: the same training config (evaluation settings may differ), model checksum,
-    preference pairs (``pairs.jsonl`` byte for byte) and starting neuron set. Otherwise ``None``, with the
-    reason logged: the model is then trained again."""
+    preference pairs (``pairs.jsonl`` byte for byte) and starting neuron set; for SafeNeuron, ``rounds`` may
+    be fewer than this run's (its rounds are then this run's first ones, see :func:`_adopt_rounds`). Otherwise
+    ``None``, with the reason logged: the model is then trained again."""
     from safeneurons.io import read_json
     from safeneurons.pipelines.rundir import MANIFEST, _defaults, _same_config
 
@@ -268,12 +269,16 @@ def reusable_training(source: str | Path, run: RunDir, cfg: TrainRunConfig, meth
     except (OSError, ValueError):
         return None
     info = manifest.get("stages", {}).get(f"train:{method}", {})
+    inputs = [_training_inputs(c, method) for c in (manifest.get("config") or {}, run.manifest["config"],
+                                                    _defaults(cfg) or {})]
+    if method == "safeneuron":  # an earlier run's rounds are this run's first ones: compared below
+        for d in inputs:
+            d.pop("rounds", None)
     checks = {
         "the training stage finished": info.get("status") == "done",
         "same model": manifest.get("model", {}).get("checksum") == run.manifest.get("model", {}).get("checksum"),
-        "same training config": _same_config(_training_inputs(manifest.get("config") or {}, method),
-                                             _training_inputs(run.manifest["config"], method),
-                                             _training_inputs(_defaults(cfg) or {}, method)),
+        "same training config": _same_config(*inputs),
+        f"at most {cfg.rounds} round(s)": method != "safeneuron" or rounds_trained(info) <= cfg.rounds,
         "same preference pairs": (src / "pairs.jsonl").is_file()
         and (src / "pairs.jsonl").read_bytes() == run.file("pairs.jsonl").read_bytes(),
         "same starting neurons": frozen is None or (
@@ -287,6 +292,27 @@ def reusable_training(source: str | Path, run: RunDir, cfg: TrainRunConfig, meth
     return info
 
 
+def rounds_trained(info: dict[str, Any]) -> int:
+    """How many SafeNeuron rounds a finished ``train:safeneuron`` stage holds (a single-round run: 1)."""
+    return len(info.get("rounds") or []) or 1
+
+
+def _relocate(x: Any, method: str, dst_dir: Path) -> Any:
+    """``x`` (stage info or a training result) with every ``model_dir``/``directory``/``output_dir`` path
+    "<earlier run>/<method>/<rest>" moved to "<dst_dir>/<rest>"."""
+    def moved(path: str) -> str:
+        parts = Path(path).parts
+        if method not in parts:
+            raise ConfigError(f"--reuse: {path} is not inside its {method}/ directory.")
+        last = len(parts) - 1 - parts[::-1].index(method)
+        return str(dst_dir.joinpath(*parts[last + 1:]))
+
+    if isinstance(x, dict):
+        return {k: moved(v) if k in ("model_dir", "directory", "output_dir") and isinstance(v, str)
+                else _relocate(v, method, dst_dir) for k, v in x.items()}
+    return [_relocate(v, method, dst_dir) for v in x] if isinstance(x, list) else x
+
+
 def _adopt_training(source: Path, run: RunDir, method: str, info: dict[str, Any]) -> dict[str, Any]:
     """Hard-link (else copy) an earlier run's ``<method>/`` tree into this run and return its stage info
     with paths pointing here."""
@@ -294,23 +320,43 @@ def _adopt_training(source: Path, run: RunDir, method: str, info: dict[str, Any]
 
     src_dir, dst_dir = source / method, run.path / method
     copy_missing(sorted(p for p in src_dir.rglob("*") if p.is_file()), src_dir, dst_dir, link=True)
-
-    def moved(path: str) -> str:
-        parts = Path(path).parts  # "<source as it was given>/<method>/<rest>": keep <rest>
-        if method not in parts:
-            raise ConfigError(f"--reuse {source}: {path} is not inside its {method}/ directory.")
-        last = len(parts) - 1 - parts[::-1].index(method)
-        return str(dst_dir.joinpath(*parts[last + 1:]))
-
-    def relocate(x: Any) -> Any:
-        if isinstance(x, dict):
-            return {k: moved(v) if k in ("model_dir", "directory", "output_dir") and isinstance(v, str)
-                    else relocate(v) for k, v in x.items()}
-        return [relocate(v) for v in x] if isinstance(x, list) else x
-
-    out = relocate({k: v for k, v in info.items() if k not in ("status", "started", "finished", "seconds")})
+    out = _relocate({k: v for k, v in info.items() if k not in ("status", "started", "finished", "seconds")},
+                    method, dst_dir)
     out["reused_from"] = str(source.resolve())
     return out
+
+
+def _adopt_rounds(source: Path, run: RunDir, info: dict[str, Any], first: NeuronSet) -> dict[str, Any]:
+    """Start this run's SafeNeuron rounds from an earlier run's finished ones (``--reuse`` with more
+    ``rounds``): their files hard-linked into ``safeneuron/round_<t>/`` with completion markers pointing here
+    (a single-round run's ``safeneuron/`` becomes ``round_1``, ``first`` its identified set, and its attack's
+    caches seed ``attack-safeneuron_T1``), so :func:`~safeneurons.train.dpo.iterate_rounds` resumes after
+    them. Returns what was adopted, for the stage info."""
+    from safeneurons.io import read_json, write_json_atomic
+    from safeneurons.pipelines.rundir import copy_missing, seed_caches
+    from safeneurons.train.dpo import ROUND_MARKER, mark_round_done, save_round_sets
+
+    src_dir, dst_dir = source / "safeneuron", run.path / "safeneuron"
+
+    def link(src: Path, dst: Path) -> None:
+        copy_missing(sorted(p for p in src.rglob("*") if p.is_file()), src, dst, link=True)
+
+    if info.get("rounds"):
+        for r in info["rounds"]:
+            rdir = dst_dir / f"round_{r['round']}"
+            link(src_dir / rdir.name, rdir)
+            marker = read_json(rdir / ROUND_MARKER)  # rewritten, not edited: the earlier run's link is kept
+            write_json_atomic(rdir / ROUND_MARKER, {**marker, "train": _relocate(marker["train"], "safeneuron",
+                                                                                  dst_dir)})
+    else:
+        rdir = dst_dir / "round_1"
+        link(src_dir, rdir)
+        identified, frozen = save_round_sets(rdir, 1, first, None)
+        mark_round_done(rdir, 1, identified, frozen,
+                        _relocate(read_json(src_dir / "result.json"), "safeneuron", rdir))
+        if (source / "attack-safeneuron" / "manifest.json").is_file():
+            seed_caches(source / "attack-safeneuron", run.path / "attack-safeneuron_T1")
+    return {"source": str(source.resolve()), "rounds": rounds_trained(info)}
 
 
 def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool = True,
@@ -348,6 +394,12 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
         start_set = None if method == "dpo" else sets["FULL"]
         adoptable = next(((Path(src), earlier) for src in sources
                           if (earlier := reusable_training(src, run, cfg, method, start_set)) is not None), None)
+        extended = None
+        if adoptable is not None and rounds_trained(adoptable[1]) < cfg.rounds and method == "safeneuron":
+            log.info("%s trained %d of the %d rounds: continuing from them", adoptable[0],
+                     rounds_trained(adoptable[1]), cfg.rounds)
+            extended = _adopt_rounds(adoptable[0], run, adoptable[1], sets["FULL"])
+            adoptable = None
         if adoptable is not None:
             with run.stage(f"train:{method}") as info:
                 info.update(_adopt_training(adoptable[0], run, method, adoptable[1]))
@@ -368,6 +420,8 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
                 rounds = iterate_rounds(lm_m.model, lm_m.tokenizer, identify_fn, pairs, cfg.rounds, dpo_cfg, mdir,
                                         first_identified=sets["FULL"])  # round 1 = the starting weights
                 info["rounds"] = [r.__dict__ for r in rounds]
+                if extended:
+                    info["rounds_reused_from"] = extended
                 model_dir = str(Path(rounds[-1].directory) / "model")
             elif method in ("safeneuron", "dpo"):
                 res = train_safeneuron_dpo(lm_m.model, lm_m.tokenizer, pairs,

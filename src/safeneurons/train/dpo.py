@@ -646,22 +646,39 @@ def iterate_rounds(
                 "NeuronSet."
             )
         identified.check_fits(shape, source=f"round {t} identification")
-        identified = identified.renamed(f"identified_T{t - 1}", round=t)
-        identified.save(rdir / "identified.json")
-        cumulative = identified if cumulative is None else (cumulative | identified)
-        cumulative = cumulative.renamed(f"frozen_round_{t}", round=t)
-        cumulative.save(rdir / "neurons.json")
+        identified, cumulative = save_round_sets(rdir, t, identified, cumulative)
         logger.info(
             "round %d: identified %d neurons, freezing %d (union).", t, len(identified), len(cumulative)
         )
         res = train_safeneuron_dpo(model, tokenizer, pairs, cumulative, config, rdir)
-        summary = {k: v for k, v in res.to_dict().items() if k not in ("log_history", "config")}
-        write_json_atomic(
-            rdir / ROUND_MARKER,
-            {"round": t, "identified": len(identified), "frozen": len(cumulative), "train": summary},
-        )
+        summary = mark_round_done(rdir, t, identified, cumulative, res.to_dict())
         results.append(RoundResult(t, str(rdir), len(identified), len(cumulative), False, summary))
     return results
+
+
+def save_round_sets(
+    rdir: Path, t: int, identified: NeuronSet, earlier: NeuronSet | None
+) -> tuple[NeuronSet, NeuronSet]:
+    """Round ``t``'s identified set and the frozen union with ``earlier`` rounds' (Eq. 13), named and saved
+    as ``rdir/identified.json`` and ``rdir/neurons.json``."""
+    identified = identified.renamed(f"identified_T{t - 1}", round=t)
+    identified.save(rdir / "identified.json")
+    cumulative = identified if earlier is None else (earlier | identified)
+    cumulative = cumulative.renamed(f"frozen_round_{t}", round=t)
+    cumulative.save(rdir / "neurons.json")
+    return identified, cumulative
+
+
+def mark_round_done(
+    rdir: Path, t: int, identified: NeuronSet, frozen: NeuronSet, result: dict[str, Any]
+) -> dict[str, Any]:
+    """Write round ``t``'s completion marker (last, so a rerun resumes after it) from its training result
+    (``TrainResult.to_dict()``); returns the summary it holds."""
+    summary = {k: v for k, v in result.items() if k not in ("log_history", "config")}
+    write_json_atomic(
+        rdir / ROUND_MARKER, {"round": t, "identified": len(identified), "frozen": len(frozen), "train": summary}
+    )
+    return summary
 
 
 __all__ = [
@@ -671,8 +688,10 @@ __all__ = [
     "check_trainer_overrides",
     "iterate_rounds",
     "load_weights",
+    "mark_round_done",
     "masked_dpo",
     "run_masked_training",
+    "save_round_sets",
     "train_plain_dpo",
     "train_safeneuron_dpo",
 ]
