@@ -313,13 +313,18 @@ def _relocate(x: Any, method: str, dst_dir: Path) -> Any:
     return [_relocate(v, method, dst_dir) for v in x] if isinstance(x, list) else x
 
 
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link (else copy) every file under ``src`` to the same relative path under ``dst``."""
+    from safeneurons.pipelines.rundir import copy_missing
+
+    copy_missing(sorted(p for p in src.rglob("*") if p.is_file()), src, dst, link=True)
+
+
 def _adopt_training(source: Path, run: RunDir, method: str, info: dict[str, Any]) -> dict[str, Any]:
     """Hard-link (else copy) an earlier run's ``<method>/`` tree into this run and return its stage info
     with paths pointing here."""
-    from safeneurons.pipelines.rundir import copy_missing
-
     src_dir, dst_dir = source / method, run.path / method
-    copy_missing(sorted(p for p in src_dir.rglob("*") if p.is_file()), src_dir, dst_dir, link=True)
+    _link_tree(src_dir, dst_dir)
     out = _relocate({k: v for k, v in info.items() if k not in ("status", "started", "finished", "seconds")},
                     method, dst_dir)
     out["reused_from"] = str(source.resolve())
@@ -333,24 +338,20 @@ def _adopt_rounds(source: Path, run: RunDir, info: dict[str, Any], first: Neuron
     caches seed ``attack-safeneuron_T1``), so :func:`~safeneurons.train.dpo.iterate_rounds` resumes after
     them. Returns what was adopted, for the stage info."""
     from safeneurons.io import read_json, write_json_atomic
-    from safeneurons.pipelines.rundir import copy_missing, seed_caches
+    from safeneurons.pipelines.rundir import seed_caches
     from safeneurons.train.dpo import ROUND_MARKER, mark_round_done, save_round_sets
 
     src_dir, dst_dir = source / "safeneuron", run.path / "safeneuron"
-
-    def link(src: Path, dst: Path) -> None:
-        copy_missing(sorted(p for p in src.rglob("*") if p.is_file()), src, dst, link=True)
-
     if info.get("rounds"):
         for r in info["rounds"]:
             rdir = dst_dir / f"round_{r['round']}"
-            link(src_dir / rdir.name, rdir)
+            _link_tree(src_dir / rdir.name, rdir)
             marker = read_json(rdir / ROUND_MARKER)  # rewritten, not edited: the earlier run's link is kept
             write_json_atomic(rdir / ROUND_MARKER, {**marker, "train": _relocate(marker["train"], "safeneuron",
                                                                                   dst_dir)})
     else:
         rdir = dst_dir / "round_1"
-        link(src_dir, rdir)
+        _link_tree(src_dir, rdir)
         identified, frozen = save_round_sets(rdir, 1, first, None)
         mark_round_done(rdir, 1, identified, frozen,
                         _relocate(read_json(src_dir / "result.json"), "safeneuron", rdir))
