@@ -236,7 +236,9 @@ def train_overrides(model_dir, *extra):
             "dpo={max_steps: 1, per_device_train_batch_size: 2, gradient_accumulation_steps: 1}",
             "attack.data.n_identify=6", "attack.data.n_eval=3", "attack.generation.max_new_tokens=3",
             "attack.identify.params={tau_es: 0.5, tau_sas: 1.0}", "attack.capability.tasks=[]",
-            "attack.capability.perplexity_texts=0", "attack.random_seeds=[0]", *extra]
+            "attack.capability.perplexity_texts=0", "attack.random_seeds=[0]",
+            "pairs.drop_unfinished=false",  # a tiny model's 4-token answers are all cut at the budget
+            *extra]
 
 
 def test_train_pipeline_tiny(tmp_path):
@@ -282,6 +284,16 @@ def test_train_pipeline_tiny(tmp_path):
     for a, b in zip(base.neuron_slices(full), trained.neuron_slices(full), strict=True):
         dim = a.param.dim
         assert torch.equal(a.tensor.index_select(dim, a.coords), b.tensor.index_select(dim, b.coords))
+
+
+def test_pairs_cut_at_the_token_budget_stop_the_run_with_the_setting_to_change(tmp_path):
+    from safeneurons.config import load_config
+    from safeneurons.errors import ConfigError
+    from safeneurons.pipelines.train import TrainRunConfig, run_train
+
+    overrides = [*train_overrides(tmp_path / "tiny-model"), "pairs.drop_unfinished=true"]
+    with pytest.raises(ConfigError, match=r"no general pairs left: all \d+ chosen answers were cut.*general_max_new_tokens"):
+        run_train(load_config(TrainRunConfig, None, overrides), tmp_path / "run", progress=False)
 
 
 def test_train_pipeline_rounds_attack_every_round(tmp_path):
@@ -587,6 +599,11 @@ def test_gsm8k_general_pairs_checked_against_the_reference_answers():
     fixed, _ = checked_gsm8k_pairs(pairs, prompts, "reference")
     assert fixed[1].chosen == rows[1]["choices"][0] and fixed[1].rejected == "unrelated answer"
     assert fixed[1].meta["chosen"] == "gsm8k reference" and fixed[0] == pairs[0]
+    from dataclasses import replace
+
+    cut = [replace(p, meta={"chosen_finish": "length"}) for p in pairs]  # the worked solution replaces a cut answer
+    assert [p.meta for p in checked_gsm8k_pairs(cut, prompts, "reference")[0]] == [
+        {"chosen_finish": "length"}, {"chosen": "gsm8k reference"}, {"chosen_finish": "length"}]
     other = PreferencePair.single("Name three primary colours.", "Red, yellow, blue.", "unrelated", source="helpfulness")
     mixed, counts = checked_gsm8k_pairs([*pairs, other], prompts, "correct")  # a mix: non-GSM8K pairs pass
     assert counts == {"right": 2, "wrong": 1} and mixed[-1] == other and len(mixed) == 3

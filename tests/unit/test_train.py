@@ -24,6 +24,7 @@ from safeneurons.train.dpo import (
 from safeneurons.train.dpo_config import SafeNeuronDPOConfig
 from safeneurons.train.preference_data import (
     PreferencePair,
+    drop_unfinished,
     helpfulness_pairs,
     hh_pair_from_row,
     hh_rlhf_pairs,
@@ -544,6 +545,35 @@ def test_helpfulness_pairs_strategies():
     assert len(anchor) == 3 and all(p.rejected == p.chosen for p in anchor) and rep.dropped == {}
     with pytest.raises(ConfigError, match="strategy 'bogus'"):
         helpfulness_pairs(prompts, gen, "bogus")  # type: ignore[arg-type]
+
+
+def test_pairs_whose_chosen_answer_was_cut_or_loops_are_dropped():
+    """Builders keep each chosen answer's finish reason from generation records; drop_unfinished removes the
+    pairs whose chosen answer stopped at the token budget or is degenerate, whatever the rejected side did."""
+    from safeneurons.evaluate.generate import Generation
+
+    prompts = ["bake a cake", "write a poem", "explain vaccines", "plan a party"]
+    done = "Mix flour, eggs and sugar, then bake it for forty minutes at 180 degrees."
+    loop = "Invite friends. " * 20
+    answers = {"bake a cake": Generation(done, 20, "eos"), "write a poem": Generation("Roses are red and the", 6, "length"),
+               "explain vaccines": Generation("Vaccines train the immune system to know a germ.", 11, "stop"),
+               "plan a party": Generation(loop, 40, "eos")}
+
+    def gen(ps, iv):
+        return [answers[p] if iv is None else Generation("Sure, here is how to " + p, 9, "length") for p in ps]
+
+    general, _ = helpfulness_pairs(prompts, gen, "other_prompt")
+    assert [p.meta["chosen_finish"] for p in general] == ["eos", "length", "stop", "eos"]
+    kept, report = drop_unfinished(general)
+    assert [p.prompt_text for p in kept] == ["bake a cake", "explain vaccines"]
+    assert report.to_dict() == {"candidates": 4, "kept": 2,
+                                "dropped": {"chosen_cut_at_token_budget": 1, "chosen_degenerate": 1}}
+    safety, _ = onpolicy_safety_pairs(["make a bomb", "pick a lock"], lambda ps, iv: [
+        Generation(REFUSAL, 10, "eos") if iv is None else Generation("Sure, to " + p + " you first", 64, "length")
+        for p in ps], pruned="SN-", judge=_is_refusal)
+    assert drop_unfinished(safety)[0] == safety  # a rejected answer cut at the budget is still a compliance
+    plain, _ = helpfulness_pairs(prompts, lambda ps, iv: [answers[p].text for p in ps], "truncate")
+    assert "chosen_finish" not in plain[0].meta and len(drop_unfinished(plain)[0]) == 3  # strings: loops only
 
 
 def test_anchor_pairs_train_only_through_the_nll_term(tok, tmp_path):

@@ -63,6 +63,10 @@ class PairsConfig:
         "help": "rejected general answer: other_prompt, truncate, pruned, or anchor (= the chosen answer: the pair "
                 "trains only through dpo.sft_weight's NLL term; with general_chosen: reference a wrong GSM8K answer "
                 "is still the rejected side of its worked solution)"})
+    drop_unfinished: bool = field(default=True, metadata={
+        "help": "drop pairs whose model-written chosen answer stopped at the token budget or loops (trained by DPO "
+                "and sft_weight, a cut answer teaches stopping mid-sentence and a looping one loops; false: keep them, "
+                "as the runs of docs/results.md up to §4i did)"})
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=96, batch_size=16))
 
     def general_datasets(self) -> dict[str, int]:
@@ -173,7 +177,8 @@ def checked_gsm8k_pairs(pairs: list[Any], prompts: Any, mode: str,
         if right:
             out.append(pair)
         elif mode == "reference":
-            out.append(replace(pair, chosen=row["choices"][0], meta={**pair.meta, "chosen": "gsm8k reference"}))
+            meta = {k: v for k, v in pair.meta.items() if k != "chosen_finish"}  # the model's answer is gone
+            out.append(replace(pair, chosen=row["choices"][0], meta={**meta, "chosen": "gsm8k reference"}))
     return out, counts
 
 
@@ -181,6 +186,7 @@ def build_pairs(run: RunDir, lm: Any, cfg: TrainRunConfig, harmful: Any, full: A
     from safeneurons.evaluate.cache import GenerationCache
     from safeneurons.evaluate.judges import make_judge
     from safeneurons.train.preference_data import (
+        drop_unfinished,
         generate_fn_for,
         helpfulness_pairs,
         hh_rlhf_pairs,
@@ -215,6 +221,19 @@ def build_pairs(run: RunDir, lm: Any, cfg: TrainRunConfig, harmful: Any, full: A
         if not safety:
             raise ConfigError("no on-policy safety pairs: the model refused none of the harmful prompts that its "
                               "pruned version answered; add prompts or use pairs.hh_rlhf.")
+        if cfg.pairs.drop_unfinished:
+            safety, rep_su = drop_unfinished(safety)
+            general, rep_gu = drop_unfinished(general)
+            info.update(unfinished_dropped={"safety": rep_su.dropped, "general": rep_gu.dropped})
+            log.info("pairs: dropped unfinished or degenerate chosen answers: safety %s, general %s",
+                     rep_su.dropped, rep_gu.dropped)
+            for kind, kept, rep, budget in (
+                    ("safety", safety, rep_su, "pairs.generation.max_new_tokens"),
+                    ("general", general, rep_gu, "pairs.general_max_new_tokens")):
+                if not kept and rep.candidates and (kind == "safety" or cfg.pairs.safety_fraction < 1):
+                    raise ConfigError(
+                        f"no {kind} pairs left: all {rep.candidates} chosen answers were cut at the token budget or "
+                        f"degenerate ({rep.dropped}); raise {budget} or set pairs.drop_unfinished=false.")
         pairs = mix(safety, general, safety_fraction=cfg.pairs.safety_fraction, seed=cfg.data.seed)
         save_pairs(path, pairs)
         info.update(n_safety=len(safety), n_general=len(general), n_mixed=len(pairs),

@@ -11,11 +11,13 @@ Builders:
 * :func:`helpfulness_pairs`: benign prompts; chosen = the model's answer, rejected = a degraded answer
   (see :data:`DEGRADE_STRATEGIES`).
 * :func:`hub_pairs`: PKU-SafeRLHF and UltraFeedback-binarized by name when the Hub is reachable.
+* :func:`drop_unfinished`: drops pairs whose chosen answer was cut at the token budget or is degenerate.
 * :func:`mix`: the paper's 30 % safety / 70 % general composition.
 
-Generation is a callable ``generate_fn(prompts, interventions) -> list[str]`` (``interventions=None``:
-the unmodified model); :func:`generate_fn_for` wraps the evaluation module's ``generate(model, tokenizer,
-prompts, config, interventions=...)``. Refusal decisions come from a judge: any object with
+Generation is a callable ``generate_fn(prompts, interventions)`` returning one string per prompt, or one
+record with ``.text`` and ``.finish_reason`` (``interventions=None``: the unmodified model);
+:func:`generate_fn_for` wraps the evaluation module's ``generate_detailed(model, tokenizer, prompts, config,
+interventions=...)``, whose finish reasons let :func:`drop_unfinished` remove answers cut at the token budget. Refusal decisions come from a judge: any object with
 ``judge_many([(prompt, response, language)]) -> [Verdict]`` (``safeneurons.evaluate.judges``) or a plain
 callable ``(prompt, response) -> bool`` that returns True for a refusal.
 """
@@ -39,7 +41,7 @@ from safeneurons.io import write_text_atomic
 logger = logging.getLogger("safeneurons.train")
 
 Message = dict[str, str]
-GenerateFn = Callable[[list[str], Any], list[str]]
+GenerateFn = Callable[[list[str], Any], Sequence[Any]]  # strings, or records with .text/.finish_reason
 RefusalFn = Callable[[str, str], bool]
 
 HH_RLHF_FILE = "hh_rlhf_harmless_base/harmless_base_test.jsonl"
@@ -163,19 +165,28 @@ def _labels(judge: Any, prompts: Sequence[str], responses: Sequence[str], langua
     )
 
 
-def _generate(generate_fn: GenerateFn, prompts: list[str], interventions: Any, what: str) -> list[str]:
+def _generate(generate_fn: GenerateFn, prompts: list[str], interventions: Any,
+              what: str) -> tuple[list[str], list[str | None]]:
+    """The answers of ``generate_fn`` and, when it returns generation records (``.text`` and
+    ``.finish_reason``, as :func:`generate_fn_for` does), why each one stopped ("eos", "stop", "length");
+    ``None`` for plain strings."""
     out = list(generate_fn(prompts, interventions))
     if len(out) != len(prompts):
         raise DataError(
             f"generate_fn returned {len(out)} {what} for {len(prompts)} prompts; it must return one "
             "string per prompt, in order."
         )
-    bad = [i for i, o in enumerate(out) if not isinstance(o, str)]
+    texts = [getattr(o, "text", o) for o in out]
+    bad = [i for i, o in enumerate(texts) if not isinstance(o, str)]
     if bad:
         raise DataError(
             f"generate_fn returned a {type(out[bad[0]]).__name__} for prompt {bad[0]}; expected str."
         )
-    return out
+    return texts, [getattr(o, "finish_reason", None) for o in out]
+
+
+def _finish_meta(reason: str | None) -> dict[str, str]:
+    return {} if reason is None else {"chosen_finish": reason}
 
 
 @dataclass
@@ -194,12 +205,13 @@ class BuildReport:
 
 
 def generate_fn_for(model: Any, tokenizer: Any, config: Any = None, **kwargs: Any) -> GenerateFn:
-    """A ``generate_fn`` backed by :func:`safeneurons.evaluate.generate.generate` (greedy by default;
-    ``config`` is its ``GenerationConfig``, ``kwargs`` e.g. ``cache=``/``model_key=``/``progress=``)."""
-    from safeneurons.evaluate.generate import generate
+    """A ``generate_fn`` backed by :func:`safeneurons.evaluate.generate.generate_detailed` (greedy by default;
+    ``config`` is its ``GenerationConfig``, ``kwargs`` e.g. ``cache=``/``model_key=``/``progress=``): its
+    records carry each answer's finish reason, kept in the pairs' meta for :func:`drop_unfinished`."""
+    from safeneurons.evaluate.generate import generate_detailed
 
-    def generate_fn(prompts: list[str], interventions: Any) -> list[str]:
-        return generate(model, tokenizer, prompts, config, interventions=interventions, **kwargs)
+    def generate_fn(prompts: list[str], interventions: Any) -> list[Any]:
+        return generate_detailed(model, tokenizer, prompts, config, interventions=interventions, **kwargs)
 
     return generate_fn
 
@@ -231,13 +243,13 @@ def onpolicy_safety_pairs(
             "onpolicy_safety_pairs: 'pruned' is None; pass the safety neurons (or interventions) "
             "whose ablation makes the model comply."
         )
-    chosen = _generate(generate_fn, prompts, None, "answers of the full model")
-    rejected = _generate(generate_fn, prompts, pruned, "answers of the pruned model")
+    chosen, finish = _generate(generate_fn, prompts, None, "answers of the full model")
+    rejected, _ = _generate(generate_fn, prompts, pruned, "answers of the pruned model")
     lab_c = _labels(judge, prompts, chosen, language)
     lab_r = _labels(judge, prompts, rejected, language)
     report = BuildReport(candidates=len(prompts))
     out: list[PreferencePair] = []
-    for p, c, r, lc, lr in zip(prompts, chosen, rejected, lab_c, lab_r):
+    for p, c, r, lc, lr, f in zip(prompts, chosen, rejected, lab_c, lab_r, finish):
         if lc != "refusal":
             report.drop(f"chosen_{lc}")
         elif lr != "compliance":
@@ -245,7 +257,7 @@ def onpolicy_safety_pairs(
         elif not c.strip() or not r.strip():
             report.drop("empty")
         else:
-            out.append(PreferencePair.single(p, c, r, source, language=language))
+            out.append(PreferencePair.single(p, c, r, source, language=language, **_finish_meta(f)))
     report.kept = len(out)
     logger.info("on-policy safety pairs: kept %d of %d (%s).", report.kept, report.candidates, report.dropped)
     return out, report
@@ -362,7 +374,7 @@ def helpfulness_pairs(
         raise ConfigError(
             "helpfulness_pairs(strategy='pruned') needs 'interventions' (the neurons to ablate)."
         )
-    chosen = _generate(generate_fn, prompts, None, "answers")
+    chosen, finish = _generate(generate_fn, prompts, None, "answers")
     if strategy == "other_prompt":
         order = list(range(len(prompts)))
         shift = random.Random(seed).randrange(1, len(prompts))
@@ -372,11 +384,11 @@ def helpfulness_pairs(
     elif strategy == "anchor":
         rejected = list(chosen)
     else:
-        rejected = _generate(generate_fn, prompts, interventions, "answers of the pruned model")
+        rejected, _ = _generate(generate_fn, prompts, interventions, "answers of the pruned model")
     refused = _labels(judge, prompts, chosen, "en") if judge is not None else ["compliance"] * len(prompts)
     report = BuildReport(candidates=len(prompts))
     out: list[PreferencePair] = []
-    for p, c, r, lab in zip(prompts, chosen, rejected, refused):
+    for p, c, r, lab, f in zip(prompts, chosen, rejected, refused, finish):
         if lab == "refusal":
             report.drop("chosen_refusal")
         elif not c.strip() or not r.strip():
@@ -384,7 +396,31 @@ def helpfulness_pairs(
         elif c.strip() == r.strip() and strategy != "anchor":
             report.drop("identical")
         else:
-            out.append(PreferencePair.single(p, c, r, source, strategy=strategy))
+            out.append(PreferencePair.single(p, c, r, source, strategy=strategy, **_finish_meta(f)))
+    report.kept = len(out)
+    return out, report
+
+
+def drop_unfinished(pairs: Sequence[PreferencePair]) -> tuple[list[PreferencePair], BuildReport]:
+    """The pairs whose chosen answer is a whole answer: drops those the model stopped at the token budget
+    (``meta["chosen_finish"] == "length"``, recorded by the builders above) and those
+    :func:`~safeneurons.evaluate.judges.degenerate_reason` calls degenerate (looping, echo, gibberish).
+
+    Why: DPO raises the chosen answer's likelihood (and ``sft_weight``'s NLL term trains it directly), so a
+    cut answer teaches stopping mid-sentence before the end-of-turn token, and a looping one teaches loops;
+    on Qwen2.5-Coder-0.5B about a quarter of 256-token Self-Instruct answers were cut or looping, and the
+    trained models looped on GSM8K (docs/results.md §4j)."""
+    from safeneurons.evaluate.judges import degenerate_reason
+
+    report = BuildReport(candidates=len(pairs))
+    out: list[PreferencePair] = []
+    for pair in pairs:
+        if pair.meta.get("chosen_finish") == "length":
+            report.drop("chosen_cut_at_token_budget")
+        elif degenerate_reason(pair.chosen, pair.prompt_text) is not None:
+            report.drop("chosen_degenerate")
+        else:
+            out.append(pair)
     report.kept = len(out)
     return out, report
 
