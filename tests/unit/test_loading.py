@@ -168,6 +168,18 @@ def test_checksum_stable_cached_and_changes_with_weights(tmp_path, tiny, tok, mo
     assert weights_checksum(d) == changed
 
 
+def test_checksum_cache_forgets_deleted_models(tmp_path, tiny, tok, _private_cache):
+    import shutil
+
+    model = tiny("qwen2")
+    gone, kept = _save_tiny(tmp_path / "gone", model, tok), _save_tiny(tmp_path / "kept", model, tok)
+    weights_checksum(gone)
+    shutil.rmtree(gone)
+    weights_checksum(kept)
+    cache = json.loads((_private_cache / "checksums.json").read_text())
+    assert list(cache) == [str(kept.absolute())]
+
+
 def test_checksum_of_dir_without_weights(tmp_path):
     with pytest.raises(ModelSpecError, match="no \\*.safetensors or \\*.bin"):
         weights_checksum(tmp_path)

@@ -120,6 +120,7 @@ def weights_checksum(path: str | os.PathLike[str]) -> str:
         logger.info("hashing %d weight file(s) in %s", len(files), d)
         checksum = _sha256_concat(files)
     cache = _read_cache(cache_file)  # re-read: hashing can take a while and others may have written
+    cache = {k: v for k, v in cache.items() if Path(k).is_dir()}  # forget deleted models (temporary runs, tests)
     cache[str(d)] = {"files": fingerprint, "checksum": checksum}
     try:
         write_json_atomic(cache_file, cache)
