@@ -353,6 +353,19 @@ def test_train_pipeline_rounds_attack_every_round(tmp_path):
     assert "reused_from" not in json.loads((out3 / "manifest.json").read_text())["stages"]["train:safeneuron"]
 
 
+def test_reused_run_with_a_model_path_outside_its_method_directory_is_named():
+    """An earlier run whose manifest points a trained model outside ``<method>/`` cannot be adopted; the
+    error names that run (the --reuse source) and the offending path."""
+    from safeneurons.errors import ConfigError
+    from safeneurons.pipelines.train import _relocate
+
+    moved = _relocate({"rounds": [{"directory": "/old/run/safeneuron/round_1"}]}, "safeneuron", Path("/new/safeneuron"),
+                      Path("/old/run"))
+    assert moved == {"rounds": [{"directory": "/new/safeneuron/round_1"}]}
+    with pytest.raises(ConfigError, match=r"--reuse /old/run: .*/elsewhere/model.*not inside its dpo/"):
+        _relocate({"model_dir": "/elsewhere/model"}, "dpo", Path("/new/dpo"), Path("/old/run"))
+
+
 def test_more_rounds_continue_an_earlier_runs_rounds(tmp_path):
     """--reuse of a finished SafeNeuron run with rounds = 1 and then 2 into runs with one more round: the
     earlier rounds are adopted (hard links, T1's attack answers from its cache) and only the new round

@@ -735,6 +735,7 @@ def test_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(tok, tm
     res = train_safeneuron_dpo(resumed, tok, PAIRS, ns, cfg, tmp_path / "cut")
     assert res.global_step == 4 and res.frozen_drift == 0.0
     assert len(steps_run) == 2, "the rerun did not continue from checkpoint-2"
+    assert not trainer_dir.exists(), "a finished run keeps its checkpoints and resume key"
     for (name, a), b in zip(whole.named_parameters(), resumed.parameters()):
         assert torch.allclose(a, b, atol=1e-6, rtol=0), name
     moved = [n for n, p in resumed.named_parameters() if not torch.equal(p, start[n])]

@@ -316,20 +316,21 @@ def rounds_trained(info: dict[str, Any]) -> int:
     return len(info.get("rounds") or []) or 1
 
 
-def _relocate(x: Any, method: str, dst_dir: Path) -> Any:
-    """``x`` (stage info or a training result) with every ``model_dir``/``directory``/``output_dir`` path
-    "<earlier run>/<method>/<rest>" moved to "<dst_dir>/<rest>"."""
+def _relocate(x: Any, method: str, dst_dir: Path, source: Path) -> Any:
+    """``x`` (stage info or a training result of the earlier run ``source``) with every
+    ``model_dir``/``directory``/``output_dir`` path "<earlier run>/<method>/<rest>" moved to "<dst_dir>/<rest>"."""
     def moved(path: str) -> str:
         parts = Path(path).parts
         if method not in parts:
-            raise ConfigError(f"--reuse: {path} is not inside its {method}/ directory.")
+            raise ConfigError(f"--reuse {source}: its manifest names {path}, which is not inside its "
+                              f"{method}/ directory; that run cannot be adopted (drop it from --reuse).")
         last = len(parts) - 1 - parts[::-1].index(method)
         return str(dst_dir.joinpath(*parts[last + 1:]))
 
     if isinstance(x, dict):
         return {k: moved(v) if k in ("model_dir", "directory", "output_dir") and isinstance(v, str)
-                else _relocate(v, method, dst_dir) for k, v in x.items()}
-    return [_relocate(v, method, dst_dir) for v in x] if isinstance(x, list) else x
+                else _relocate(v, method, dst_dir, source) for k, v in x.items()}
+    return [_relocate(v, method, dst_dir, source) for v in x] if isinstance(x, list) else x
 
 
 def _link_tree(src: Path, dst: Path) -> None:
@@ -345,7 +346,7 @@ def _adopt_training(source: Path, run: RunDir, method: str, info: dict[str, Any]
     src_dir, dst_dir = source / method, run.path / method
     _link_tree(src_dir, dst_dir)
     out = _relocate({k: v for k, v in info.items() if k not in ("status", "started", "finished", "seconds")},
-                    method, dst_dir)
+                    method, dst_dir, source)
     out["reused_from"] = str(source.resolve())
     return out
 
@@ -367,13 +368,13 @@ def _adopt_rounds(source: Path, run: RunDir, info: dict[str, Any], first: Neuron
             _link_tree(src_dir / rdir.name, rdir)
             marker = read_json(rdir / ROUND_MARKER)  # rewritten, not edited: the earlier run's link is kept
             write_json_atomic(rdir / ROUND_MARKER, {**marker, "train": _relocate(marker["train"], "safeneuron",
-                                                                                  dst_dir)})
+                                                                                  dst_dir, source)})
     else:
         rdir = dst_dir / "round_1"
         _link_tree(src_dir, rdir)
         identified, frozen = save_round_sets(rdir, 1, first, None)
         mark_round_done(rdir, 1, identified, frozen,
-                        _relocate(read_json(src_dir / "result.json"), "safeneuron", rdir))
+                        _relocate(read_json(src_dir / "result.json"), "safeneuron", rdir, source))
         if (source / "attack-safeneuron" / "manifest.json").is_file():
             seed_caches(source / "attack-safeneuron", run.path / "attack-safeneuron_T1")
     return {"source": str(source.resolve()), "rounds": rounds_trained(info)}

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -147,8 +148,6 @@ def _save_model(model: nn.Module, tokenizer: Any, path: Path) -> None:
         )
     # a fresh folder swapped in at the end: never writes into files that may be hard links into another run
     # (--reuse links trained models) and never leaves a half-written model under ``path``
-    import shutil
-
     partial = path.with_name(path.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -296,8 +295,6 @@ def run_masked_training(
         for p, flag in grad_flags:  # get_peft_model switched the base weights off
             p.requires_grad_(flag)
     model.eval()
-    if config.save_steps and not config.keep_checkpoints and is_main:
-        _remove_checkpoints(out / "trainer")
     model_dir = None
     if config.save_model and is_main:
         model_dir = out / MODEL_SUBDIR
@@ -324,6 +321,8 @@ def run_masked_training(
     )
     if is_main:
         write_json_atomic(out / "result.json", {**result.to_dict(), "environment": environment_info()})
+    if not config.keep_checkpoints and is_main:  # saved: checkpoints, resume key and TRL's model card go
+        shutil.rmtree(out / "trainer", ignore_errors=True)
     if drift:
         raise RuntimeError(
             f"{kind}: held neuron coordinates drifted by {drift:g} (expected exactly 0); "
@@ -371,8 +370,6 @@ def _resume_checkpoint(trainer_dir: Path, key: str) -> tuple[Path, int] | None:
                 f"{trainer_dir}: holds checkpoints of a training run with other settings, data or neurons "
                 f"({complete[-1][1].name}); delete that folder to start over, or use another output_dir."
             )
-        import shutil
-
         for step, p in checkpoints:  # interrupted while saving: transformers would pick it as the latest
             if step > complete[-1][0]:
                 shutil.rmtree(p, ignore_errors=True)  # every rank may get here
@@ -382,15 +379,6 @@ def _resume_checkpoint(trainer_dir: Path, key: str) -> tuple[Path, int] | None:
     trainer_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(key_file, {"key": key})
     return None
-
-
-def _remove_checkpoints(trainer_dir: Path) -> None:
-    import shutil
-
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-    for p in trainer_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        shutil.rmtree(p, ignore_errors=True)
 
 
 def _disk_backed(dataset: Any, args: Any, directory: Path) -> Any:

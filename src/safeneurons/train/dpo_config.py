@@ -111,7 +111,9 @@ class BaseTrainConfig:
         "optimizer state is stored by transformers in torch's format (not safetensors).",
     )
     keep_checkpoints: bool = config_field(
-        False, "Keep the mid-training checkpoints after a finished run (False: delete them; only the model stays)."
+        False,
+        "Keep <output_dir>/trainer (mid-training checkpoints, resume key) after a finished run "
+        "(False: delete it once the model is saved).",
     )
     trainer_overrides: dict[str, Any] = config_field(
         {},
