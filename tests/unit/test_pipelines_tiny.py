@@ -359,8 +359,8 @@ def test_reused_run_with_a_model_path_outside_its_method_directory_is_named():
     from safeneurons.errors import ConfigError
     from safeneurons.pipelines.train import _relocate
 
-    moved = _relocate({"rounds": [{"directory": "/old/run/safeneuron/round_1"}]}, "safeneuron", Path("/new/safeneuron"),
-                      Path("/old/run"))
+    moved = _relocate({"rounds": [{"directory": "/old/run/safeneuron/round_1"}]}, "safeneuron",
+                      Path("/new/safeneuron"), Path("/old/run"))
     assert moved == {"rounds": [{"directory": "/new/safeneuron/round_1"}]}
     with pytest.raises(ConfigError, match=r"--reuse /old/run: .*/elsewhere/model.*not inside its dpo/"):
         _relocate({"model_dir": "/elsewhere/model"}, "dpo", Path("/new/dpo"), Path("/old/run"))

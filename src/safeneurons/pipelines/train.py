@@ -318,7 +318,8 @@ def rounds_trained(info: dict[str, Any]) -> int:
 
 def _relocate(x: Any, method: str, dst_dir: Path, source: Path) -> Any:
     """``x`` (stage info or a training result of the earlier run ``source``) with every
-    ``model_dir``/``directory``/``output_dir`` path "<earlier run>/<method>/<rest>" moved to "<dst_dir>/<rest>"."""
+    ``model_dir``/``directory``/``output_dir`` path "<earlier run>/<method>/<rest>" moved to
+    "<dst_dir>/<rest>"."""
     def moved(path: str) -> str:
         parts = Path(path).parts
         if method not in parts:
