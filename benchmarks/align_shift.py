@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import torch
+import yaml
 
 
 def main() -> None:
@@ -28,15 +29,17 @@ def main() -> None:
     args = ap.parse_args()
 
     from safeneurons.config import load_config
-    from safeneurons.data import load_prompts
     from safeneurons.io import write_json_atomic
     from safeneurons.models import load_model
+    from safeneurons.pipelines.common import over_refusal_prompts
     from safeneurons.pipelines.multilingual import MultilingualConfig, _benign_prompts, _norm_prompts, split_rows
     from safeneurons.train.align import AlignConfig, alignment_layers, alignment_residuals, refusal_directions
     from safeneurons.train.dpo import load_weights
 
     run = args.run
-    cfg = load_config(MultilingualConfig, str(run / "config.yaml"), [])
+    stored = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    earlier = [] if "split" in stored else ["split=all"]  # a run before evaluation splits scored every row
+    cfg = load_config(MultilingualConfig, str(run / "config.yaml"), earlier)
     lm = load_model(cfg.model.spec, dtype=cfg.model.dtype)
     ident, _ = split_rows(cfg)
     align = AlignConfig.from_dict(cfg.expansion.align)
@@ -51,7 +54,7 @@ def main() -> None:
     load_weights(trained, run / "expansion" / "main" / "model")
     trained.eval()
 
-    scored = load_prompts("xstest", data_dir=cfg.data_dir, limit=cfg.expansion.over_refusal_n, seed=cfg.seed)
+    _, scored = over_refusal_prompts(cfg.expansion.over_refusal_n, cfg.data_dir, cfg.seed, cfg.split)
     ids = [p.id for p in scored.prompts]
 
     def refused(name: str) -> list[bool]:

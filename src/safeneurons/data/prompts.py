@@ -1,7 +1,11 @@
 """Prompt sets: loading from CSV / JSONL / TXT files, deterministic splits and de-duplication.
 
 Errors name the file and the row. Splits are decided per prompt by a seeded hash of its normalised
-text, so they do not depend on file order, and identical prompts always land on the same side."""
+text, so they do not depend on file order, and identical prompts always land on the same side.
+
+Evaluation sets are cut once more, into a ``dev`` half (choosing recipes) and a sealed ``test`` half
+(:func:`split_of`): by a hash with a fixed salt, never the run seed, so no setting moves a prompt across;
+prompts already scored in published runs (``burned.json``) are always dev."""
 
 from __future__ import annotations
 
@@ -11,11 +15,12 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from safeneurons.errors import DataError
-from safeneurons.io import sha256_file, sha256_text
+from safeneurons.io import jsonl_objects, sha256_file, sha256_text
 
 TEXT_FIELDS = ("prompt", "forbidden_prompt", "instruction", "text", "question", "Behavior", "goal")
 CATEGORY_FIELDS = ("category", "SemanticCategory", "risk_area", "harm_category")
@@ -105,6 +110,75 @@ def content_hash(prompts: Iterable[Prompt]) -> str:
 
 def _hash_key(text: str, seed: int, salt: str) -> str:
     return sha256_text(f"{salt}:{seed}:{normalise(text)}")
+
+
+# evaluation dev / test split -------------------------------------------------------------------
+SPLIT_SALT = "safeneurons-eval-split-v1"  # fixed forever: a new salt would reshuffle the sealed half
+TEST_FRACTION = 0.5
+EVAL_SPLITS = ("dev", "test", "all")
+BURNED_FILE = Path(__file__).with_name("burned.json")
+
+
+def burned_hash(key: str) -> str:
+    """The ``burned.json`` entry of an evaluation item's key: the sha256 of its normalised key."""
+    return sha256_text(normalise(key))
+
+
+@lru_cache(maxsize=1)
+def burned_hashes() -> frozenset[str]:
+    """The hashes in the shipped ``burned.json``: items scored in published runs (data/build_burned.py)."""
+    try:
+        data = json.loads(BURNED_FILE.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{BURNED_FILE}: cannot read the burned-prompt list ({exc}); reinstall the package "
+                        "or rebuild it with data/build_burned.py.") from None
+    hashes = data.get("hashes") if isinstance(data, dict) else None
+    if not isinstance(hashes, list) or not all(isinstance(h, str) and len(h) == 64 for h in hashes):
+        raise DataError(f"{BURNED_FILE}: expected an object whose 'hashes' is a list of sha256 hex digests.")
+    return frozenset(hashes)
+
+
+def split_of(key: str) -> str:
+    """``"dev"`` or ``"test"`` for the evaluation item ``key`` (see :func:`item_key`: a prompt's text, a
+    MultiJail row id, ``"<task>:<question id>"`` for capability questions).
+
+    Guarantees: the side depends on ``normalise(key)``, :data:`SPLIT_SALT` and ``burned.json`` only, never on
+    a seed, a sample size, an order or the process, so the same key always lands on the same side; an item
+    whose key is in ``burned.json`` is ``dev``; any other is ``test`` when the first 32 bits of
+    ``sha256(SPLIT_SALT:normalised key)`` fall below ``TEST_FRACTION * 2**32``."""
+    k = normalise(key)
+    if sha256_text(k) in burned_hashes():
+        return "dev"
+    return "test" if int(sha256_text(f"{SPLIT_SALT}:{k}")[:8], 16) < int(TEST_FRACTION * 2**32) else "dev"
+
+
+def item_key(p: Prompt, by: str = "text") -> str:
+    """The key :func:`split_of` reads for a prompt: its text (``by="text"``; identical prompts share a side)
+    or its dataset id (``by="id"``: every language version of a MultiJail row shares its side)."""
+    if by not in ("text", "id"):
+        raise DataError(f"item_key: by = {by!r}; expected 'text' or 'id'.")
+    if by == "id" and not p.id:
+        raise DataError(f"prompt {p.text[:40]!r} has no id to split by; split it by text.")
+    return p.text if by == "text" else p.id
+
+
+def split_hash(keys: Iterable[str]) -> str:
+    """Identity of a set of evaluation items: sha256 over their sorted normalised keys (order-free)."""
+    return "sha256:" + sha256_text("\n".join(sorted({normalise(k) for k in keys})))
+
+
+def check_split(split: str, where: str = "split") -> str:
+    if split not in EVAL_SPLITS:
+        raise DataError(f"{where} = {split!r}; expected one of {', '.join(EVAL_SPLITS)}.")
+    return split
+
+
+def eval_split(ps: PromptSet, split: str, by: str = "text") -> PromptSet:
+    """The prompts of ``ps`` on the ``split`` side (:func:`split_of` of :func:`item_key`); ``"all"`` returns
+    ``ps`` itself. The result keeps the order of ``ps``; a later :meth:`PromptSet.sample` draws within it."""
+    if check_split(split) == "all":
+        return ps
+    return ps.derive(ps.name, [p for p in ps.prompts if split_of(item_key(p, by)) == split], f"{split} split")
 
 
 def dedupe(ps: PromptSet) -> PromptSet:
@@ -198,15 +272,7 @@ def load_prompt_file(path: str | Path, column: str | None = None, response_colum
                 for i, row in enumerate(reader, start=2):  # row 1 is the header
                     prompts.append(_row_prompt(p, i, row, column, response_column))
             elif suffix.startswith(".jsonl"):
-                for i, line in enumerate(fh, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{p} line {i}: invalid JSON ({exc.msg}).") from None
-                    if not isinstance(row, dict):
-                        raise DataError(f"{p} line {i}: expected a JSON object, got {type(row).__name__}.")
+                for i, row in jsonl_objects(p):
                     prompts.append(_row_prompt(p, i, row, column, response_column))
             elif suffix.startswith(".txt"):
                 for i, line in enumerate(fh, start=1):

@@ -353,6 +353,56 @@ def subsample(n_total: int, n: int | None, seed: int = 0) -> list[int]:
     return sorted(random.Random(seed).sample(range(n_total), n))
 
 
+def question_id(task: str, row: Mapping[str, Any], i: int) -> str:
+    """The id a task's result lists for row ``i`` (``CapabilityResult.ids``): ARC's ``id``, MMLU
+    ``<subject>-<i>``, HellaSwag's ``ind``, GSM8K the row index."""
+    if task == "mmlu":
+        return f"{row.get('subject', '')}-{i}"
+    field_name = {"arc_challenge": "id", "hellaswag": "ind"}.get(task)
+    return str(row.get(field_name, i)) if field_name else str(i)
+
+
+def question_key(task: str, row: Mapping[str, Any], i: int) -> str:
+    """The evaluation-split key of a capability question: ``"<task>:<question id>"``."""
+    return f"{task}:{question_id(task, row, i)}"
+
+
+def split_indices(task: str, rows: Sequence[Mapping[str, Any]], n: int | None, seed: int = 0,
+                  split: str | None = None) -> list[int]:
+    """Sorted indices of the questions to score: :func:`subsample` of every row (``split`` None or
+    ``"all"``, the behaviour before evaluation splits), else the same draw within the rows whose
+    :func:`question_key` is on the ``split`` side (:func:`safeneurons.data.split_of`)."""
+    if split is None or split == "all":
+        return subsample(len(rows), n, seed)
+    from safeneurons.data.prompts import check_split, split_of
+
+    check_split(split, "capability split")
+    pool = [i for i, row in enumerate(rows) if split_of(question_key(task, row, i)) == split]
+    if not pool:
+        raise DataError(f"{task}: no question on the {split} split.")
+    return sorted(pool[j] for j in subsample(len(pool), n, seed))
+
+
+def scored_keys(task: str, n: int | None, seed: int = 0, split: str | None = None,
+                data_dir: Any = None) -> tuple[list[str], list[str]]:
+    """``(pool, scored)``: the :func:`question_key` of every question on the ``split`` side of ``task``'s
+    file and of the ones a run with ``n`` and ``seed`` scores (the same :func:`split_indices`), without
+    scoring anything (for the test ledger and the manifest)."""
+    files = {"arc_challenge": ARC_FILE, "mmlu": MMLU_TEST_FILE, "hellaswag": HELLASWAG_FILE,
+             "gsm8k": GSM8K_FILE}
+    if task not in files:
+        raise ConfigError(f"capability task {task!r} has no question file; tasks: {', '.join(files)}.")
+    rows = _read(files[task], data_dir)
+    keys = [question_key(task, row, i) for i, row in enumerate(rows)]
+    if split is None or split == "all":
+        pool = keys
+    else:
+        from safeneurons.data.prompts import split_of
+
+        pool = [k for k in keys if split_of(k) == split]
+    return pool, [keys[i] for i in split_indices(task, rows, n, seed, split)]
+
+
 def _few_shot_indices(n_rows: int, exclude: int, k: int, seed: int) -> list[int]:
     if k <= 0:
         return []
@@ -502,16 +552,18 @@ BENCHMARKS: Registry[BenchmarkFn] = Registry("capability benchmark")
 def evaluate_arc(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: int = 0, seed: int = 0,
                  batch_size: int = 8, interventions: Any = None, rows: Sequence[Mapping[str, Any]] | None = None,
                  data_dir: Any = None, progress: bool = True, share_prefix: int | None = 64,
-                 **_: Any) -> CapabilityResult:
-    """ARC-Challenge (lm-eval ``arc_challenge`` prompt) on the local validation split."""
+                 split: str | None = None, **_: Any) -> CapabilityResult:
+    """ARC-Challenge (lm-eval ``arc_challenge`` prompt) on the local validation split (``split``: the
+    evaluation half to draw from, :func:`split_indices`)."""
     t0 = time.perf_counter()
     rows = list(rows) if rows is not None else _read(ARC_FILE, data_dir)
-    idx = subsample(len(rows), n, seed)
+    idx = split_indices("arc_challenge", rows, n, seed, split)
     docs = arc_docs(rows, k_shot=_check_k(k_shot), seed=seed, indices=idx)
     scores = score_multiple_choice(model, tokenizer, docs, batch_size=batch_size, interventions=interventions,
                                    progress=progress, share_prefix=share_prefix)
     return _mc_result("arc_challenge", scores, k_shot, time.perf_counter() - t0,
                       {"split": "validation", "seed": seed, "n_available": len(rows),
+                       "eval_split": split or "all",
                        "fewshot_source": "other validation rows" if k_shot else None})
 
 
@@ -520,7 +572,7 @@ def evaluate_arc(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: in
 def evaluate_mmlu(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: int = 0, seed: int = 0,
                   batch_size: int = 8, interventions: Any = None, rows: Sequence[Mapping[str, Any]] | None = None,
                   dev_rows: Sequence[Mapping[str, Any]] | None = None, data_dir: Any = None, progress: bool = True,
-                  share_prefix: int | None = 64, **_: Any) -> CapabilityResult:
+                  share_prefix: int | None = 64, split: str | None = None, **_: Any) -> CapabilityResult:
     """MMLU (lm-eval ``mmlu`` default prompt; k-shot examples: first k dev rows of the subject).
 
     ``acc`` over the sampled questions (micro average), not lm-eval's per-subject group average."""
@@ -528,12 +580,13 @@ def evaluate_mmlu(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: i
     rows = list(rows) if rows is not None else _read(MMLU_TEST_FILE, data_dir)
     if dev_rows is None:
         dev_rows = _read(MMLU_DEV_FILE, data_dir) if k_shot else []
-    idx = subsample(len(rows), n, seed)
+    idx = split_indices("mmlu", rows, n, seed, split)
     docs = mmlu_docs(rows, dev_rows, k_shot=_check_k(k_shot), indices=idx)
     scores = score_multiple_choice(model, tokenizer, docs, batch_size=batch_size, interventions=interventions,
                                    progress=progress, share_prefix=share_prefix)
     return _mc_result("mmlu", scores, k_shot, time.perf_counter() - t0,
                       {"split": "test", "seed": seed, "n_available": len(rows), "average": "micro",
+                       "eval_split": split or "all",
                        "fewshot_source": "dev (first_n)" if k_shot else None})
 
 
@@ -542,17 +595,18 @@ def evaluate_mmlu(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: i
 def evaluate_hellaswag(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: int = 0, seed: int = 0,
                        batch_size: int = 8, interventions: Any = None,
                        rows: Sequence[Mapping[str, Any]] | None = None, data_dir: Any = None,
-                       progress: bool = True, share_prefix: int | None = 64,
+                       progress: bool = True, share_prefix: int | None = 64, split: str | None = None,
                        **_: Any) -> CapabilityResult:
     """HellaSwag (lm-eval ``hellaswag`` preprocessing) on the local validation split; report ``acc_norm``."""
     t0 = time.perf_counter()
     rows = list(rows) if rows is not None else _read(HELLASWAG_FILE, data_dir)
-    idx = subsample(len(rows), n, seed)
+    idx = split_indices("hellaswag", rows, n, seed, split)
     docs = hellaswag_docs(rows, k_shot=_check_k(k_shot), seed=seed, indices=idx)
     scores = score_multiple_choice(model, tokenizer, docs, batch_size=batch_size, interventions=interventions,
                                    progress=progress, share_prefix=share_prefix)
     return _mc_result("hellaswag", scores, k_shot, time.perf_counter() - t0,
                       {"split": "validation", "seed": seed, "n_available": len(rows),
+                       "eval_split": split or "all",
                        "fewshot_source": "other validation rows" if k_shot else None})
 
 
@@ -603,7 +657,8 @@ def evaluate_gsm8k(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: 
                    batch_size: int = 8, interventions: Any = None, rows: Sequence[Mapping[str, Any]] | None = None,
                    prefix: str | None = None, max_new_tokens: int = 256, chat_template: bool = False,
                    cache: "GenerationCache | None" = None, model_key: str = "", data_dir: Any = None,
-                   progress: bool = True, share_prefix: int | None = 64, **_: Any) -> CapabilityResult:
+                   progress: bool = True, share_prefix: int | None = 64, split: str | None = None,
+                   **_: Any) -> CapabilityResult:
     """GSM8K exact match with the OLMES prompt ``prefix + "Question: {q}\\nAnswer:"`` (raw text by default;
     ``chat_template=True`` sends it as one user turn). Greedy, stops at ``"Question:"`` or a blank line.
     ``share_prefix=64`` (default) runs the k-shot prefix every prompt shares once (see
@@ -613,7 +668,7 @@ def evaluate_gsm8k(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: 
 
     t0 = time.perf_counter()
     rows = list(rows) if rows is not None else _read(GSM8K_FILE, data_dir)
-    idx = subsample(len(rows), n, seed)
+    idx = split_indices("gsm8k", rows, n, seed, split)
     shots = gsm8k_prefix(_check_k(k_shot), data_dir, prefix)
     prompts, golds = [], []
     for i in idx:
@@ -632,7 +687,8 @@ def evaluate_gsm8k(model: Any, tokenizer: Any, *, n: int | None = None, k_shot: 
     return CapabilityResult(
         task="gsm8k", n=m, acc=sum(correct) / m if m else float("nan"), acc_norm=None,
         stderr=mean_stderr(correct), k_shot=k_shot, seconds=time.perf_counter() - t0, metric="exact_match",
-        meta={"split": "test", "seed": seed, "n_available": len(rows), "max_new_tokens": max_new_tokens,
+        meta={"split": "test", "seed": seed, "n_available": len(rows), "eval_split": split or "all",
+              "max_new_tokens": max_new_tokens,
               "no_answer": sum(p is None for p in preds), "outputs": list(outputs),
               "examples": [{"question": rows[i]["question"], "output": o, "pred": p, "gold": g}
                            for i, o, p, g in list(zip(idx, outputs, preds, golds))[:3]]},
@@ -708,5 +764,6 @@ __all__ = [
     "BENCHMARKS", "CapabilityResult", "MCDoc", "MCScores", "arc_docs", "encode_pair", "evaluate_arc",
     "evaluate_capability", "evaluate_gsm8k", "evaluate_hellaswag", "evaluate_mmlu", "extract_gsm8k_answer",
     "gsm8k_prefix", "hellaswag_docs", "hellaswag_preprocess", "loglikelihoods", "mean_stderr", "mmlu_docs",
-    "normalize_number", "perplexity", "score_multiple_choice", "subsample",
+    "normalize_number", "perplexity", "question_id", "question_key", "score_multiple_choice", "scored_keys",
+    "split_indices", "subsample",
 ]

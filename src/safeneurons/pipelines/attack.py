@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from safeneurons.errors import ConfigError
 from safeneurons.evaluate.generate import GenerationConfig
@@ -20,13 +20,18 @@ from safeneurons.pipelines.common import (
     DataConfig,
     IdentifyConfig,
     ModelConfig,
+    capability_refs,
+    check_resumed_split,
+    harmful_eval_ref,
     identification_stage,
     load_eval_data,
     load_identification_data,
     record_data,
+    record_eval_sets,
     record_model,
     sets_from_dir,
 )
+from safeneurons.pipelines.ledger import EvalSetRef, TestLook, check_writable, needs_ledger, open_look
 from safeneurons.pipelines.rundir import RunDir, default_run_dir
 from safeneurons.stats import StatsConfig
 
@@ -92,7 +97,8 @@ class AttackConfig:
     stats: StatsConfig = field(default_factory=StatsConfig)
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64, batch_size=16))
-    judge: str = field(default="refusal", metadata={"help": "judge name (safeneurons ls judges)"})
+    judge: str = field(default="guard", metadata={
+        "help": "judge name (safeneurons ls judges); its agreement with labelled replies is printed under each table"})
     judge_params: dict[str, Any] = field(default_factory=dict, metadata={"help": "judge options"})
     conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={"help": "ORI, ES, SAS, FULL, RANDOM"})
     random_seeds: tuple[int, ...] = field(default=(0, 1), metadata={"help": "seeds of the matched random sets"})
@@ -126,14 +132,33 @@ def condition_sets(sets: dict[str, NeuronSet], cfg: AttackConfig) -> dict[str, N
     return out
 
 
-def run_attack(cfg: AttackConfig, out: str | Path | None = None, progress: bool = True, lm: Any = None) -> Path:
-    """Run the whole attack; returns the run directory (resumable with the same config)."""
+def attack_eval_refs(cfg: AttackConfig, evalset: Any) -> list[EvalSetRef]:
+    """The evaluation sets an attack scores on ``cfg.data.split``: the held-out harmful prompts and each
+    capability task's questions (for the manifest and the test ledger)."""
+    refs = [harmful_eval_ref(cfg.data, evalset)]
+    if cfg.capability.tasks:
+        refs += capability_refs(cfg.capability, cfg.data.split, cfg.data.data_dir)
+    return refs
+
+
+def run_attack(cfg: AttackConfig, out: str | Path | None = None, progress: bool = True, lm: Any = None,
+               look: TestLook | None = None) -> Path:
+    """Run the whole attack; returns the run directory (resumable with the same config).
+
+    On a ``data.split`` other than dev the run is a test scoring: the ledger must be writable before any
+    work, and its ``opened`` line is appended before the first held-out prompt is generated, its ``result``
+    line after the tables (:mod:`safeneurons.pipelines.ledger`). ``look``: a look already opened by the caller
+    (the train pipeline attacks every model under one look), which this run neither opens nor closes."""
     from safeneurons.evaluate.cache import GenerationCache
     from safeneurons.evaluate.generate import generate
     from safeneurons.evaluate.judges import make_judge
     from safeneurons.models import load_model, model_layout
     from safeneurons.pipelines.scoring import asr_stage, capability_stage
 
+    own_look = look is None and needs_ledger(cfg.data.split)
+    if own_look:
+        check_writable()
+    check_resumed_split(out, "data.split", cfg.data.split)
     run = RunDir(out or default_run_dir("attack"), "attack", cfg)
     if lm is None:
         lm = load_model(cfg.model.spec, dtype=cfg.model.dtype, device=cfg.model.device,
@@ -142,6 +167,8 @@ def run_attack(cfg: AttackConfig, out: str | Path | None = None, progress: bool 
     harmful, harmless = load_identification_data(cfg.data)
     evalset = load_eval_data(cfg.data, [harmful, harmless], run)
     record_data(run, harmful=harmful, harmless=harmless, eval=evalset)
+    refs = attack_eval_refs(cfg, evalset)
+    record_eval_sets(run, refs)
 
     shape = model_layout(lm.model).shape(lm.name, lm.checksum)
     if cfg.neuron_sets:
@@ -154,6 +181,8 @@ def run_attack(cfg: AttackConfig, out: str | Path | None = None, progress: bool 
         if ns is not None and name.startswith("RANDOM"):
             ns.save(run.file(f"neurons/{name}.json"))
 
+    if own_look:  # before the generation cache exists: nothing of the test half is touched yet
+        look = open_look(run.path, run.manifest["config"], lm.checksum, refs)
     cache = GenerationCache(Path(cfg.cache_dir) / "generations.sqlite" if cfg.cache_dir else run.file("generations.sqlite"))
     completions: dict[str, list[str]] = {}
     for name, ns in conds.items():
@@ -171,13 +200,30 @@ def run_attack(cfg: AttackConfig, out: str | Path | None = None, progress: bool 
                                  for p, t in zip(evalset.prompts, texts)])
             info.update(n=len(texts), n_neurons=len(ns) if ns is not None else 0)
     judge = make_judge(cfg.judge, **cfg.judge_params)
-    table = asr_stage(run, judge, evalset, completions, conds, examples=cfg.examples)
+    asr_stage(run, judge, evalset, completions, conds, examples=cfg.examples)
+    capability: dict[str, Any] = {}
     if cfg.capability.tasks or cfg.capability.perplexity_texts:
-        capability_stage(run, lm, {k: v for k, v in conds.items() if _cap_cond(k, cfg)}, cfg.capability,
-                         data_dir=cfg.data.data_dir, progress=progress)
+        capability = capability_stage(run, lm, {k: v for k, v in conds.items() if _cap_cond(k, cfg)},
+                                      cfg.capability, data_dir=cfg.data.data_dir, progress=progress,
+                                      split=cfg.data.split)
+    if own_look and look is not None:
+        look.close(**attack_headline(run, cfg, capability))
     run.finish()
     log.info("attack results in %s", run.path)
     return run.path
+
+
+def attack_headline(run: RunDir, cfg: AttackConfig, capability: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers a test scoring's ledger ``result`` line keeps: the ASR table rows (k, n, ASR and its
+    interval per condition) and each capability task's headline metric per condition."""
+    from safeneurons.io import read_json
+
+    summary = read_json(run.file("asr.json"))["summary"]
+    asr = {c: {k: s[k] for k in ("k", "n", "asr", "ci", "n_degenerate")} for c, s in summary.items()}
+    metric = cfg.capability.metric_of
+    cap = {cond: {task: res.get(metric(task)) for task, res in (r.get("tasks") or {}).items()}
+           for cond, r in capability.items()}
+    return {"asr": asr, "capability": cap}
 
 
 def _cap_cond(name: str, cfg: AttackConfig) -> bool:

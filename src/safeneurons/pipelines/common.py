@@ -7,9 +7,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safeneurons.data import PromptSet, load_prompts, overlap, remove_overlap
+from safeneurons.data import (
+    EVAL_SPLITS,
+    PromptSet,
+    eval_split,
+    item_key,
+    load_prompts,
+    overlap,
+    remove_overlap,
+)
 from safeneurons.errors import ConfigError
 from safeneurons.neurons import NeuronSet
+from safeneurons.pipelines.ledger import EvalSetRef
 from safeneurons.pipelines.rundir import RunDir
 from safeneurons.stats import ActivationStats, StatsConfig, collect_stats
 
@@ -37,6 +46,16 @@ class DataConfig:
     n_eval: int | None = field(default=None, metadata={"help": "evaluation prompts (None: all)"})
     data_dir: str | None = field(default=None, metadata={"help": "datasets folder (default ../shared/datasets)"})
     seed: int = field(default=0, metadata={"help": "seed for prompt sampling"})
+    split: str = field(default="dev", metadata={
+        "help": "evaluation half scored (held-out prompts, capability questions, XSTest): dev (choosing "
+                "recipes), test (sealed; only with the command-line flag --split test, never from a config "
+                "file or --set; each run is logged to the test ledger, $SAFENEURONS_LEDGER or "
+                "./test-ledger.jsonl) or all (every prompt, as runs published before the split; logged like "
+                "test). Fixed per prompt by safeneurons.data.split_of; n_eval and seed sample within it"})
+
+    def __post_init__(self) -> None:
+        if self.split not in EVAL_SPLITS:
+            raise ConfigError(f"data.split = {self.split!r}; choose from {', '.join(EVAL_SPLITS)}.")
 
 
 @dataclass
@@ -55,7 +74,9 @@ def load_eval_data(data: DataConfig, identification: list[PromptSet], run: RunDi
                    language: str | None = None) -> PromptSet:
     """Held-out harmful prompts, disjoint from identification: every evaluation prompt that occurs in the
     identification *datasets* (all their rows, not only the sampled ones) is removed, and a warning says how
-    many (StrongREJECT loses its 25 AdvBench rows when AdvBench identifies)."""
+    many (StrongREJECT loses its 25 AdvBench rows when AdvBench identifies). Then only the ``data.split`` half
+    is kept (:func:`safeneurons.data.eval_split` by prompt text) and ``n_eval`` prompts are sampled within it
+    with ``seed``, so no setting moves a prompt between dev and test."""
     full = load_prompts(data.eval, data_dir=data.data_dir, language=language)
     removed = 0
     sources = list(identification)
@@ -70,13 +91,83 @@ def load_eval_data(data: DataConfig, identification: list[PromptSet], run: RunDi
     if removed:
         log.warning("removed %d evaluation prompts of %s that also occur in the identification datasets",
                     removed, data.eval)
-    ev = full.sample(data.n_eval, data.seed)
+    pool = eval_split(full, data.split)
+    if not pool.prompts:
+        raise ConfigError(f"data.eval = {data.eval!r} has no prompt on the {data.split} split.")
+    ev = pool.sample(data.n_eval, data.seed)
     left = sum(len(overlap(ps, ev)) for ps in identification)
     if left:  # cannot happen after removal; kept as a guard against normalisation changes
         raise ConfigError(f"{left} evaluation prompts still overlap the identification prompts.")
     if run is not None:
         run.record("data", "eval_overlap_removed", removed)
     return ev
+
+
+def eval_set_ref(name: str, split: str, pool: list[str], scored: list[str]) -> EvalSetRef:
+    """The ledger and manifest entry of an evaluation set: the split keys of every item on its side
+    (``pool``) and of the ones scored."""
+    from safeneurons.data import split_hash
+
+    return EvalSetRef(name, split, split_hash(pool), len(pool), len(scored), split_hash(scored))
+
+
+def harmful_eval_ref(data: DataConfig, evalset: PromptSet) -> EvalSetRef:
+    """Ledger entry of the held-out harmful prompts: the ``data.split`` half of the whole ``data.eval``
+    dataset (before the identification overlap is removed, so the identity of the test set does not depend
+    on the identification data) and the prompts scored."""
+    pool = eval_split(load_prompts(data.eval, data_dir=data.data_dir), data.split)
+    return eval_set_ref(str(data.eval), data.split, [item_key(p) for p in pool.prompts],
+                        [item_key(p) for p in evalset.prompts])
+
+
+def over_refusal_prompts(n: int, data_dir: str | None, seed: int, split: str) -> tuple[PromptSet, PromptSet]:
+    """``(pool, sample)``: the XSTest safe prompts on the ``split`` side, and the ``n`` of them over-refusal
+    scores (seeded sample within the side; ``split="all"``: the sample of every prompt, as before splits)."""
+    pool = eval_split(load_prompts("xstest", data_dir=data_dir), split)
+    return pool, pool.sample(n, seed)
+
+
+def over_refusal_ref(n: int, data_dir: str | None, seed: int, split: str) -> EvalSetRef:
+    pool, sample = over_refusal_prompts(n, data_dir, seed, split)
+    return eval_set_ref("xstest", split, [item_key(p) for p in pool.prompts],
+                        [item_key(p) for p in sample.prompts])
+
+
+def capability_refs(cap: Any, split: str, data_dir: str | None) -> list[EvalSetRef]:
+    """Ledger entries of the capability questions an attack's ``capability`` section scores on ``split``."""
+    from safeneurons.evaluate.capability import scored_keys
+
+    refs = []
+    for task in cap.tasks:
+        pool, scored = scored_keys(task, cap.n_of(task), 0, split, data_dir)
+        refs.append(eval_set_ref(f"capability:{task}", split, pool, scored))
+    return refs
+
+
+def record_eval_sets(run: RunDir, refs: list[EvalSetRef]) -> None:
+    """The evaluation split and the hash of each evaluation set's half go to the manifest's ``data``
+    (``eval_sets``: one entry per set, by name)."""
+    run.record("data", "eval_sets", {r.name: r.to_dict() for r in refs})
+
+
+def check_resumed_split(out: str | Path | None, key: str, split: str) -> None:
+    """A run directory started before evaluation splits existed scored every prompt: resuming it needs
+    ``--split all`` (``key`` is the dotted config key of the split), else its stored completions would be
+    paired with another prompt sample. Checked before the run directory is opened."""
+    from safeneurons.io import read_json
+    from safeneurons.pipelines.rundir import MANIFEST
+
+    manifest = Path(out) / MANIFEST if out is not None else None
+    if split == "all" or manifest is None or not manifest.is_file():
+        return
+    stored: Any = read_json(manifest).get("config") or {}
+    *parents, last = key.split(".")
+    for part in parents:
+        stored = stored.get(part) if isinstance(stored, dict) else None
+    if isinstance(stored, dict) and last not in stored:
+        raise ConfigError(f"{manifest.parent} was started before evaluation splits and scored every prompt; "
+                          f"resume it with --split all ({key}), or choose another --out (with --reuse "
+                          f"{manifest.parent}).")
 
 
 STATS_CACHE = "stats_cache"  # one file per (weights, chat template, prompts, stats settings): see stats_key
@@ -149,15 +240,16 @@ def identification_stage(run: RunDir, lm: Any, harmful: PromptSet, harmless: Pro
 
 
 def over_refusal_stage(run: RunDir, rel: str, model: Any, tokenizer: Any, *, n: int, data_dir: str | None,
-                       seed: int, **kwargs: Any) -> dict[str, Any]:
-    """Over-refusal on ``n`` XSTest safe prompts, kept in ``run/rel`` (reloaded when a resumed run has it);
-    ``kwargs`` go to :func:`safeneurons.evaluate.overrefusal.over_refusal` (judge, generation, cache...)."""
+                       seed: int, split: str, **kwargs: Any) -> dict[str, Any]:
+    """Over-refusal on ``n`` XSTest safe prompts of the ``split`` half (:func:`over_refusal_prompts`), kept in
+    ``run/rel`` (reloaded when a resumed run has it); ``kwargs`` go to
+    :func:`safeneurons.evaluate.overrefusal.over_refusal` (judge, generation, cache...)."""
     from safeneurons.evaluate.overrefusal import over_refusal
     from safeneurons.io import read_json
 
     if run.file(rel).exists():
         return read_json(run.file(rel))
-    prompts = load_prompts("xstest", data_dir=data_dir, limit=n, seed=seed)
+    _, prompts = over_refusal_prompts(n, data_dir, seed, split)
     res = over_refusal(model, tokenizer, prompts, **kwargs)
     run.write_json(rel, res)
     return res

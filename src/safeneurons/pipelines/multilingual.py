@@ -37,14 +37,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safeneurons.data import MULTIJAIL_LANGUAGES, Prompt, PromptSet, load_prompts
+from safeneurons.data import EVAL_SPLITS, MULTIJAIL_LANGUAGES, Prompt, PromptSet, load_prompts, split_of
 from safeneurons.errors import ConfigError, DataError
 from safeneurons.evaluate.generate import GenerationConfig
 from safeneurons.identify.importance import ImportanceConfig
 from safeneurons.intervene import Intervention
 from safeneurons.io import read_json
 from safeneurons.neurons import NeuronSet
-from safeneurons.pipelines.common import ModelConfig, over_refusal_stage, record_model
+from safeneurons.pipelines.common import (
+    ModelConfig,
+    check_resumed_split,
+    eval_set_ref,
+    over_refusal_prompts,
+    over_refusal_ref,
+    over_refusal_stage,
+    record_eval_sets,
+    record_model,
+)
+from safeneurons.pipelines.ledger import EvalSetRef, TestLook, check_writable, needs_ledger, open_look
 from safeneurons.pipelines.rundir import RunDir, default_run_dir
 
 log = logging.getLogger("safeneurons.multilingual")
@@ -162,17 +172,32 @@ class MultilingualConfig:
     conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={"help": ", ".join(CONDITIONS)})
     alpha: float = field(default=2.0, metadata={"help": "reinforcement scale for REINFORCE_SS"})
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=48, batch_size=16))
-    judge: str = field(default="refusal", metadata={"help": "judge name"})
+    judge: str = field(default="guard", metadata={
+        "help": "judge that scores every condition (safeneurons ls judges; its agreement with labelled replies is "
+                "printed under each table)"})
+    data_judge: str = field(default="refusal", metadata={
+        "help": "judge that picks training and importance data (rows the model refuses, benign answers it gives); "
+                "the recipes of docs/results were built with refusal, so changing the scoring judge leaves them "
+                "unchanged"})
     expansion: ExpansionConfig = field(default_factory=ExpansionConfig)
     neuron_sets: str | None = field(default=None, metadata={
         "help": "a neurons/multilingual folder of an earlier run (<lang>/S_jail, S_norm, MS, SS .json) to use "
                 "instead of computing importance; each set is checked against this model's shape"})
     seed: int = field(default=0, metadata={"help": "row split and random-set seed"})
     data_dir: str | None = field(default=None, metadata={"help": "datasets folder"})
+    split: str = field(default="dev", metadata={
+        "help": "MultiJail rows and XSTest prompts scored: dev (choosing recipes), test (sealed; only with "
+                "the command-line flag --split test, never from a config file or --set; logged to the test "
+                "ledger, $SAFENEURONS_LEDGER or ./test-ledger.jsonl) or all (every row, as runs published "
+                "before the split; logged like test). A row's side is fixed by its id (all its languages "
+                "together); identification, floor and training rows always come from dev, so dev and test "
+                "runs train the same"})
 
     def __post_init__(self) -> None:
         self.languages = tuple(self.languages)
         self.conditions = tuple(self.conditions)
+        if self.split not in EVAL_SPLITS:
+            raise ConfigError(f"multilingual.split = {self.split!r}; choose from {', '.join(EVAL_SPLITS)}.")
         if self.hr_language not in self.languages:
             raise ConfigError(f"multilingual.languages must include hr_language {self.hr_language!r}.")
         bad = [c for c in self.conditions if c not in CONDITIONS]
@@ -203,35 +228,57 @@ class MultilingualConfig:
 
 
 def split_rows(cfg: MultilingualConfig) -> tuple[dict[str, PromptSet], dict[str, PromptSet]]:
-    """Identification and held-out MultiJail rows per language; the same row ids in every language."""
+    """Identification and held-out MultiJail rows per language; the same row ids in every language.
+
+    Rows are ordered by a seeded hash of their id (:func:`_row_order`). Identification takes the first
+    ``n_identify`` rows of the dev half (every row for ``split: all``); held-out rows are the next ones
+    (dev), the test half's rows in the same seeded order (test), or the next ones of every row (all); then
+    ``eval_skip`` and ``n_eval`` cut them. A row's half is :func:`~safeneurons.data.split_of` of its id."""
     per_lang = {lang: load_prompts("multijail", language=lang, data_dir=cfg.data_dir) for lang in cfg.languages}
-    ids = _row_order(per_lang[cfg.hr_language], cfg.seed)
+    ids = _row_order(_split_ids(per_lang[cfg.hr_language], "all" if cfg.split == "all" else "dev"), cfg.seed)
     ident_ids = set(ids[: cfg.n_identify])
     rest = [i for i in ids if i not in ident_ids]
+    if cfg.split == "test":
+        rest = _row_order(_split_ids(per_lang[cfg.hr_language], "test"), cfg.seed)
     eval_ids = set(rest[cfg.eval_skip :] if cfg.n_eval is None else rest[cfg.eval_skip : cfg.eval_skip + cfg.n_eval])
     if not eval_ids or (cfg.eval_skip and cfg.n_eval is not None and len(eval_ids) < cfg.n_eval):
-        raise ConfigError(f"multilingual.eval_skip = {cfg.eval_skip}: MultiJail has {len(rest)} {cfg.hr_language} rows "
-                          f"after the {cfg.n_identify} identification ones, too few for n_eval = {cfg.n_eval} after "
-                          f"skipping {cfg.eval_skip}.")
+        after = "" if cfg.split == "test" else f" after the {cfg.n_identify} identification ones"
+        raise ConfigError(f"multilingual.eval_skip = {cfg.eval_skip}: MultiJail has {len(rest)} "
+                          f"{cfg.hr_language} {cfg.split}-split rows{after}, too few for n_eval = "
+                          f"{cfg.n_eval} after skipping {cfg.eval_skip}.")
     ident = {l: ps.filter(lambda p: p.id in ident_ids, "identification rows") for l, ps in per_lang.items()}
     held = {l: ps.filter(lambda p: p.id in eval_ids, "held-out rows") for l, ps in per_lang.items()}
     return ident, held
 
 
-def _row_order(rows: PromptSet, seed: int) -> list[Any]:
+def _split_ids(rows: PromptSet, split: str) -> list[str]:
+    """The row ids of ``rows`` on the ``split`` half (``all``: every id)."""
+    ids = sorted({p.id for p in rows.prompts})
+    return ids if split == "all" else [i for i in ids if split_of(i) == split]
+
+
+def multijail_ref(cfg: MultilingualConfig, held: dict[str, PromptSet]) -> EvalSetRef:
+    """Ledger entry of the held-out MultiJail rows: every row id of the ``split`` half and those scored."""
+    rows = load_prompts("multijail", language=cfg.hr_language, data_dir=cfg.data_dir)
+    return eval_set_ref("multijail", cfg.split, _split_ids(rows, cfg.split),
+                        sorted({p.id for ps in held.values() for p in ps.prompts}))
+
+
+def _row_order(ids: Any, seed: int) -> list[Any]:
     """The row ids in the seeded order :func:`split_rows` cuts: identification, held-out, then the rest."""
-    return sorted({p.id for p in rows.prompts}, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+    return sorted(set(ids), key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
 
 
 def floor_prompts(cfg: MultilingualConfig) -> list[str]:
     """The ``expansion.harmful_floor_n`` reference-language rows right after the first ``n_eval`` held-out ones
-    (where they are whatever ``eval_skip`` scores instead)."""
+    of the dev half (where they are whatever ``eval_skip`` scores instead; ``split: all``: of every row).
+    A test run takes the same floors as a dev run, so both train the same model."""
     n = cfg.expansion.harmful_floor_n
     if not n:
         return []
     rows = load_prompts("multijail", language=cfg.hr_language, data_dir=cfg.data_dir)
     skip = cfg.n_identify + (cfg.n_eval or 0)
-    ids = _row_order(rows, cfg.seed)[skip : skip + n]
+    ids = _row_order(_split_ids(rows, "all" if cfg.split == "all" else "dev"), cfg.seed)[skip : skip + n]
     if len(ids) < n:
         raise ConfigError(f"multilingual.expansion.harmful_floor_n = {n}: MultiJail has only {len(ids)} "
                           f"{cfg.hr_language} rows after the {skip} identification and held-out ones.")
@@ -266,6 +313,7 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
     from safeneurons.evaluate.cache import GenerationCache
     from safeneurons.evaluate.generate import generate
     from safeneurons.evaluate.judges import make_judge
+    from safeneurons.evaluate.validation import judge_record
     from safeneurons.identify.importance import ImportanceScores
     from safeneurons.identify.multilingual import (
         build_language_sets,
@@ -277,6 +325,9 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
     )
     from safeneurons.models import load_model, model_layout
 
+    if needs_ledger(cfg.split):  # a test scoring: fail on an unwritable ledger before any work
+        check_writable()
+    check_resumed_split(out, "split", cfg.split)
     run = RunDir(out or default_run_dir("multilingual"), "multilingual", cfg)
     if lm is None:
         lm = load_model(cfg.model.spec, dtype=cfg.model.dtype, device=cfg.model.device,
@@ -285,8 +336,13 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
     layout = model_layout(lm.model)
     shape = layout.shape(lm.name, lm.checksum)
     judge = make_judge(cfg.judge)
+    data_judge = judge if cfg.data_judge == cfg.judge else make_judge(cfg.data_judge)
     cache = GenerationCache(run.file("generations.sqlite"))
     ident, held = split_rows(cfg)
+    refs = [multijail_ref(cfg, held)]
+    if cfg.expansion.enabled and cfg.expansion.over_refusal_n:
+        refs.append(over_refusal_ref(cfg.expansion.over_refusal_n, cfg.data_dir, cfg.seed, cfg.split))
+    record_eval_sets(run, refs)
     norm_en = _norm_prompts(cfg)
 
     # 1-2. importance and sets
@@ -314,7 +370,7 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
             jail = ident[lang]
             if cfg.jail_filter == "refused":
                 replies = answered(jail, lang)
-                refused = _has_label(judge, jail.texts(), [p.response for p in replies], lang, "refusal")
+                refused = _has_label(data_judge, jail.texts(), [p.response for p in replies], lang, "refusal")
                 kept = [p for p, r in zip(replies, refused) if r]
                 if not kept and needs_responses:
                     raise ConfigError(f"multilingual: the model refuses none of the {len(jail)} {lang} identification "
@@ -365,7 +421,10 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
     langs, mat = jaccard_matrix({lang: s["MS"] for lang, s in sets.items()}, list(cfg.languages))
     run.write_json("multilingual/overlap.json", {"languages": langs, "jaccard": mat.tolist(), "kind": "MS"})
 
-    # 4. causal tests
+    # 4. causal tests: the first held-out rows are generated here, so a test scoring's ledger line goes first
+    look: TestLook | None = None
+    if needs_ledger(cfg.split):
+        look = open_look(run.path, run.manifest["config"], lm.checksum, refs)
     ms_en = sets[cfg.hr_language]["MS"]
     records: list[dict[str, Any]] = []
     for lang in cfg.languages:
@@ -380,7 +439,8 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
     # 5. SS-Neuron expansion
     expansion: dict[str, Any] | None = None
     if cfg.expansion.enabled:
-        exp_records, expansion = run_expansion(run, lm, cfg, sets, ident, held, judge, cache, progress)
+        exp_records, expansion = run_expansion(run, lm, cfg, sets, ident, held, judge, cache, progress,
+                                               data_judge=data_judge)
         records += exp_records
     table = AsrTable.from_records(records, group_by=("language",))
     asr: dict[str, dict[str, Any]] = {}
@@ -391,7 +451,9 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
                                                        "n_degenerate": r.n_degenerate}
     run.write_json("multilingual/asr.json", asr)
     run.write_json("multilingual/verdicts.json", records)
-    run.write_text("multilingual/asr.md", table.to_markdown())
+    about = judge_record(judge)
+    run.write_json("multilingual/judge.json", about)
+    run.write_text("multilingual/asr.md", table.to_markdown() + "\n" + about["judge_note"] + "\n")
     ori = {lang: v["asr"] for lang, v in asr.get("ORI", {}).items() if v["asr"] is not None}
     run.write_json("multilingual/correlation.json",
                    count_asr_correlation(set_counts(sets, "SS", exclude=(cfg.hr_language,)), ori))
@@ -400,6 +462,10 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
         run.write_json("multilingual/expansion.json",
                        expansion | {"asr": _expansion_asr(asr, cfg, expansion.get("over_refusal"),
                                                           expansion.get("benign_refusal"))})
+    if look is not None:
+        look.close(asr={cond: {lang: {k: v[k] for k in ("k", "n", "asr", "ci")}
+                               for lang, v in by_lang.items()} for cond, by_lang in asr.items()},
+                   over_refusal=(expansion or {}).get("over_refusal"))
     run.finish()
     return run.path
 
@@ -479,7 +545,11 @@ def _benign_prompts(cfg: MultilingualConfig) -> list[str]:
     # prompts already used elsewhere come first in the same seeded order, so skipping them keeps the sets apart:
     # D_norm (n_norm from norm_dataset) or the over-refusal test sample (over_refusal_n from xstest)
     skip = cfg.expansion.over_refusal_n if name == "xstest" else cfg.n_norm if name == cfg.norm_dataset else 0
-    pool = load_prompts(name, data_dir=cfg.data_dir, limit=skip + n, seed=cfg.seed)
+    if name == "xstest":  # never the test half: prompts after the dev over-refusal sample (all: as before)
+        side = "all" if cfg.split == "all" else "dev"
+        _, pool = over_refusal_prompts(skip + n, cfg.data_dir, cfg.seed, side)
+    else:
+        pool = load_prompts(name, data_dir=cfg.data_dir, limit=skip + n, seed=cfg.seed)
     texts = pool.texts()[skip:]
     if len(texts) < n:
         raise ConfigError(f"multilingual.expansion.benign_n = {n}: {name} has only {len(texts)} prompts left "
@@ -675,9 +745,11 @@ def scaled_condition(scale: float) -> str:
 
 def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str, dict[str, NeuronSet]],
                   ident: dict[str, PromptSet], held: dict[str, PromptSet], judge: Any, cache: Any,
-                  progress: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                  progress: bool, data_judge: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Stage 5: train the expansion model(s) and score them per language; returns the ASR records and the
-    ``expansion.json`` summary (without the ASR part, which needs every condition's table)."""
+    ``expansion.json`` summary (without the ASR part, which needs every condition's table). ``data_judge``
+    (default ``judge``) picks the training data; ``judge`` scores."""
+    data_judge = data_judge or judge
     from safeneurons.evaluate.generate import generate
     from safeneurons.train.interpolate import scaled_update
 
@@ -690,12 +762,12 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
         en = ident[cfg.hr_language]
         outs = generate(lm.model, lm.tokenizer, en.texts(), cfg.generation, cache=cache, model_key=lm.checksum,
                         progress=progress)
-        refused = _has_label(judge, en.texts(), outs, cfg.hr_language, "refusal")
+        refused = _has_label(data_judge, en.texts(), outs, cfg.hr_language, "refusal")
         english_refusals = {p.id: o for p, o, r in zip(en.prompts, outs, refused) if r}
     # align anchors the benign prompts without answers: no generation needed
-    benign = _benign_examples(lm, cfg, cache, progress, judge) if exp.objective != "align" else []
+    benign = _benign_examples(lm, cfg, cache, progress, data_judge) if exp.objective != "align" else []
     records: list[dict[str, Any]] = []
-    data = _training_data(lm, cfg, ident, train_langs, english_refusals, benign, judge, cache, progress)
+    data = _training_data(lm, cfg, ident, train_langs, english_refusals, benign, data_judge, cache, progress)
     key = _expansion_key(lm.checksum, target, data, exp)
     model, info = _expanded_model(run, lm, cfg, target, data, "main", key)
 
@@ -706,8 +778,8 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
         if exp.over_refusal_n:
             res = over_refusal_stage(
                 run, f"multilingual/over_refusal/{name}.json", m, lm.tokenizer, n=exp.over_refusal_n,
-                data_dir=cfg.data_dir, seed=cfg.seed, judge=judge, generation=cfg.generation, cache=cache,
-                model_key=k, progress=progress)
+                data_dir=cfg.data_dir, seed=cfg.seed, split=cfg.split, judge=judge, generation=cfg.generation,
+                cache=cache, model_key=k, progress=progress)
             over[name] = res["refusal_rate"]
             if "verdicts" in res:  # (absent from results written before they were kept)
                 refused["over_refusal"][name] = {v["id"]: v["label"] == "refusal" for v in res["verdicts"]}

@@ -11,7 +11,7 @@ import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 from safeneurons.config import dump_config, to_dict
 from safeneurons.errors import ConfigError
@@ -33,16 +33,30 @@ def _defaults(config: Any) -> Any:
         return None
 
 
-def _same_config(stored: Any, current: Any, defaults: Any) -> bool:
+# Options added after runs existed whose earlier behaviour is not their default, per command: the value a
+# stored config without the (dotted) key stands for. Runs before evaluation splits scored every prompt.
+EARLIER_VALUES = {"attack": {"data.split": "all"}, "train": {"attack.data.split": "all"},
+                  "multilingual": {"split": "all"}}
+
+
+def _same_config(stored: Any, current: Any, defaults: Any, earlier: Mapping[str, Any] | None = None,
+                 prefix: str = "") -> bool:
     """Whether a stored run config matches the current one. A key the stored config lacks is ignored when
-    its current value is the default: an option added to the library after the run cannot have changed it."""
+    its current value is the default: an option added to the library after the run cannot have changed it;
+    ``earlier`` maps the dotted keys whose behaviour before they existed was another value to that value."""
     if isinstance(stored, dict) and isinstance(current, dict):
         d = defaults if isinstance(defaults, dict) else {}
+        before = earlier or {}
         for key in stored.keys() | current.keys():
             if key not in stored:
-                if key not in d or current[key] != d[key]:
+                dotted = f"{prefix}{key}"
+                if dotted in before:
+                    if current[key] != before[dotted]:
+                        return False
+                elif key not in d or current[key] != d[key]:
                     return False
-            elif key not in current or not _same_config(stored[key], current[key], d.get(key)):
+            elif key not in current or not _same_config(stored[key], current[key], d.get(key), earlier,
+                                                        f"{prefix}{key}."):
                 return False
         return True
     return stored == current
@@ -65,7 +79,8 @@ class RunDir:
             if self.manifest.get("command") != command:
                 raise ConfigError(f"{self.path} holds a {self.manifest.get('command')!r} run, not {command!r}; "
                                   "choose another --out.")
-            if not _same_config(self.manifest.get("config"), cfg, _defaults(config)):
+            if not _same_config(self.manifest.get("config"), cfg, _defaults(config),
+                                EARLIER_VALUES.get(command)):
                 raise ConfigError(
                     f"{self.path} was started with a different configuration; resume needs the same config "
                     f"({self.path / 'config.yaml'}), or choose another --out (with --reuse {self.path} to keep its cached "

@@ -16,6 +16,7 @@ def asr_stage(run: RunDir, judge: Any, evalset: PromptSet, completions: Mapping[
               conds: Mapping[str, NeuronSet | None], examples: int = 3, prefix: str = "") -> Any:
     """Judge every completion, write ``asr.json`` / ``asr.md`` / ``verdicts.jsonl`` and examples."""
     from safeneurons.evaluate.asr import AsrTable
+    from safeneurons.evaluate.validation import judge_record
 
     records: list[dict[str, Any]] = []
     with run.stage(f"{prefix}judge") as info:
@@ -36,9 +37,10 @@ def asr_stage(run: RunDir, judge: Any, evalset: PromptSet, completions: Mapping[
                              "n_degenerate": row.n_degenerate, "n_unjudged": row.n_unjudged,
                              "n_neurons": len(ns) if ns is not None else 0,
                              "fraction_of_neurons": ns.fraction_of_neurons() if ns is not None else 0.0}
-        run.write_json(f"{prefix}asr.json", {"judge": getattr(judge, "name", str(judge)), "summary": summary,
-                                             "table": table.to_dict()})
-        run.write_text(f"{prefix}asr.md", _summary_markdown(summary) + "\n\nPer category:\n\n" + table.to_markdown())
+        about = judge_record(judge)
+        run.write_json(f"{prefix}asr.json", {**about, "summary": summary, "table": table.to_dict()})
+        run.write_text(f"{prefix}asr.md", _summary_markdown(summary) + "\n\n" + about["judge_note"]
+                       + "\n\nPer category:\n\n" + table.to_markdown())
         run.write_json(f"{prefix}examples.json", _examples(records, examples))
         info.update(summary={c: s["asr"] for c, s in summary.items()})
     return table
@@ -73,10 +75,11 @@ CAPABILITY_CACHE = "capability_cache"  # one JSON per (model, interventions, tas
 
 
 def capability_key(lm: Any, ns: NeuronSet | None, task: str, n: int | None, k_shot: int,
-                   data_dir: str | None, seed: int = 0) -> str:
+                   data_dir: str | None, seed: int = 0, split: str = "all") -> str:
     """Content key of one capability result: the model's weights checksum, what the interventions do, the
-    task, its questions (n, seed, data dir) and shots. ``--reuse`` carries these results into a new run,
-    so changing one task or adding another re-scores only that one."""
+    task, its questions (n, seed, data dir, evaluation split) and shots. ``--reuse`` carries these results
+    into a new run, so changing one task or adding another re-scores only that one. (``split="all"``, every
+    question as before splits, keeps the keys of earlier runs.)"""
     import hashlib
     import json
 
@@ -84,15 +87,20 @@ def capability_key(lm: Any, ns: NeuronSet | None, task: str, n: int | None, k_sh
 
     if getattr(lm, "checksum", "unknown") in ("", "unknown", None):
         return ""  # weights of unknown identity: never reuse
-    blob = json.dumps({"v": 1, "model": lm.checksum, "interventions": fingerprint(ns), "task": task, "n": n,
-                       "k_shot": k_shot, "seed": seed, "data_dir": data_dir}, sort_keys=True)
+    fields = {"v": 1, "model": lm.checksum, "interventions": fingerprint(ns), "task": task, "n": n,
+              "k_shot": k_shot, "seed": seed, "data_dir": data_dir}
+    if split != "all":
+        fields["split"] = split
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 def capability_stage(run: RunDir, lm: Any, conds: Mapping[str, NeuronSet | None], cap: Any,
-                     data_dir: str | None = None, progress: bool = True, prefix: str = "") -> dict[str, Any]:
+                     data_dir: str | None = None, progress: bool = True, prefix: str = "",
+                     split: str = "all") -> dict[str, Any]:
     """Capability (multiple-choice accuracy, GSM8K exact match) and fluency (perplexity on benign text) per
-    condition. Each task result is also kept under ``capability_cache/`` by :func:`capability_key`."""
+    condition, on the questions of the ``split`` half (``safeneurons.evaluate.capability.split_indices``).
+    Each task result is also kept under ``capability_cache/`` by :func:`capability_key`."""
     from safeneurons.evaluate.cache import GenerationCache
     from safeneurons.evaluate.capability import evaluate_capability, perplexity, resolve_k_shot
     from safeneurons.io import read_json, write_json_atomic
@@ -111,7 +119,7 @@ def capability_stage(run: RunDir, lm: Any, conds: Mapping[str, NeuronSet | None]
                 res["tasks"] = {}
             for task in cap.tasks:
                 k, n = resolve_k_shot(task, cap.k_shot), cap.n_of(task)
-                key = capability_key(lm, ns, task, n, k, data_dir)
+                key = capability_key(lm, ns, task, n, k, data_dir, split=split)
                 cached = run.file(f"{prefix}{CAPABILITY_CACHE}/{key}.json") if key else None
                 if cached is not None and cached.exists():
                     res["tasks"][task] = read_json(cached)
@@ -120,6 +128,7 @@ def capability_stage(run: RunDir, lm: Any, conds: Mapping[str, NeuronSet | None]
                 score = evaluate_capability(lm.model, lm.tokenizer, [task], n=n, interventions=ns, k_shot={task: k},
                                             batch_size=cap.batch_size_of(task), share_prefix=64 if cap.share_prefix else None,
                                             progress=progress, data_dir=data_dir, model_key=getattr(lm, "checksum", ""),
+                                            split=split,
                                             cache=gen_cache if key else None)[task]  # unknown weights: no cache
                 res["tasks"][task] = score.to_dict()
                 if cached is not None:

@@ -23,16 +23,21 @@ from typing import Any, Callable
 from safeneurons.errors import ConfigError
 from safeneurons.evaluate.generate import GenerationConfig
 from safeneurons.neurons import NeuronSet
-from safeneurons.pipelines.attack import CONDITIONS, AttackConfig
+from safeneurons.pipelines.attack import CONDITIONS, AttackConfig, attack_eval_refs
 from safeneurons.pipelines.common import (
     DataConfig,
     IdentifyConfig,
     ModelConfig,
+    check_resumed_split,
     identification_stage,
+    load_eval_data,
     load_identification_data,
+    over_refusal_ref,
     over_refusal_stage,
+    record_eval_sets,
     record_model,
 )
+from safeneurons.pipelines.ledger import EvalSetRef, check_writable, needs_ledger, open_look
 from safeneurons.pipelines.rundir import RunDir, default_run_dir
 from safeneurons.stats import StatsConfig
 from safeneurons.train.dpo_config import SafeNeuronDPOConfig
@@ -68,6 +73,9 @@ class PairsConfig:
                 "and sft_weight, a cut answer teaches stopping mid-sentence and a looping one loops; false: keep them, "
                 "as the runs of docs/results.md up to §4i did)"})
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=96, batch_size=16))
+    judge: str = field(default="refusal", metadata={
+        "help": "judge that labels the model's own replies when building on-policy safety pairs (a refusal is the "
+                "chosen side); the recipes of docs/results used refusal. attack.judge scores the trained models"})
 
     def general_datasets(self) -> dict[str, int]:
         """Each dataset of ``general_dataset`` with its share of ``n_general`` (the first ones take the
@@ -107,6 +115,10 @@ class TrainRunConfig:
             raise ConfigError(f"train.methods: unknown {bad}; choose from {', '.join(METHODS)}.")
         if self.rounds < 1:
             raise ConfigError(f"train.rounds must be >= 1, got {self.rounds}.")
+        if self.data.split != "dev":
+            raise ConfigError(f"train: data.split = {self.data.split!r} is not read here (data picks the "
+                              "identification and training prompts); the evaluation split is "
+                              "attack.data.split, set with --split.")
         if self.pairs.general_chosen not in GENERAL_CHOSEN:
             raise ConfigError(f"train.pairs.general_chosen {self.pairs.general_chosen!r}; choose from "
                               f"{', '.join(GENERAL_CHOSEN)}.")
@@ -133,20 +145,26 @@ def _dpo_config(cfg: TrainRunConfig) -> SafeNeuronDPOConfig:
 def general_prompts(cfg: TrainRunConfig) -> Any:
     """The ``n_general`` benign prompts of the helpfulness pairs (a seeded sample of each dataset of
     ``general_dataset``). When a dataset is also a capability task (``gsm8k``), the questions the capability
-    check scores (the same seeded indices as :func:`safeneurons.evaluate.capability.subsample`) are removed
-    first, so no evaluated question is trained on."""
+    check scores (the same seeded indices as :func:`safeneurons.evaluate.capability.split_indices`) are
+    removed first, so no evaluated question is trained on. With evaluation splits (``attack.data.split`` dev
+    or test) the whole test half and the dev questions scored are removed, whichever half this run scores, so
+    the training data and the trained models do not depend on the split (``all``: as before splits)."""
     from safeneurons.data import PromptSet, load_prompts
-    from safeneurons.evaluate.capability import subsample
+    from safeneurons.evaluate.capability import scored_keys
 
     cap, parts = cfg.attack.capability, []
+    split = "all" if cfg.attack.data.split == "all" else "dev"
     for task, n in cfg.pairs.general_datasets().items():
         ps = load_prompts(task, data_dir=cfg.data.data_dir)
-        if task in cap.tasks:
-            scored = {f"{task}-{i}" for i in subsample(len(ps), cap.n_of(task), 0)}
-            ps = ps.filter(lambda p: p.id not in scored, f"without the {len(scored)} questions the capability check scores")
+        if task in cap.tasks:  # dataset ids "<task>-<question id>", capability keys "<task>:<question id>"
+            pool, scored = scored_keys(task, cap.n_of(task), 0, split, cfg.data.data_dir)
+            free = set(pool) - set(scored)
+            note = f"without the {len(scored)} questions the capability check scores" + (
+                "" if split == "all" else f" and the {len(ps) - len(pool)} of the test split")
+            ps = ps.filter(lambda p: f"{task}:{p.id.rsplit('-', 1)[-1]}" in free, note)
             if not ps.prompts:
-                raise ConfigError(f"train.pairs.general_dataset = {task!r}: the capability check scores every question; "
-                                  f"lower attack.capability.n_per_task.{task}.")
+                raise ConfigError(f"train.pairs.general_dataset = {task!r}: no question is left to train on "
+                                  f"({note}); lower attack.capability.n_per_task.{task}.")
         parts.append(ps.sample(n, cfg.data.seed + 1))
     if len(parts) == 1:
         return parts[0]
@@ -202,7 +220,8 @@ def build_pairs(run: RunDir, lm: Any, cfg: TrainRunConfig, harmful: Any, full: A
     with run.stage("pairs") as info:
         cache = GenerationCache(run.file("generations.sqlite"))
         gen = generate_fn_for(lm.model, lm.tokenizer, cfg.pairs.generation, cache=cache, model_key=lm.checksum)
-        judge = make_judge(cfg.attack.judge, **cfg.attack.judge_params)
+        judge = (make_judge(cfg.attack.judge, **cfg.attack.judge_params) if cfg.pairs.judge == cfg.attack.judge
+                 else make_judge(cfg.pairs.judge))
         safety, rep_s = onpolicy_safety_pairs(harmful.texts()[: cfg.pairs.n_safety], gen, full, judge)
         if cfg.pairs.hh_rlhf:
             hh, _ = hh_rlhf_pairs(data_dir=cfg.data.data_dir, single_turn=True, limit=cfg.pairs.hh_rlhf)
@@ -260,7 +279,11 @@ def _training_inputs(config: dict[str, Any], method: str | None = None) -> dict[
         if isinstance(out.get(section), dict):
             out[section] = {k: v for k, v in out[section].items() if k not in ("save_steps", "keep_checkpoints")}
     attack = config.get("attack") or {}
-    out["pair_judge"] = {"judge": attack.get("judge"), "judge_params": attack.get("judge_params")}
+    pair_judge = (config.get("pairs") or {}).get("judge", attack.get("judge"))  # runs before pairs.judge: attack's
+    out["pair_judge"] = {"judge": pair_judge,
+                         "judge_params": attack.get("judge_params") if pair_judge == attack.get("judge") else {}}
+    if isinstance(out.get("pairs"), dict):
+        out["pairs"] = {k: v for k, v in out["pairs"].items() if k != "judge"}  # counted once, in pair_judge
     general = (config.get("pairs") or {}).get("general_dataset")
     cap = attack.get("capability") or {}
     tasks, n_per_task = cap.get("tasks") or (), cap.get("n_per_task") or {}
@@ -393,6 +416,10 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
     from safeneurons.train.dpo import iterate_rounds, train_safeneuron_dpo
     from safeneurons.train.sft import sn_tune
 
+    split = cfg.attack.data.split
+    if needs_ledger(split):  # a test scoring: fail on an unwritable ledger before hours of training
+        check_writable()
+    check_resumed_split(out, "attack.data.split", split)
     run = RunDir(out or default_run_dir("train"), "train", cfg)
     sources = [] if reuse is None else [reuse] if isinstance(reuse, (str, Path)) else list(reuse)
 
@@ -459,21 +486,42 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
             info["model_dir"] = model_dir
         models.update(_trained_models(method, info))
         del lm_m
+    refs = eval_refs(cfg)
+    record_eval_sets(run, refs)
+    # one look for every model: opened before the first held-out prompt is generated, closed with the table
+    look = open_look(run.path, run.manifest["config"], lm.checksum, refs) if needs_ledger(split) else None
     robustness: dict[str, Any] = {}
+    checksums: dict[str, str] = {}
     for name, spec in models.items():
         m = lm if name == "original" else load_model(str(spec), dtype=cfg.model.dtype, device=cfg.model.device)
-        apath = run_attack(cfg.attack, run.path / f"attack-{name}", progress=progress, lm=m)
+        checksums[name] = m.checksum
+        apath = run_attack(cfg.attack, run.path / f"attack-{name}", progress=progress, lm=m, look=look)
         robustness[name] = {"attack_dir": str(apath)}
         if cfg.over_refusal_n:
             robustness[name]["over_refusal"] = over_refusal_stage(
                 run, f"over_refusal/{name}.json", m.model, m.tokenizer, n=cfg.over_refusal_n,
-                data_dir=cfg.data.data_dir, seed=cfg.data.seed, generation=cfg.attack.generation)
+                data_dir=cfg.data.data_dir, seed=cfg.data.seed, split=split, generation=cfg.attack.generation)
     table = _robustness_table(run.path, robustness, cfg.attack.capability.metric_of)
     run.write_json("robustness.json", table)
     rounds = run.manifest["stages"].get("train:safeneuron", {}).get("rounds", [])
     run.write_text("robustness.md", robustness_markdown(table, rounds))
+    if look is not None:
+        headline = ("asr", "over_refusal", "capability")
+        look.close(models=checksums, robustness={name: {k: row.get(k) for k in headline}
+                                                 for name, row in table.items()})
     run.finish()
     return run.path
+
+
+def eval_refs(cfg: TrainRunConfig) -> list[EvalSetRef]:
+    """The evaluation sets every model of a train run is scored on (``attack.data.split``): the attack's
+    held-out prompts and capability questions, and the XSTest over-refusal sample."""
+    harmful, harmless = load_identification_data(cfg.attack.data)
+    refs = attack_eval_refs(cfg.attack, load_eval_data(cfg.attack.data, [harmful, harmless]))
+    if cfg.over_refusal_n:
+        refs.append(over_refusal_ref(cfg.over_refusal_n, cfg.data.data_dir, cfg.data.seed,
+                                     cfg.attack.data.split))
+    return refs
 
 
 def _trained_models(method: str, info: dict[str, Any]) -> dict[str, str]:

@@ -191,9 +191,9 @@ def read_json(root: Path, rel: str) -> Any:
     except UnicodeDecodeError as exc:
         return Missing(rel, f"{rel} is not UTF-8 text (byte {exc.start})", "unreadable")
     except json.JSONDecodeError as exc:
-        tail = raw.rstrip()[-1:]
+        # the parser ran out of text mid-value: the file ends where the error is, so it was cut
         hint = "; the file looks truncated (the run may have stopped while writing it)" \
-            if tail not in (b"}", b"]", b'"') and not tail.isdigit() else ""
+            if exc.pos >= len(exc.doc.rstrip()) else ""
         return Missing(rel, f"{rel} is not valid JSON ({exc.msg}: line {exc.lineno}, column {exc.colno}{hint})",
                        "unreadable")
     except (ValueError, RecursionError) as exc:
@@ -322,6 +322,7 @@ class AsrResults:
     by_category: dict[str, dict[str, AsrCell]] | Missing  # category -> condition -> cell
     definition: str = ""
     problems: tuple[str, ...] = ()
+    judge_note: str = ""  # judge, version and agreement with labelled replies (asr.json's judge_note)
 
     @property
     def conditions(self) -> list[str]:
@@ -374,7 +375,19 @@ def parse_asr(raw: Any) -> AsrResults:
     else:
         cat_m = by_cat
     return AsrResults(judge=_label(d.get("judge"), "n/a"), summary=summary, by_category=cat_m,
-                      definition=definition, problems=tuple(problems))
+                      definition=definition, problems=tuple(problems),
+                      judge_note=_text(d.get("judge_note"), 600) or _later_judge_note(_label(d.get("judge"))))
+
+
+def _later_judge_note(judge: str) -> str:
+    """For a run written before results named their judge's agreement: the judge's current validation record,
+    said to be later than the run (the run's judge version is not known)."""
+    from safeneurons.evaluate.validation import judge_card
+
+    card = judge_card(judge) if judge else None
+    if card is None:
+        return ""
+    return f"Judge: {card.line()} [validated after this run; the run did not record its judge version]."
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@
 >>> make_judge("refusal").judge("How do I pick a lock?", "I'm sorry, but I can't help with that.").label
 'refusal'
 
-Registered judges (:data:`JUDGES`): ``refusal`` / ``keyword`` (multilingual phrase matching), ``gcg`` (the GCG
-keyword metric), ``model`` (chat model + StrongREJECT or yes/no rubric), ``llama_guard`` (Llama Guard 3),
+Registered judges (:data:`JUDGES`): ``guard`` (linear heads over a small model's hidden states, fitted on
+labelled replies), ``refusal`` / ``keyword`` (multilingual phrase matching), ``gcg`` (the GCG keyword metric), ``model`` (chat model + StrongREJECT or yes/no rubric), ``llama_guard`` (Llama Guard 3),
 ``openai`` (an OpenAI-compatible endpoint). Importing this package imports no torch; model judges load it
 when built."""
 
@@ -21,6 +21,7 @@ from safeneurons.evaluate.judges.base import (
     normalize_language,
 )
 from safeneurons.evaluate.judges.degenerate import DegenerateConfig, degenerate_reason, distinct_n
+from safeneurons.evaluate.judges.guard import GuardHeads, GuardJudge
 from safeneurons.evaluate.judges.llama_guard import LlamaGuardJudge, parse_llama_guard
 from safeneurons.evaluate.judges.model_judge import (
     RUBRICS,
@@ -41,6 +42,8 @@ __all__ = [
     "SUPPORTED_LANGUAGES",
     "ChatBackend",
     "DegenerateConfig",
+    "GuardHeads",
+    "GuardJudge",
     "HFChatBackend",
     "Item",
     "Judge",

@@ -123,6 +123,8 @@ class Judge(abc.ABC):
     inside ``judge_many``, so prefer it for more than a handful of items."""
 
     name: str = "judge"
+    version: str = ""
+    """What exactly judged: a hash of the phrase lists or the fitted heads, a model id; shown beside tables."""
 
     def judge(self, prompt: str, response: str, language: str = "en") -> Verdict:
         return self.judge_many([(prompt, response, language)])[0]

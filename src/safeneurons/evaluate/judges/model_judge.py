@@ -251,6 +251,8 @@ class ModelJudge(Judge):
         self.degenerate_config = degenerate_config or DegenerateConfig()
         self.max_response_chars = max_response_chars
         self.name = name or f"model:{self.rubric.name}"
+        who = getattr(getattr(backend, "model", None), "name_or_path", "") or type(backend).__name__
+        self.version = f"{Path(str(who)).name} rubric {self.rubric.name}"
 
     def judge_many(self, items: Sequence[Item]) -> list[Verdict]:
         checked = coerce_items(items)

@@ -38,6 +38,7 @@ judged compliance; a refusal followed by the requested content is judged refusal
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import warnings
@@ -253,6 +254,9 @@ class RefusalJudge(Judge):
         )
         self.name = name or ("gcg" if self.mode == "gcg" else "refusal")
         self._warned: set[str] = set()
+        settings = (self.mode, self.gcg_keywords, sorted(self.phrase_sets.items()), head_sentences, head_chars,
+                    weak_sentences, weak_chars, include_english, quote_aware, repr(self.degenerate_config))
+        self.version = f"{self.mode} {hashlib.sha256(repr(settings).encode()).hexdigest()[:12]}"
 
     @property
     def languages(self) -> tuple[str, ...]:
