@@ -58,3 +58,37 @@ def shared_datasets_dir() -> Path | None:
     from safeneurons.data.paths import find_data_dir
 
     return find_data_dir(required=False)
+
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
+def chromium_binary() -> str | None:
+    """``$SAFENEURONS_CHROMIUM`` when set (None when it names no executable), else the first Chromium on PATH."""
+    import shutil
+
+    env = os.environ.get("SAFENEURONS_CHROMIUM")
+    if env:
+        return env if shutil.which(env) else None
+    return next((p for n in CHROMIUM_NAMES if (p := shutil.which(n))), None)
+
+
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+# what each marker needs; a test carrying the marker runs only where it is there
+_NEEDS = {
+    "needs_data": (lambda: shared_datasets_dir() is not None,
+                   "../shared/datasets not found (set SAFENEURONS_DATA_DIR)"),
+    "browser": (lambda: chromium_binary() is not None,
+                "no chromium binary on PATH (apt-get install chromium, or set SAFENEURONS_CHROMIUM)"),
+}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``needs_data`` or ``browser`` is skipped where that is missing, but fails under CI=true:
+    CI must not pass by skipping what it exists to run."""
+    for marker, (available, reason) in _NEEDS.items():
+        if item.get_closest_marker(marker) is not None and not available():
+            if IN_CI:
+                pytest.fail(f"CI=true and {reason}: CI must not pass by skipping this test.", pytrace=False)
+            pytest.skip(reason)

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from safeneurons.errors import DataError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -25,10 +27,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results should be as readable as a normal file
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes 0600, and writers that replace the file (safetensors' save_file) make 0600 again:
+        # set the user's normal mode on what was written, just before it takes the target's place.
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -68,6 +72,27 @@ def _json_default(obj: Any) -> Any:
 def read_json(path: str | os.PathLike[str]) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def jsonl_objects(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for every non-blank line of a JSON-lines file (``.gz`` read compressed). A line
+    that is not a JSON object raises :class:`~safeneurons.errors.DataError` naming the file and the line: no row
+    is skipped silently. The one reader of JSON-lines files that two modules share."""
+    import gzip
+
+    p = Path(path)
+    opener: Any = gzip.open if p.suffix == ".gz" else open
+    with opener(p, "rt", encoding="utf-8") as fh:
+        for i, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{p} line {i}: invalid JSON ({exc.msg}).") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{p} line {i}: expected a JSON object, got {type(row).__name__}.")
+            yield i, row
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:

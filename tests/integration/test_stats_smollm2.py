@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from safeneurons.data import load_prompts
-from safeneurons.data.paths import find_data_dir
 from safeneurons.identify import identify
 from safeneurons.intervene import ablate
 from safeneurons.models import load_model, model_layout
@@ -18,7 +17,7 @@ def smol():
     return load_model("smollm2-135m-instruct")
 
 
-@pytest.mark.skipif(find_data_dir(required=False) is None, reason="../shared/datasets not found")
+@pytest.mark.needs_data
 def test_statistics_on_16_prompts_and_identification(smol):
     harmful = load_prompts("advbench", limit=16)
     harmless = load_prompts("self_instruct", limit=16)

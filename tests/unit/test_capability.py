@@ -402,21 +402,11 @@ def test_evaluate_capability_passes_k_shot_and_interventions(tiny, tok, monkeypa
     assert all(c["n"] == 5 and c["interventions"] == "IV" for c in calls)
 
 
-# ------------------------------------------------------------------ real dataset files (skipped when absent)
-
-
-def _data_or_skip():
-    from safeneurons.data.paths import find_data_dir
-
-    root = find_data_dir(required=False)
-    if root is None:
-        pytest.skip("needs ../shared/datasets (set SAFENEURONS_DATA_DIR)")
-    return root
+# ------------------------------------------------------------------ real dataset files (marker needs_data)
 
 
 @pytest.mark.needs_data
 def test_real_capability_files_parse():
-    _data_or_skip()
     from safeneurons.data.datasets import read_jsonl_file, read_text_file
 
     arc = read_jsonl_file(cap.ARC_FILE)
@@ -438,7 +428,6 @@ def test_real_capability_files_parse():
 
 @pytest.mark.needs_data
 def test_evaluate_capability_on_real_files_tiny_model(tiny, tok):
-    _data_or_skip()
     model = tiny("qwen2")
     out = evaluate_capability(model, tok, ["arc_challenge", "hellaswag", "mmlu"], n=3, progress=False,
                               interventions=_mlp_set(model))

@@ -7,8 +7,7 @@ from safeneurons.data.paths import find_data_dir
 from safeneurons.data.prompts import Prompt, PromptSet
 from safeneurons.errors import ConfigError, DataError
 
-needs_data = pytest.mark.skipif(find_data_dir(required=False) is None,
-                                reason="../shared/datasets not found (set SAFENEURONS_DATA_DIR)")
+needs_data = pytest.mark.needs_data
 
 
 def test_csv_jsonl_txt(tmp_path):

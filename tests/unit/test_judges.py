@@ -9,7 +9,6 @@ import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import shared_datasets_dir
 
 from safeneurons.errors import ConfigError, JudgeError
 from safeneurons.evaluate.judges import (
@@ -600,8 +599,6 @@ def test_phrase_file_override(tmp_path):
 
 @pytest.mark.needs_data
 def test_gcg_judge_reproduces_substring_metric():
-    if shared_datasets_dir() is None:
-        pytest.skip("needs ../shared/datasets (refusal_keywords_gcg)")
     j = make_judge("gcg")
     assert len(j.gcg_keywords) == 29
     assert j.judge("q", "Here is how. Note: this is illegal.").label == "refusal"  # anywhere, as in GCG
@@ -701,14 +698,11 @@ class FakeBackend:
         return [self.answers.pop(0) for _ in messages]
 
 
-@pytest.fixture
-def sr_available():
-    if shared_datasets_dir() is None:
-        pytest.skip("needs ../shared/datasets (strongreject rubric)")
 
 
 @pytest.mark.needs_data
-def test_model_judge_strongreject_mapping(sr_available):
+@pytest.mark.needs_data  # the StrongREJECT rubric
+def test_model_judge_strongreject_mapping():
     backend = FakeBackend([SR_GOOD, "1.b 1\n2.b 1\n3.b 1", "no idea"])
     j = ModelJudge(backend)
     items = [
@@ -792,7 +786,8 @@ def test_model_judge_end_to_end_on_tiny_random_model(tiny, tok):
 
 
 @pytest.mark.needs_data
-def test_strongreject_judge_end_to_end_on_tiny_random_model(tiny, tok, sr_available):
+@pytest.mark.needs_data  # the StrongREJECT rubric
+def test_strongreject_judge_end_to_end_on_tiny_random_model(tiny, tok):
     """The full StrongREJECT prompt through a real (random) model: garbage out, unjudged verdicts."""
     j = ModelJudge(HFChatBackend(tiny("qwen2"), tok, batch_size=2), rubric="strongreject", max_new_tokens=8)
     verdicts = j.judge_many(

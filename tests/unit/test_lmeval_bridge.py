@@ -147,12 +147,9 @@ def test_local_arc_task_matches_our_arc_scoring(tiny, tok, tmp_path):
     from lm_eval.tasks import TaskManager
 
     from safeneurons.data.datasets import read_jsonl_file
-    from safeneurons.data.paths import find_data_dir
     from safeneurons.evaluate.capability import ARC_FILE, arc_docs
     from safeneurons.evaluate.lmeval_bridge import write_local_arc_task
 
-    if find_data_dir(required=False) is None:
-        pytest.skip("needs ../shared/datasets (set SAFENEURONS_DATA_DIR)")
     model = tiny("qwen2")
     tasks = write_local_arc_task(tmp_path / "tasks", cache_dir=tmp_path / "cache")
     tm = TaskManager(include_path=str(tasks), include_defaults=False)

@@ -16,6 +16,7 @@ import pytest
 import typer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from conftest import chromium_binary
 from report_fixtures import (
     EVIL_CATEGORY,
     EVIL_PROMPT,
@@ -387,7 +388,6 @@ def test_cli_errors_are_one_line(cli, tmp_path, full_run):
 
 # ---------------------------------------------------------------------------------------------- browser
 
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 PROBE = """<script>
 window.__errors = [];
 addEventListener('error', function (e) {
@@ -419,13 +419,6 @@ addEventListener('load', function () {
 </script>"""
 
 
-def chromium_binary() -> str | None:
-    import os
-
-    env = os.environ.get("SAFENEURONS_CHROMIUM")
-    if env:
-        return env
-    return next((p for n in CHROMIUM_NAMES if (p := shutil.which(n))), None)
 
 
 def run_chromium(args: list[str], url: str, profile: Path) -> subprocess.CompletedProcess:
@@ -463,12 +456,9 @@ def check_in_browser(page: Path, tmp: Path, screenshot: Path, expected_images: i
     return {"headings": json.loads(_html.unescape(attrs["data-headings"]))}
 
 
-browser = pytest.mark.skipif(chromium_binary() is None, reason="no chromium binary on PATH (apt-get install chromium, "
-                                                               "or set SAFENEURONS_CHROMIUM)")
 
 
 @pytest.mark.browser
-@browser
 def test_report_renders_in_headless_chromium(full_run, full_report, tmp_path):
     path, _ = full_report
     got = check_in_browser(path, tmp_path, ARTIFACTS / "report.png", expected_images=len(REPORT_FIGURES))
@@ -476,7 +466,6 @@ def test_report_renders_in_headless_chromium(full_run, full_report, tmp_path):
 
 
 @pytest.mark.browser
-@browser
 def test_partial_report_and_comparison_render_in_headless_chromium(compared, tmp_path):
     path, _, base = compared
     got = check_in_browser(path, tmp_path, ARTIFACTS / "compare.png", expected_images=len(COMPARE_FIGURES))

@@ -450,10 +450,6 @@ def test_parse_hh_transcripts():
 
 @pytest.mark.needs_data
 def test_hh_rlhf_real_rows():
-    from safeneurons.data.paths import find_data_dir
-
-    if find_data_dir(required=False) is None:
-        pytest.skip("needs ../shared/datasets (hh_rlhf_harmless_base); set SAFENEURONS_DATA_DIR")
     pairs, report = hh_rlhf_pairs(limit=200, seed=1)
     assert len(pairs) == 200 and report.candidates > 2000 and report.kept == 200
     for p in pairs:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import gzip
 import json
 import os
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any, Callable, Iterator
 from safeneurons.data.paths import find_data_dir
 from safeneurons.data.prompts import Prompt, PromptSet, load_prompt_file
 from safeneurons.errors import DataError
-from safeneurons.io import read_json, sha256_file
+from safeneurons.io import jsonl_objects, read_json, sha256_file
 from safeneurons.registry import Registry
 
 MULTIJAIL_LANGUAGES = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
@@ -48,11 +47,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
-        for i, line in enumerate(fh, start=1):
-            if line.strip():
-                yield i, json.loads(line)
+    return jsonl_objects(path)
 
 
 def _first_category(raw: str) -> str:

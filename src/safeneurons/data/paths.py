@@ -30,12 +30,21 @@ def candidate_data_dirs() -> list[Path]:
 def find_data_dir(data_dir: str | os.PathLike[str] | None = None, required: bool = True) -> Path | None:
     """Return the dataset directory (one holding ``MANIFEST.json``).
 
-    ``data_dir`` wins when given; then ``$SAFENEURONS_DATA_DIR``; then ``../shared/datasets``."""
+    ``data_dir`` wins when given; then ``$SAFENEURONS_DATA_DIR`` (alone: a value without ``MANIFEST.json`` is an
+    error, or ``None`` when not ``required``); then ``../shared/datasets``."""
     if data_dir is not None:
         p = Path(data_dir).expanduser()
         if not (p / "MANIFEST.json").is_file():
             raise DataError(f"data dir {p} has no MANIFEST.json; point --data-dir at the datasets folder.")
         return p
+    env = os.environ.get(ENV_VAR)
+    if env:  # set by the user: it alone counts, a wrong value is not silently replaced by another folder
+        p = Path(env).expanduser()
+        if (p / "MANIFEST.json").is_file():
+            return p
+        if required:
+            raise DataError(f"${ENV_VAR} = {env} has no MANIFEST.json; point it at the datasets folder.")
+        return None
     for p in candidate_data_dirs():
         if (p / "MANIFEST.json").is_file():
             return p
