@@ -74,15 +74,68 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.load(fh)
 
 
+def _open_text(path: Path) -> Any:
+    """A UTF-8 text handle on ``path`` (gzip-compressed when it ends in ``.gz``), newlines untranslated."""
+    if path.suffix == ".gz":
+        import gzip
+
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def read_text_maybe_gz(path: str | os.PathLike[str]) -> str:
+    with _open_text(Path(path)) as fh:
+        return fh.read()
+
+
+def csv_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(row number, record)`` for every record of a CSV file with a header row (row 1), parsed strictly: a
+    quote that does not open or close a field where CSV allows it, a file that ends inside a quoted field,
+    a record with more or fewer fields than the header, a blank or repeated header name, or bytes that are
+    not UTF-8 raise :class:`~safeneurons.errors.DataError` naming the file, the row and the line it starts
+    on. So a stray ``"`` can no longer merge rows silently: a file loads every record or fails naming one.
+    Quoted fields may span lines (the record's row number stays one); blank lines are not records."""
+    import csv
+
+    p = Path(path)
+    with _open_text(p) as fh:
+        reader = csv.reader(fh, strict=True)
+        row_no, header = 1, None
+        while True:
+            start = reader.line_num + 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise DataError(f"{p} row {row_no + (header is not None)} (line {start}): malformed CSV ({exc}); "
+                                "look for a stray or unbalanced quote.") from None
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{p}: not UTF-8 text (byte {exc.start} of a chunk near line {start}).") from None
+            if not fields:
+                continue
+            if header is None:
+                header = fields
+                bad = [h for h in header if not h.strip()]
+                if bad or len(set(header)) != len(header):
+                    raise DataError(f"{p} row 1 (line {start}): the header needs distinct, non-empty column names; "
+                                    f"got {header}.")
+                continue
+            row_no += 1
+            if len(fields) != len(header):
+                spans = f"; it spans lines {start}–{reader.line_num}, so a quote may have joined lines" \
+                    if reader.line_num > start else ""
+                raise DataError(f"{p} row {row_no} (line {start}): {len(fields)} fields where the header has "
+                                f"{len(header)}{spans}.")
+            yield row_no, dict(zip(header, fields))
+
+
 def jsonl_objects(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for every non-blank line of a JSON-lines file (``.gz`` read compressed). A line
     that is not a JSON object raises :class:`~safeneurons.errors.DataError` naming the file and the line: no row
     is skipped silently. The one reader of JSON-lines files that two modules share."""
-    import gzip
-
     p = Path(path)
-    opener: Any = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "rt", encoding="utf-8") as fh:
+    with _open_text(p) as fh:
         for i, line in enumerate(fh, start=1):
             if not line.strip():
                 continue

@@ -7,7 +7,6 @@ or, when absent and online, from the Hugging Face Hub.
 from __future__ import annotations
 
 import ast
-import csv
 import json
 import os
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any, Callable, Iterator
 from safeneurons.data.paths import find_data_dir
 from safeneurons.data.prompts import Prompt, PromptSet, load_prompt_file
 from safeneurons.errors import DataError
-from safeneurons.io import jsonl_objects, read_json, sha256_file
+from safeneurons.io import csv_records, jsonl_objects, read_json, sha256_file
 from safeneurons.registry import Registry
 
 MULTIJAIL_LANGUAGES = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
@@ -41,9 +40,7 @@ DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    with open(path, encoding="utf-8", newline="") as fh:
-        for i, row in enumerate(csv.DictReader(fh), start=2):
-            yield i, row
+    return csv_records(path)
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

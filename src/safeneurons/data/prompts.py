@@ -9,7 +9,6 @@ prompts already scored in published runs (``burned.json``) are always dev."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import re
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from safeneurons.errors import DataError
-from safeneurons.io import jsonl_objects, sha256_file, sha256_text
+from safeneurons.io import csv_records, jsonl_objects, read_text_maybe_gz, sha256_file, sha256_text
 
 TEXT_FIELDS = ("prompt", "forbidden_prompt", "instruction", "text", "question", "Behavior", "goal")
 CATEGORY_FIELDS = ("category", "SemanticCategory", "risk_area", "harm_category")
@@ -258,32 +257,21 @@ def load_prompt_file(path: str | Path, column: str | None = None, response_colum
         raise DataError(f"prompt file {p} does not exist.")
     suffix = "".join(p.suffixes[-2:]) if p.suffix == ".gz" else p.suffix
     prompts: list[Prompt] = []
-    opener: Callable[..., Any]
-    if p.suffix == ".gz":
-        import gzip
-
-        opener = lambda: gzip.open(p, "rt", encoding="utf-8")  # noqa: E731
+    if suffix.startswith(".csv"):
+        for i, row in csv_records(p):
+            prompts.append(_row_prompt(p, i, row, column, response_column))
+    elif suffix.startswith(".jsonl"):
+        for i, row in jsonl_objects(p):
+            prompts.append(_row_prompt(p, i, row, column, response_column))
+    elif suffix.startswith(".txt"):
+        try:
+            lines = read_text_maybe_gz(p).splitlines()
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+        prompts = [Prompt(text=line.strip(), id=str(i), source=str(p)) for i, line in enumerate(lines, 1)
+                   if line.strip()]
     else:
-        opener = lambda: open(p, encoding="utf-8", newline="")  # noqa: E731
-    try:
-        with opener() as fh:
-            if suffix.startswith(".csv"):
-                reader = csv.DictReader(fh)
-                for i, row in enumerate(reader, start=2):  # row 1 is the header
-                    prompts.append(_row_prompt(p, i, row, column, response_column))
-            elif suffix.startswith(".jsonl"):
-                for i, row in jsonl_objects(p):
-                    prompts.append(_row_prompt(p, i, row, column, response_column))
-            elif suffix.startswith(".txt"):
-                for i, line in enumerate(fh, start=1):
-                    if line.strip():
-                        prompts.append(Prompt(text=line.strip(), id=str(i), source=str(p)))
-            else:
-                raise DataError(f"{p}: unsupported prompt file type {suffix!r}; use .csv, .jsonl or .txt.")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
-    except csv.Error as exc:
-        raise DataError(f"{p}: malformed CSV ({exc}).") from None
+        raise DataError(f"{p}: unsupported prompt file type {suffix!r}; use .csv, .jsonl or .txt.")
     if not prompts:
         raise DataError(f"{p}: no prompts found (the file is empty).")
     return PromptSet(name or p.stem, prompts, origin=str(p), sha256="sha256:" + sha256_file(p))
