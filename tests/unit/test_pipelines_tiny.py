@@ -35,6 +35,11 @@ def test_attack_pipeline_writes_tables_and_resumes(tmp_path):
     assert set(cap) == {"ORI", "FULL", "RANDOM0"} and "perplexity" in cap["ORI"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["data"]["eval_overlap_removed"] == 25
+    # the judge, its version and its agreement with the labelled replies stand under the table
+    about = json.loads((out / "asr.json").read_text())
+    assert about["judge"] == "refusal" and about["judge_version"].startswith("phrases ")
+    assert about["judge_validation"]["part"] == "report" and about["judge_validation"]["refusal"]["kappa"] > 0
+    assert about["judge_note"] in (out / "asr.md").read_text() and "κ" in about["judge_note"]
     # resume: every stage done, nothing recomputed
     before = {k: v["finished"] for k, v in manifest["stages"].items()}
     run_attack(cfg, out, progress=False, lm=tiny_lm())
@@ -44,6 +49,7 @@ def test_attack_pipeline_writes_tables_and_resumes(tmp_path):
     from safeneurons.report.publish import publish_run
 
     files = {p.relative_to(tmp_path / "pub").as_posix() for p in publish_run(out, tmp_path / "pub")}
+    assert "refusal κ" in (tmp_path / "pub" / "report.html").read_text()
     assert {"asr.json", "asr.md", "manifest.json", "neurons/FULL.json", "report.html"} <= files
     assert not any(f.endswith((".safetensors", ".sqlite")) or f.startswith("completions/") for f in files)
     assert not any(f.startswith("capability_cache/") for f in files)
@@ -322,6 +328,7 @@ def test_train_pipeline_rounds_attack_every_round(tmp_path):
     from safeneurons.report.publish import publish_run
 
     files = {p.relative_to(tmp_path / "pub").as_posix() for p in publish_run(out, tmp_path / "pub")}
+    assert "refusal κ" in (tmp_path / "pub" / "report.html").read_text()
     assert {"robustness.md", "pairs.jsonl", "safeneuron/round_2/neurons.json", "safeneuron/round_2/train_log.json",
             "attack-safeneuron_T2/asr.json"} <= files
     assert not any("/model/" in f or "/trainer/" in f or f.endswith(".safetensors") for f in files)

@@ -240,7 +240,7 @@ class JudgeValidation:
 
     def line(self) -> str:
         """One line for a table footer: judge, version, and both agreements on the report part."""
-        return (f"judge {self.judge} ({self.version}) on {self.n} labelled replies ({self.part} part): "
+        return (f"{self.judge} ({self.version}) on {self.n} labelled replies ({self.part} part): "
                 f"refusal {self.refusal.short()}; harmful compliance {self.harmful.short()}")
 
 

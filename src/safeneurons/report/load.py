@@ -379,6 +379,26 @@ def parse_asr(raw: Any) -> AsrResults:
                       judge_note=_text(d.get("judge_note"), 600) or _later_judge_note(_label(d.get("judge"))))
 
 
+def config_text_of(root: Path) -> str:
+    text = read_text(root, CONFIG, 40_000)
+    return text if isinstance(text, str) else ""
+
+
+def _ml_judge_note(root: Path, config_text: str) -> str:
+    """The multilingual tables' judge line: ``multilingual/judge.json``, else (runs before it) the judge the
+    run's config names, with its current record marked as later than the run."""
+    about = read_json(root, "multilingual/judge.json")
+    if isinstance(about, Mapping) and isinstance(about.get("judge_note"), str):
+        return _text(about["judge_note"], 600)
+    try:
+        import yaml
+
+        judge = (yaml.safe_load(config_text) or {}).get("judge", "refusal")
+    except Exception:  # noqa: BLE001 - an unreadable config leaves the line out, the config box says why
+        return ""
+    return _later_judge_note(str(judge))
+
+
 def _later_judge_note(judge: str) -> str:
     """For a run written before results named their judge's agreement: the judge's current validation record,
     said to be later than the run (the run's judge version is not known)."""
@@ -827,6 +847,7 @@ class RunData:
     ml_asr: dict[str, dict[str, AsrCell]] | Missing
     ml_overlap: Overlap | Missing
     ml_counts: dict[str, LanguageCounts] | Missing
+    ml_judge_note: str = ""  # multilingual/judge.json's judge_note (judge, version, agreement)
     files: list[FileStatus] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -906,6 +927,7 @@ def load_run(path: str | Path) -> RunData:
         ml_asr=load(root, ML_ASR, parse_ml_asr),
         ml_overlap=load(root, ML_OVERLAP, parse_overlap),
         ml_counts=load(root, ML_COUNTS, parse_ml_counts),
+        ml_judge_note=_ml_judge_note(root, config_text_of(root)) if (root / ML_ASR).is_file() else "",
     )
     run.files = _file_statuses(run)
     if isinstance(run.asr, AsrResults):
