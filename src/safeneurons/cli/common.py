@@ -42,16 +42,58 @@ def setup_logging(quiet: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+DEBUG_ENV = "SAFENEURONS_DEBUG"
+
+
+def debugging() -> bool:
+    """``--debug`` (which sets ``$SAFENEURONS_DEBUG``) or the variable set by hand: show tracebacks."""
+    import os
+
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def failure_line(exc: BaseException) -> tuple[str, int]:
+    """The one line a failure is reported as, and the exit code: 2 for what the user can fix (a bad config,
+    file, model folder, an unreadable or unwritable path), 1 for anything else (a bug: ``--debug`` shows it)."""
+    import json
+
+    if isinstance(exc, SafeneuronsError):
+        return str(exc), 2
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        also = f" -> {exc.filename2}" if getattr(exc, "filename2", None) else ""
+        return f"{exc.strerror or type(exc).__name__}:{where}{also}", 2
+    if isinstance(exc, json.JSONDecodeError):
+        return f"invalid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})", 2
+    if type(exc).__name__ == "SafetensorError":
+        return f"unreadable safetensors file ({exc}); delete it to recompute, or restore it", 2
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:400]}{'…' if len(text) > 400 else ''} (--debug shows the traceback)", 1
+
+
 def friendly_errors(fn: F) -> F:
-    """Print a :class:`SafeneuronsError` as one red line and exit 2; other errors keep their traceback."""
+    """Every failure of a command is one red line (:func:`failure_line`) and an exit code; the traceback only
+    with ``--debug``. Ctrl-C says that finished stages are kept and that the same command resumes (exit 130)."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except SafeneuronsError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted:[/yellow] every finished stage is saved in the run directory "
+                      "(manifest.json says which); run the same command again to resume from there.",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - the CLI boundary: one line per failure
+            if debugging():
+                raise
+            from rich.markup import escape
+
+            line, code = failure_line(exc)
+            err.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -30,6 +30,19 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     epilog="Quick start: `safeneurons demo` (about 15 min on 2 CPU cores); `safeneurons model list`.",
 )
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="On a failure, show the full traceback instead of "
+                                                            "one line.")] = False) -> None:
+    import os
+
+    from safeneurons.cli.common import DEBUG_ENV
+
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
 from safeneurons.cli import judge as _judge_cli  # noqa: E402
 from safeneurons.cli import ledger as _ledger_cli  # noqa: E402
 from safeneurons.cli import report as _report_cli  # noqa: E402

@@ -175,8 +175,31 @@ def _registry_list() -> str:
     return ", ".join(OFFLINE_MODELS.names())
 
 
-def _check_local_dir(d: Path) -> None:
-    if (d / "config.json").is_file():
+def _check_local_dir(d: Path, trust_remote_code: bool = False) -> None:
+    """A local model directory must hold a readable ``config.json`` whose ``model_type`` this transformers
+    knows (or that ships its own code, with ``trust_remote_code``): said in one line before any loading, so a
+    broken file is not reported as a 300-line traceback or as a missing tokenizer package."""
+    cfg_path = d / "config.json"
+    if cfg_path.is_file():
+        import difflib
+        import json
+
+        try:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelSpecError(f"{cfg_path} cannot be read as JSON ({exc}); restore it, or re-save the model "
+                                 "with save_pretrained.") from None
+        if not isinstance(cfg, dict):
+            raise ModelSpecError(f"{cfg_path} holds a JSON {type(cfg).__name__}, not an object.")
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+        model_type = cfg.get("model_type")
+        if model_type not in CONFIG_MAPPING_NAMES and not (trust_remote_code and cfg.get("auto_map")):
+            close = difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING_NAMES), n=3)
+            hint = f" (closest known: {', '.join(close)})" if close else ""
+            raise ModelSpecError(f"{cfg_path}: model_type {model_type!r} is not one this transformers knows{hint}; "
+                                 "fix the file, upgrade transformers, or pass --set model.trust_remote_code=true "
+                                 "for a model that ships its own code.")
         return
     ggufs = sorted(p.name for p in d.glob("*.gguf"))
     hint = (
@@ -263,7 +286,7 @@ def load_model(
     if revision is not None and (local.is_dir() or find_offline_model(spec_str) is not None):
         logger.warning("revision=%r is ignored for %r: it only applies to hub ids", revision, spec_str)
     if local.is_dir():
-        _check_local_dir(local)
+        _check_local_dir(local, trust_remote_code)
         return _load_dir(local, spec_str, "local", _short_name(local), common)
     if local.exists():
         raise ModelSpecError(
