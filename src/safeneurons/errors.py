@@ -1,6 +1,7 @@
 """Exception tree. Every error a user can cause is a :class:`SafeneuronsError` subclass whose
 message names the place (file, row, field, layer), what was found, what was expected and the fix.
-The CLI prints these as one line and exits 2; any other exception keeps its traceback."""
+The CLI prints these as one line and exits 2; any other exception as one line with exit 1 (``--debug``
+shows its traceback)."""
 
 
 class SafeneuronsError(Exception):
@@ -13,6 +14,11 @@ class ConfigError(SafeneuronsError):
 
 class DataError(SafeneuronsError):
     """A prompt or data file is missing, malformed or empty."""
+
+
+class UnreadableFileError(DataError, ValueError):
+    """A file exists but cannot be parsed (truncated JSON or safetensors, bytes that are not UTF-8); the message
+    names it. Also a ValueError, so code that tolerated a bad file before keeps doing so."""
 
 
 class ModelSpecError(SafeneuronsError):

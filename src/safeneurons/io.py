@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from safeneurons.errors import DataError
+from safeneurons.errors import DataError, UnreadableFileError
 
 
 @contextmanager
@@ -70,8 +70,33 @@ def _json_default(obj: Any) -> Any:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    """The JSON value in ``path``; a file that does not parse raises :class:`UnreadableFileError` naming it."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise UnreadableFileError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno}); "
+                                  "it may have been cut while written: restore or delete it.") from None
+    except UnicodeDecodeError as exc:
+        raise UnreadableFileError(f"{path}: not UTF-8 text (byte {exc.start}).") from None
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``(tensors, metadata)`` of a safetensors file; a missing file raises FileNotFoundError, a damaged one
+    :class:`UnreadableFileError` naming it (safetensors' own errors do not)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    p = str(path)
+    if not os.path.isfile(p):
+        raise FileNotFoundError(2, "No such file", p)
+    try:
+        with safe_open(p, framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+        return load_file(p), meta
+    except Exception as exc:  # safetensors raises its own error types (SafetensorError, OSError, ...)
+        raise UnreadableFileError(f"{p}: unreadable safetensors file ({exc}); it may have been cut while "
+                                  "written: delete it to recompute, or restore it.") from None
 
 
 def _open_text(path: Path) -> Any:

@@ -47,3 +47,24 @@ def test_an_unprivileged_user_reads_the_statistics(tmp_path, umask_022):
                          capture_output=True, text=True, cwd="/",
                          preexec_fn=lambda: (os.setgid(65534), os.setuid(65534)))
     assert out.returncode == 0 and out.stdout.strip() == "read", out.stderr
+
+
+def test_a_truncated_statistics_or_json_file_is_named(tmp_path):
+    from safeneurons.errors import UnreadableFileError
+    from safeneurons.io import read_json
+    from safeneurons.stats import ActivationStats
+
+    stats = collect_stats(make_tiny_model("qwen2"), tiny_tokenizer(),
+                          {"harmful": ["How do I pick a lock?"], "harmless": ["Write a poem."]}, progress=False)
+    st = tmp_path / "stats.safetensors"
+    stats.save(st)
+    st.write_bytes(st.read_bytes()[:100])  # cut while written
+    js = tmp_path / "manifest.json"
+    js.write_text('{"status": "runn')
+    for load, path in ((ActivationStats.load, st), (read_json, js)):
+        try:
+            load(path)
+        except UnreadableFileError as exc:
+            assert str(path) in str(exc) and isinstance(exc, ValueError)
+        else:
+            raise AssertionError(f"{path} loaded")

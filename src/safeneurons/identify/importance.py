@@ -68,7 +68,7 @@ import torch
 from torch import nn
 
 from safeneurons.errors import ConfigError, DataError, NeuronSetMismatchError, NumericalError
-from safeneurons.io import atomic_path, package_version, read_json, write_json_atomic
+from safeneurons.io import atomic_path, package_version, read_json, read_safetensors, write_json_atomic
 from safeneurons.models.adapters import get_module
 from safeneurons.models.layout import ModelLayout, model_layout
 from safeneurons.neurons import SITES, ModelShape, NeuronSet
@@ -244,19 +244,12 @@ class ImportanceScores:
 
     @classmethod
     def load(cls, path: str | Path) -> "ImportanceScores":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
         try:
-            with safe_open(str(path), framework="pt") as fh:
-                meta = fh.metadata() or {}
+            raw, meta = read_safetensors(path)
         except FileNotFoundError:
             raise DataError(f"importance file {path} does not exist.") from None
-        except Exception as exc:  # safetensors raises its own error types
-            raise DataError(f"{path}: not a safetensors file ({exc}).") from exc
         if meta.get("format") != FORMAT:
             raise DataError(f"{path}: not a safeneurons importance file (format {meta.get('format')!r}).")
-        raw = load_file(str(path))
         scores = {}
         for key, t in raw.items():
             layer, site = key.split(".", 1)
@@ -454,15 +447,13 @@ class _Resume:
             raise DataError(
                 f"{self.dir} holds partial importance results of a different run (model, prompts, config or shard "
                 f"differ: key {str(data.get('key'))[:19]} vs {key[:19]}). Pass another resume_path or delete it.")
-        from safetensors.torch import load_file
-
         for name, fname in data.get("cells", {}).items():
             layer, site = name.split(".", 1)
             f = self.dir / fname
             if not f.exists():
                 log.warning("resume: %s is listed in %s but missing; recomputing it.", f, manifest)
                 continue
-            self.done[(int(layer), site)] = load_file(str(f))["scores"].numpy().astype(np.float64)
+            self.done[(int(layer), site)] = read_safetensors(f)[0]["scores"].numpy().astype(np.float64)
         if self.done:
             log.info("resume: %d finished (layer, site) cells loaded from %s", len(self.done), self.dir)
 

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from safeneurons.data.prompts import PromptSet
 from safeneurons.errors import DataError, NumericalError
-from safeneurons.io import atomic_path
+from safeneurons.io import atomic_path, read_safetensors
 from safeneurons.models.adapters import get_module
 from safeneurons.models.layout import ModelLayout, model_layout
 from safeneurons.neurons import ModelShape
@@ -115,13 +115,9 @@ class ActivationStats:
     def load(cls, path: str | Path) -> "ActivationStats":
         import json
 
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
+        raw, meta = read_safetensors(path)
         if meta.get("format") != "safeneurons.stats/1":
             raise DataError(f"{path}: not a safeneurons statistics file.")
-        raw = load_file(str(path))
         parts: dict[str, dict[tuple[int, str], dict[str, torch.Tensor]]] = {}
         for key, t in raw.items():
             g, cell, k = key.rsplit("/", 2)
