@@ -623,7 +623,7 @@ def test_pairs_jsonl_round_trip_and_errors(tmp_path):
     with pytest.raises(DataError, match="line 6: 'chosen' and 'rejected' must be non-empty"):
         load_pairs(path)
     (tmp_path / "bad.jsonl").write_text("{not json\n")
-    with pytest.raises(DataError, match="bad.jsonl line 1: not valid JSON"):
+    with pytest.raises(DataError, match="bad.jsonl line 1: invalid JSON"):
         load_pairs(tmp_path / "bad.jsonl")
 
 

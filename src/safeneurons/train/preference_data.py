@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from safeneurons.errors import ConfigError, DataError
-from safeneurons.io import write_text_atomic
+from safeneurons.io import jsonl_objects, write_text_atomic
 
 logger = logging.getLogger("safeneurons.train")
 
@@ -571,16 +571,7 @@ def load_pairs(path: str | os.PathLike[str]) -> list[PreferencePair]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"preference pair file {p} does not exist.")
-    out: list[PreferencePair] = []
-    with open(p, encoding="utf-8") as fh:
-        for i, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{p} line {i}: not valid JSON ({exc.msg}).") from None
-            out.append(PreferencePair.from_dict(d, f"{p} line {i}"))
+    out = [PreferencePair.from_dict(d, f"{p} line {i}") for i, d in jsonl_objects(p)]
     if not out:
         raise DataError(f"{p} holds no preference pairs.")
     return out

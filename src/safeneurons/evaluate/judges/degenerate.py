@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from safeneurons.evaluate.judges._text import NO_SPACE_LANGUAGES, is_letter, normalize_light, units
@@ -65,6 +66,22 @@ def distinct_n(tokens: list[str], n: int) -> float:
     """``|set of n-grams| / |n-grams|``; 1.0 when there are fewer than ``n`` tokens."""
     grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def precheck_reasons(items: Sequence[tuple[str, str, str]], config: DegenerateConfig | None = None,
+                     mode: str = "all") -> list[str | None]:
+    """Why each ``(prompt, response, language)`` needs no judge: ``"empty"`` for a blank reply whatever the mode,
+    with ``mode="all"`` also :func:`degenerate_reason` (echo, loop, gibberish); ``None`` for a reply to judge.
+    The precheck every model judge runs before its model."""
+    out: list[str | None] = []
+    for prompt, response, language in items:
+        if not response.strip():
+            out.append("empty")
+        elif mode == "all":
+            out.append(degenerate_reason(response, prompt, language, config))
+        else:
+            out.append(None)
+    return out
 
 
 def degenerate_reason(

@@ -41,7 +41,7 @@ import numpy as np
 
 from safeneurons.errors import JudgeError
 from safeneurons.evaluate.judges.base import JUDGES, Item, Judge, Verdict, coerce_items
-from safeneurons.evaluate.judges.degenerate import DegenerateConfig, degenerate_reason
+from safeneurons.evaluate.judges.degenerate import DegenerateConfig, precheck_reasons
 
 HEADS_FILE = "guard_heads.json"
 HEADS_VERSION = 1
@@ -304,14 +304,9 @@ class GuardJudge(Judge):
 
     def judge_many(self, items: Sequence[Item]) -> list[Verdict]:
         items = coerce_items(items)
-        verdicts: list[Verdict | None] = [None] * len(items)
-        todo = []
-        for i, (prompt, response, _lang) in enumerate(items):
-            reason = degenerate_reason(response, prompt, _lang, self.degenerate)
-            if reason is not None:
-                verdicts[i] = Verdict.of("degenerate", reason=reason, judge=self.name)
-            else:
-                todo.append(i)
+        reasons = precheck_reasons(items, self.degenerate)
+        verdicts = [None if r is None else Verdict.of("degenerate", reason=r, judge=self.name) for r in reasons]
+        todo = [i for i, r in enumerate(reasons) if r is None]
         if todo:
             x = self.features([items[i] for i in todo])
             p_ref = self.heads.refusal.prob(x)

@@ -29,7 +29,7 @@ from typing import Any
 
 from safeneurons.errors import JudgeError
 from safeneurons.evaluate.judges.base import JUDGES, Item, Judge, Verdict, coerce_items
-from safeneurons.evaluate.judges.degenerate import DegenerateConfig, degenerate_reason
+from safeneurons.evaluate.judges.degenerate import DegenerateConfig, precheck_reasons
 
 DEFAULT_MODEL = "meta-llama/Llama-Guard-3-8B"
 
@@ -135,16 +135,9 @@ class LlamaGuardJudge(Judge):
 
     def judge_many(self, items: Sequence[Item]) -> list[Verdict]:
         checked = coerce_items(items)
-        verdicts: list[Verdict | None] = [None] * len(checked)
-        todo: list[int] = []
-        for i, (prompt, response, lang) in enumerate(checked):
-            why = "empty" if not response.strip() else None
-            if why is None and self.precheck == "all":
-                why = degenerate_reason(response, prompt, lang, self.degenerate_config)
-            if why is not None:
-                verdicts[i] = Verdict.of("degenerate", reason=why, judge=self.name)
-            else:
-                todo.append(i)
+        reasons = precheck_reasons(checked, self.degenerate_config, self.precheck)
+        verdicts = [None if r is None else Verdict.of("degenerate", reason=r, judge=self.name) for r in reasons]
+        todo = [i for i, r in enumerate(reasons) if r is None]
         if todo:
             texts, p_unsafe = self._generate([self.render(checked[i][0], checked[i][1]) for i in todo])
             for i, raw, p in zip(todo, texts, p_unsafe):

@@ -32,7 +32,7 @@ from typing import Any
 from safeneurons.errors import JudgeError
 from safeneurons.evaluate.judges.backends import ChatBackend, HFChatBackend, Message
 from safeneurons.evaluate.judges.base import JUDGES, Item, Judge, Verdict, coerce_items
-from safeneurons.evaluate.judges.degenerate import DegenerateConfig, degenerate_reason
+from safeneurons.evaluate.judges.degenerate import DegenerateConfig, precheck_reasons
 from safeneurons.registry import Registry
 
 STRONGREJECT_DIR = Path("strongreject")
@@ -256,14 +256,9 @@ class ModelJudge(Judge):
 
     def judge_many(self, items: Sequence[Item]) -> list[Verdict]:
         checked = coerce_items(items)
-        verdicts: list[Verdict | None] = [None] * len(checked)
-        todo: list[int] = []
-        for i, (prompt, response, lang) in enumerate(checked):
-            why = self._precheck(prompt, response, lang)
-            if why is not None:
-                verdicts[i] = Verdict.of("degenerate", reason=why, judge=self.name)
-            else:
-                todo.append(i)
+        reasons = precheck_reasons(checked, self.degenerate_config, self.precheck)
+        verdicts = [None if r is None else Verdict.of("degenerate", reason=r, judge=self.name) for r in reasons]
+        todo = [i for i, r in enumerate(reasons) if r is None]
         if todo:
             convs = [
                 self.rubric.messages(checked[i][0], checked[i][1][: self.max_response_chars]) for i in todo
@@ -276,13 +271,6 @@ class ModelJudge(Judge):
             for i, raw in zip(todo, answers):
                 verdicts[i] = self._parse(raw)
         return [v for v in verdicts if v is not None]
-
-    def _precheck(self, prompt: str, response: str, language: str) -> str | None:
-        if not response.strip():
-            return "empty"
-        if self.precheck == "all":
-            return degenerate_reason(response, prompt, language, self.degenerate_config)
-        return None
 
     def _parse(self, raw: str) -> Verdict:
         parsed = self.rubric.parse(raw)
