@@ -325,10 +325,10 @@ def test_train_pipeline_rounds_attack_every_round(tmp_path):
     assert NeuronSet.load(out / "safeneuron/round_1/neurons.json") == base.renamed("frozen_round_1", round=1)
     md = (out / "robustness.md").read_text()
     assert "| T1 |" in md and "| T2 |" in md and "Δ arc_challenge (95% CI)" in md
+    assert "Judge: refusal (phrases " in md and "refusal κ" in md  # the judge and its agreement under the table
     from safeneurons.report.publish import publish_run
 
     files = {p.relative_to(tmp_path / "pub").as_posix() for p in publish_run(out, tmp_path / "pub")}
-    assert "refusal κ" in (tmp_path / "pub" / "report.html").read_text()
     assert {"robustness.md", "pairs.jsonl", "safeneuron/round_2/neurons.json", "safeneuron/round_2/train_log.json",
             "attack-safeneuron_T2/asr.json"} <= files
     assert not any("/model/" in f or "/trainer/" in f or f.endswith(".safetensors") for f in files)

@@ -504,7 +504,11 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
     table = _robustness_table(run.path, robustness, cfg.attack.capability.metric_of)
     run.write_json("robustness.json", table)
     rounds = run.manifest["stages"].get("train:safeneuron", {}).get("rounds", [])
-    run.write_text("robustness.md", robustness_markdown(table, rounds))
+    from safeneurons.io import read_json
+
+    notes = {read_json(Path(r["attack_dir"]) / "asr.json").get("judge_note") for r in robustness.values()}
+    run.write_text("robustness.md", robustness_markdown(table, rounds) + "".join(f"\n{n}\n" for n in sorted(
+        n for n in notes if n)))
     if look is not None:
         headline = ("asr", "over_refusal", "capability")
         look.close(models=checksums, robustness={name: {k: row.get(k) for k in headline}
