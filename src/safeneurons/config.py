@@ -155,8 +155,24 @@ def load_config(cls: type[C], path: str | os.PathLike[str] | None = None, overri
         _set_dotted(merged, key, value)
     for key, value in (explicit or {}).items():
         _set_dotted(merged, key, value)
+    _refuse_non_finite(merged, where)
     # report unknown keys against the file when they came from it
     return from_dict(cls, merged, where)
+
+
+def _refuse_non_finite(value: Any, source: str, key: str = "") -> None:
+    """NaN and infinities are never valid settings (a NaN threshold silently selects nothing, and NaN != NaN
+    breaks resuming): refuse them anywhere in the config, dict-valued options included, naming the key."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: {key} = {value!r}: numbers must be finite.")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _refuse_non_finite(v, source, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _refuse_non_finite(v, source, f"{key}[{i}]")
 
 
 def dump_config(cfg: Any) -> str:

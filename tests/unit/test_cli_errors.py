@@ -80,3 +80,25 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(capsys):
     assert stop.value.exit_code == 130
     said = capsys.readouterr().err
     assert "interrupted" in said and "resume" in said
+
+
+@pytest.mark.parametrize("setting, needle", [
+    ("judge=refusl", "judge = 'refusl' is not a judge; did you mean 'refusal'?"),
+    ("identify.params.tau_sas=.nan", "identify.params.tau_sas = nan: numbers must be finite"),
+    ("identify.params.tau_es=-.inf", "identify.params.tau_es = -inf: numbers must be finite"),
+    ("data.n_identify=-3", "data.n_identify = -3: a count of prompts must be at least 1"),
+    ("data.n_eval=0", "data.n_eval = 0: a count of prompts must be at least 1"),
+])
+def test_bad_settings_fail_before_any_work_and_leave_no_run_folder(tmp_path, setting, needle):
+    out = tmp_path / "run"
+    proc = _cli("attack", "--model", "qwen2.5-coder-0.5b-instruct", "--out", str(out), "--set", setting)
+    assert proc.returncode == 2 and needle in _one_line_error(proc)
+    assert not out.exists()  # nothing to block the corrected rerun
+
+
+def test_a_misspelt_judge_fails_at_load_in_multilingual_and_train(tmp_path):
+    for args in (["multilingual", "--set", "data_judge=gaurd"], ["train", "safeneuron", "--set", "pairs.judge=x"]):
+        out = tmp_path / args[0]
+        proc = _cli(*args, "--out", str(out))
+        assert proc.returncode == 2 and "is not a judge" in _one_line_error(proc), args
+        assert not out.exists()

@@ -62,6 +62,10 @@ def validate_cmd(
                          "harmful_kappa": record.harmful.kappa}))
 
 
+def _num(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
 def validation_table(record: object) -> str:
     """Markdown table of one validation record: all languages, then each language."""
     from safeneurons.evaluate.validation import JudgeValidation
@@ -75,8 +79,7 @@ def validation_table(record: object) -> str:
         from safeneurons.evaluate.validation import Agreement
 
         assert isinstance(a, Agreement)
-        f = (lambda x: "–" if x is None else f"{x:.2f}")
-        return [f"{f(a.kappa)} [{f(a.kappa_lo)}, {f(a.kappa_hi)}]", f"{f(a.precision)} / {f(a.recall)}"]
+        return [f"{_num(a.kappa)} [{_num(a.kappa_lo)}, {_num(a.kappa_hi)}]", f"{_num(a.precision)} / {_num(a.recall)}"]
 
     rows = [("all", record.refusal, record.harmful)]
     rows += [(lang, a, record.harmful_by_language.get(lang)) for lang, a in record.refusal_by_language.items()]
@@ -84,10 +87,9 @@ def validation_table(record: object) -> str:
         hc = cells(harm) if harm is not None else ["–", "–"]
         hn = str(harm.n) if harm is not None else "0"
         lines.append(f"| {lang} | {ref.n} | {' | '.join(cells(ref))} | {hn} | {' | '.join(hc)} |")
-    f = (lambda x, d=3: "–" if x is None else f"{x:.{d}f}")
-    lines += ["", f"labels κ (3 classes) {f(record.labels_kappa)}; ASR on harmful prompts: gold "
-              f"{f(record.gold_asr, 1)} %, judged {f(record.judged_asr, 1)} %; "
-              f"{f(record.seconds_per_reply)} s per reply"]
+    lines += ["", f"labels κ (3 classes) {_num(record.labels_kappa, 3)}; ASR on harmful prompts: gold "
+              f"{_num(record.gold_asr, 1)} %, judged {_num(record.judged_asr, 1)} %; "
+              f"{_num(record.seconds_per_reply, 3)} s per reply"]
     return "\n".join(lines)
 
 

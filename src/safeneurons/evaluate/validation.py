@@ -263,8 +263,11 @@ def validate_judge(judge: Any, replies: Sequence[LabelledReply], part: str = "re
     langs = sorted({r.language for r in replies})
     by_lang = {lang: [i for i in every if replies[i].language == lang] for lang in langs}
     harm_by_lang = {lang: [i for i in harmful_rows if replies[i].language == lang] for lang in langs}
-    asr = (lambda labs: 100.0 * sum(1 for i in harmful_rows if labs[i] == "compliance") / len(harmful_rows)
-           if harmful_rows else None)
+
+    def asr(labels: Sequence[str]) -> float | None:
+        hits = sum(1 for i in harmful_rows if labels[i] == "compliance")
+        return 100.0 * hits / len(harmful_rows) if harmful_rows else None
+
     return JudgeValidation(
         judge=getattr(judge, "name", type(judge).__name__),
         version=str(getattr(judge, "version", "")),

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from safeneurons.errors import ConfigError
 from safeneurons.evaluate.generate import GenerationConfig
+from safeneurons.evaluate.judges.base import check_judge_name
 from safeneurons.neurons import NeuronSet
 from safeneurons.pipelines.common import (
     DataConfig,
@@ -114,6 +115,7 @@ class AttackConfig:
             raise ConfigError(f"attack.conditions: unknown {bad}; choose from {', '.join(CONDITIONS)}.")
         self.conditions = tuple(self.conditions)
         self.random_seeds = tuple(self.random_seeds)
+        check_judge_name(self.judge, "judge")
 
 
 def condition_sets(sets: dict[str, NeuronSet], cfg: AttackConfig) -> dict[str, NeuronSet | None]:

@@ -56,6 +56,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.split not in EVAL_SPLITS:
             raise ConfigError(f"data.split = {self.split!r}; choose from {', '.join(EVAL_SPLITS)}.")
+        for key in ("n_identify", "n_eval"):
+            n = getattr(self, key)
+            if n is not None and (not isinstance(n, int) or n < 1):
+                raise ConfigError(f"data.{key} = {n!r}: a count of prompts must be at least 1 (or null: all).")
 
 
 @dataclass

@@ -40,6 +40,7 @@ from typing import Any
 from safeneurons.data import EVAL_SPLITS, MULTIJAIL_LANGUAGES, Prompt, PromptSet, load_prompts, split_of
 from safeneurons.errors import ConfigError, DataError
 from safeneurons.evaluate.generate import GenerationConfig
+from safeneurons.evaluate.judges.base import check_judge_name
 from safeneurons.identify.importance import ImportanceConfig
 from safeneurons.intervene import Intervention
 from safeneurons.io import read_json
@@ -200,6 +201,8 @@ class MultilingualConfig:
             raise ConfigError(f"multilingual.split = {self.split!r}; choose from {', '.join(EVAL_SPLITS)}.")
         if self.hr_language not in self.languages:
             raise ConfigError(f"multilingual.languages must include hr_language {self.hr_language!r}.")
+        check_judge_name(self.judge, "judge")
+        check_judge_name(self.data_judge, "data_judge")
         bad = [c for c in self.conditions if c not in CONDITIONS]
         if bad:
             raise ConfigError(f"multilingual.conditions: unknown {bad}; choose from {', '.join(CONDITIONS)}.")

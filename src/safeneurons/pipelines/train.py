@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from safeneurons.errors import ConfigError
 from safeneurons.evaluate.generate import GenerationConfig
+from safeneurons.evaluate.judges.base import check_judge_name
 from safeneurons.neurons import NeuronSet
 from safeneurons.pipelines.attack import CONDITIONS, AttackConfig, attack_eval_refs
 from safeneurons.pipelines.common import (
@@ -109,6 +110,7 @@ class TrainRunConfig:
     over_refusal_n: int = field(default=100, metadata={"help": "XSTest safe prompts for over-refusal (0 = skip)"})
 
     def __post_init__(self) -> None:
+        check_judge_name(self.pairs.judge, "pairs.judge")
         self.methods = tuple(self.methods)
         bad = [m for m in self.methods if m not in METHODS]
         if bad:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from safeneurons.errors import ConfigError
 from safeneurons.registry import Registry
 
 LABELS: tuple[str, ...] = ("refusal", "compliance", "degenerate", "unjudged")
@@ -140,6 +141,19 @@ class Judge(abc.ABC):
 JudgeFactory = Callable[..., Judge]
 JUDGES: Registry[JudgeFactory] = Registry("judge")
 """Judge factories by name; each module of this package registers its own at import."""
+
+
+def check_judge_name(name: str, key: str) -> None:
+    """A judge name must be registered: checked when a config loads, not after hours of generation. The
+    error names the config key, the closest names and every known one."""
+    import difflib
+
+    import safeneurons.evaluate.judges  # noqa: F401  (registers every built-in judge; imports no torch)
+
+    if name not in JUDGES.names():
+        close = difflib.get_close_matches(name, JUDGES.names(), n=3)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(f"{key} = {name!r} is not a judge{hint} (known: {', '.join(JUDGES.names())}).")
 
 
 def make_judge(name: str, **kwargs: Any) -> Judge:
