@@ -41,4 +41,3 @@ def test_guard_agrees_with_held_out_labels(judge, language, per_label, floor):
     replies = _slice(language, per_label)
     rec = validate_judge(judge, replies, part="report")
     assert rec.refusal.kappa is not None and rec.refusal.kappa >= floor, rec.line()
-    assert rec.seconds_per_reply < 10  # 2 s is the budget on a quiet machine; CI shares its cores
