@@ -8,11 +8,14 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from safeneurons.cli.common import QuietOpt, echo, friendly_errors, setup_logging
+
+if TYPE_CHECKING:
+    from safeneurons.evaluate.validation import Agreement, JudgeValidation
 
 judge_app = typer.Typer(help="Judges: measure them on the labelled replies (data/judge_validation).",
                         no_args_is_help=True)
@@ -66,19 +69,13 @@ def _num(x: float | None, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def validation_table(record: object) -> str:
+def validation_table(record: JudgeValidation) -> str:
     """Markdown table of one validation record: all languages, then each language."""
-    from safeneurons.evaluate.validation import JudgeValidation
-
-    assert isinstance(record, JudgeValidation)
     lines = [record.line(), "",
              "| language | n | refusal κ [95% CI] | refusal P / R | harmful n | harmful κ [95% CI] | harmful P / R |",
              "|---|---|---|---|---|---|---|"]
 
-    def cells(a: object) -> list[str]:
-        from safeneurons.evaluate.validation import Agreement
-
-        assert isinstance(a, Agreement)
+    def cells(a: Agreement) -> list[str]:
         return [f"{_num(a.kappa)} [{_num(a.kappa_lo)}, {_num(a.kappa_hi)}]", f"{_num(a.precision)} / {_num(a.recall)}"]
 
     rows = [("all", record.refusal, record.harmful)]

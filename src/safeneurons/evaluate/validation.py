@@ -303,12 +303,17 @@ def judge_card(judge_name: str) -> JudgeValidation | None:
         raise DataError(f"{path}: unreadable judge validation record ({exc}).") from exc
 
 
-def judge_footer(judge: Any) -> str:
+_LOOK_UP: Any = object()
+
+
+def judge_footer(judge: Any, card: JudgeValidation | None = _LOOK_UP) -> str:
     """The line printed under every attack-success table: the judge, its version and its agreement with the
-    labelled replies (report part), or a plain statement that it was never validated here."""
+    labelled replies (report part), or a plain statement that it was never validated here. ``card``: the
+    judge's record when the caller already read it."""
     name = getattr(judge, "name", str(judge))
     version = str(getattr(judge, "version", "") or "")
-    card = judge_card(name)
+    if card is _LOOK_UP:
+        card = judge_card(name)
     if card is None:
         return (f"Judge: {name}{f' ({version})' if version else ''}, not validated on labelled replies "
                 f"(`safeneurons judge validate --judge {name}`).")
@@ -318,8 +323,10 @@ def judge_footer(judge: Any) -> str:
 
 
 def judge_record(judge: Any) -> dict[str, Any]:
-    """What a result file stores about its judge: name, version, the validation record (or ``None``)."""
+    """What a result file stores about its judge: name, version, the validation record (or ``None``) and the
+    line printed under its tables."""
     name = getattr(judge, "name", str(judge))
     card = judge_card(name)
     return {"judge": name, "judge_version": str(getattr(judge, "version", "") or ""),
-            "judge_validation": card.to_dict() if card is not None else None, "judge_note": judge_footer(judge)}
+            "judge_validation": card.to_dict() if card is not None else None,
+            "judge_note": judge_footer(judge, card)}
