@@ -192,7 +192,8 @@ class MultilingualConfig:
                 "ledger, $SAFENEURONS_LEDGER or ./test-ledger.jsonl) or all (every row, as runs published "
                 "before the split; logged like test). A row's side is fixed by its id (all its languages "
                 "together); identification, floor and training rows always come from dev, so dev and test "
-                "runs train the same"})
+                "runs train the same, except XSTest benign training prompts: a dev run skips its own "
+                "over-refusal sample, a test run (scored on the test half) takes the first benign_n of dev"})
 
     def __post_init__(self) -> None:
         self.languages = tuple(self.languages)
@@ -550,6 +551,8 @@ def _benign_prompts(cfg: MultilingualConfig) -> list[str]:
     skip = cfg.expansion.over_refusal_n if name == "xstest" else cfg.n_norm if name == cfg.norm_dataset else 0
     if name == "xstest":  # never the test half: prompts after the dev over-refusal sample (all: as before)
         side = "all" if cfg.split == "all" else "dev"
+        if cfg.split == "test":  # over-refusal is scored on the test half, which no dev prompt can overlap
+            skip = 0
         _, pool = over_refusal_prompts(skip + n, cfg.data_dir, cfg.seed, side)
     else:
         pool = load_prompts(name, data_dir=cfg.data_dir, limit=skip + n, seed=cfg.seed)
