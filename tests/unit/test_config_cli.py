@@ -20,7 +20,7 @@ def test_precedence_defaults_yaml_set_explicit(tmp_path):
                       {"model.spec": "explicit"})
     assert cfg.model.spec == "explicit" and cfg.data.n_eval == 20
     assert cfg.stats.sites == ("mlp", "q") and cfg.generation.max_new_tokens == 12
-    assert cfg.identify.params == {"tau_sas": 2.5}
+    assert cfg.identify.params.tau_sas == 2.5 and cfg.identify.params.tau_es is None  # typed: SafeNeuronConfig
     assert load_config(AttackConfig).data.n_eval is None  # defaults untouched
 
 

@@ -18,6 +18,7 @@ from safeneurons.cli.common import (
     echo,
     explicit,
     friendly_errors,
+    load_run_config,
     load_scoring_config,
     run_dir_for,
     setup_logging,
@@ -92,11 +93,10 @@ def list_registry(kind: Annotated[str, typer.Argument(help="methods, judges, dat
 def stats_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
               quiet: QuietOpt = False) -> None:
     """Collect per-neuron activation statistics on harmful and benign prompts (one streaming pass)."""
-    from safeneurons.config import load_config
     from safeneurons.pipelines.identify import IdentifyRunConfig, run_identify
 
     setup_logging(quiet)
-    cfg = load_config(IdentifyRunConfig, config, set_, explicit(**{"model.spec": model}))
+    cfg = load_run_config(IdentifyRunConfig, config, set_, explicit(**{"model.spec": model}))
     path = run_identify(cfg, out, progress=not quiet, stats_only=True)
     echo(f"statistics written to {path}")
 
@@ -106,11 +106,10 @@ def stats_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
 def identify_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
                  quiet: QuietOpt = False) -> None:
     """Identify safety neurons (default: SafeNeuron ES ∪ SAS) and save the neuron sets."""
-    from safeneurons.config import load_config
     from safeneurons.pipelines.identify import IdentifyRunConfig, run_identify
 
     setup_logging(quiet)
-    cfg = load_config(IdentifyRunConfig, config, set_, explicit(**{"model.spec": model}))
+    cfg = load_run_config(IdentifyRunConfig, config, set_, explicit(**{"model.spec": model}))
     path = run_identify(cfg, out, progress=not quiet)
     echo((path / "neurons" / "summary.md").read_text() if (path / "neurons" / "summary.md").exists() else str(path))
 
@@ -152,11 +151,10 @@ def demo_cmd(out: OutOpt = None, headline: Annotated[bool, typer.Option(
 def analyze_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
                 quiet: QuietOpt = False) -> None:
     """Layer-wise and cross-category analysis: per-category safety neurons, core/shared/specific, overlap vs K."""
-    from safeneurons.config import load_config
     from safeneurons.pipelines.analyze import AnalyzeConfig, run_analyze
 
     setup_logging(quiet)
-    cfg = load_config(AnalyzeConfig, config, set_, explicit(**{"model.spec": model}))
+    cfg = load_run_config(AnalyzeConfig, config, set_, explicit(**{"model.spec": model}))
     path = run_analyze(cfg, out, progress=not quiet)
     res = json.loads((path / "analysis.json").read_text())
     echo(json.dumps({"decomposition": res["decomposition"], "overlap_curve": res["overlap_curve"]}, indent=1))

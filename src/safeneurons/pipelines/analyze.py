@@ -8,7 +8,7 @@ between models, training rounds or methods)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from safeneurons.data import PromptSet, load_prompts
@@ -46,8 +46,13 @@ def split_by_category(ps: PromptSet, n: int, minimum: int, seed: int) -> dict[st
 
 
 def run_analyze(cfg: AnalyzeConfig, out: str | Path | None = None, progress: bool = True, lm=None) -> Path:
-    from safeneurons.identify import SafeNeuronConfig, identify_safeneurons
-    from safeneurons.identify.analysis import category_decomposition, normalised_layer_profile, overlap_curve, pairwise_overlap
+    from safeneurons.identify import identify_safeneurons
+    from safeneurons.identify.analysis import (
+        category_decomposition,
+        normalised_layer_profile,
+        overlap_curve,
+        pairwise_overlap,
+    )
     from safeneurons.models import load_model, model_layout
     from safeneurons.neurons import NeuronSet
     from safeneurons.stats import ActivationStats, collect_stats
@@ -73,8 +78,8 @@ def run_analyze(cfg: AnalyzeConfig, out: str | Path | None = None, progress: boo
             stats.save(stats_path)
     per_cat = {}
     for cat in cats:
-        params = {**cfg.identify.params, "unsafe_group": cat, "safe_group": "harmless"}
-        full = identify_safeneurons(stats, SafeNeuronConfig(**params), layout.adapter.family)["FULL"]
+        params = replace(cfg.identify.params, unsafe_group=cat, safe_group="harmless")
+        full = identify_safeneurons(stats, params, layout.adapter.family)["FULL"]
         per_cat[cat] = full.renamed(f"FULL[{cat}]", category=cat)
         per_cat[cat].save(run.file(f"neurons/categories/{cat}.json"))
     decomp = category_decomposition(per_cat)

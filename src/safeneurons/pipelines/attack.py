@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from safeneurons.errors import ConfigError
 from safeneurons.evaluate.generate import GenerationConfig
-from safeneurons.evaluate.judges.base import check_judge_name
+from safeneurons.evaluate.judges.base import check_judge_name, check_judge_params
 from safeneurons.neurons import NeuronSet
 from safeneurons.pipelines.common import (
     DataConfig,
@@ -116,6 +116,7 @@ class AttackConfig:
         self.conditions = tuple(self.conditions)
         self.random_seeds = tuple(self.random_seeds)
         check_judge_name(self.judge, "judge")
+        check_judge_params(self.judge, self.judge_params, "judge_params")
 
 
 def condition_sets(sets: dict[str, NeuronSet], cfg: AttackConfig) -> dict[str, NeuronSet | None]:

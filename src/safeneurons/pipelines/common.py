@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safeneurons.config import resolve_variant, variant_field
 from safeneurons.data import (
     EVAL_SPLITS,
     PromptSet,
@@ -62,10 +63,21 @@ class DataConfig:
                 raise ConfigError(f"data.{key} = {n!r}: a count of prompts must be at least 1 (or null: all).")
 
 
+def _identify_params_type(method: str) -> type:
+    from safeneurons.identify.registry import params_type
+
+    return params_type(method)
+
+
 @dataclass
 class IdentifyConfig:
     method: str = field(default="safeneuron", metadata={"help": "identification method (safeneurons ls methods)"})
-    params: dict[str, Any] = field(default_factory=dict, metadata={"help": "method parameters, e.g. tau_es, tau_sas"})
+    params: Any = variant_field("method", _identify_params_type,
+                                "the method's settings (safeneuron: tau_es, tau_sas, statistic, ...; "
+                                "safeneurons config show lists each method's keys)")
+
+    def __post_init__(self) -> None:
+        resolve_variant(self, "params", "identify.params")
 
 
 def load_identification_data(data: DataConfig) -> tuple[PromptSet, PromptSet]:
@@ -289,9 +301,9 @@ def score_histograms(stats: ActivationStats, identify_cfg: IdentifyConfig, prov:
     (so reports can draw the distributions without loading statistics or torch)."""
     import numpy as np
 
-    from safeneurons.identify import SafeNeuronConfig, safeneuron_scores
+    from safeneurons.identify import safeneuron_scores
 
-    sc = safeneuron_scores(stats, SafeNeuronConfig(**identify_cfg.params))
+    sc = safeneuron_scores(stats, identify_cfg.params)
     out: dict[str, Any] = {"tau_es": prov.get("tau_es"), "tau_sas": prov.get("tau_sas"),
                            "statistic": prov.get("statistic")}
     for key, arr in (("effect_size", sc.effect), ("sas_z", sc.z)):

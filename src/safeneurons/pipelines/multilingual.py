@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safeneurons.config import require, to_dict
 from safeneurons.data import EVAL_SPLITS, MULTIJAIL_LANGUAGES, Prompt, PromptSet, load_prompts, split_of
 from safeneurons.errors import ConfigError, DataError
 from safeneurons.evaluate.generate import GenerationConfig
@@ -57,6 +58,9 @@ from safeneurons.pipelines.common import (
 )
 from safeneurons.pipelines.ledger import EvalSetRef, TestLook, check_writable, needs_ledger, open_look
 from safeneurons.pipelines.rundir import RunDir, default_run_dir
+from safeneurons.train.align_config import AlignConfig
+from safeneurons.train.dpo_config import SafeNeuronDPOConfig
+from safeneurons.train.sft_config import MaskedSFTConfig
 
 log = logging.getLogger("safeneurons.multilingual")
 CONDITIONS = ("ORI", "SUPPRESS_SS", "SUPPRESS_MS_EN", "RANDOM_SS", "REINFORCE_SS")
@@ -109,9 +113,10 @@ class ExpansionConfig:
                 "each non-English harmful row's refusal-direction projection pushed up to its English row's in the "
                 "original model, English harmful rows and the benign prompts held at their own; "
                 "safeneurons.train.align)"})
-    sft: dict[str, Any] = field(default_factory=dict, metadata={"help": "MaskedSFTConfig fields"})
-    dpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "SafeNeuronDPOConfig fields (objective: dpo)"})
-    align: dict[str, Any] = field(default_factory=dict, metadata={"help": "AlignConfig fields (objective: align)"})
+    sft: MaskedSFTConfig = field(default_factory=MaskedSFTConfig, metadata={"help": "masked SFT settings (objective: sft)"})
+    dpo: SafeNeuronDPOConfig = field(default_factory=SafeNeuronDPOConfig, metadata={
+        "help": "masked DPO settings (objective: dpo)"})
+    align: AlignConfig = field(default_factory=AlignConfig, metadata={"help": "alignment settings (objective: align)"})
     scales: tuple[float, ...] = field(default=(), metadata={
         "help": "further strengths s of the trained update to score, as condition EXPANDED@s: the model "
                 "θ₀ + s·(θ₁ − θ₀) (safeneurons.train.interpolate); s < 1 trades ASR reduction for less "
@@ -123,6 +128,10 @@ class ExpansionConfig:
                 "the model refuse everything in a language shows here, not on English XSTest (0 = skip)"})
 
     def __post_init__(self) -> None:
+        require("multilingual.expansion.n_train", self.n_train, self.n_train is None or self.n_train >= 1,
+                "a count >= 1 (or null: every identification row)")
+        require("multilingual.expansion.over_refusal_n", self.over_refusal_n, self.over_refusal_n >= 0,
+                ">= 0 (0: skip)")
         self.holdout = tuple(self.holdout)
         self.scales = tuple(float(x) for x in self.scales)
         if any(not math.isfinite(x) or x == 1.0 for x in self.scales) or len(set(self.scales)) < len(self.scales):
@@ -197,6 +206,12 @@ class MultilingualConfig:
     def __post_init__(self) -> None:
         self.languages = tuple(self.languages)
         self.conditions = tuple(self.conditions)
+        require("multilingual.p", self.p, 0 < self.p <= 1, "a share of neurons per layer and site in (0, 1]")
+        require("multilingual.alpha", self.alpha, self.alpha > 0, "a positive reinforcement scale")
+        for key in ("n_identify", "n_norm"):
+            require(f"multilingual.{key}", getattr(self, key), getattr(self, key) >= 1, "a count >= 1")
+        require("multilingual.n_eval", self.n_eval, self.n_eval is None or self.n_eval >= 1,
+                "a count >= 1 (or null: every held-out row)")
         if self.split not in EVAL_SPLITS:
             raise ConfigError(f"multilingual.split = {self.split!r}; choose from {', '.join(EVAL_SPLITS)}.")
         if self.hr_language not in self.languages:
@@ -617,8 +632,8 @@ def _expansion_key(checksum: str, target: NeuronSet, data: TrainingData, exp: Ex
     from safeneurons.io import sha256_text
 
     rows = data.to_dict() if hasattr(data, "to_dict") else [d.to_dict() if hasattr(d, "to_dict") else d for d in data]
-    # sft: the keys of earlier runs
-    settings: Any = exp.sft if exp.objective == "sft" else {"objective": exp.objective, **getattr(exp, exp.objective)}
+    # every setting of the objective's typed config (runs before typed settings keyed only the ones given)
+    settings: Any = {"objective": exp.objective, **to_dict(getattr(exp, exp.objective))}
     payload = json.dumps([fingerprint(target), rows, settings], sort_keys=True, default=str)
     return f"{checksum}:expansion:{sha256_text(payload)[:16]}"
 
@@ -659,7 +674,7 @@ def expansion_alignment(lm: Any, cfg: MultilingualConfig, ident: dict[str, Promp
     each non-reference training language (the benign ones as ceilings when ``align.benign_margin`` is set);
     floors: the ``harmful_floor_n`` reference rows of :func:`floor_prompts`.
     Directions: the reference identification rows vs D_norm."""
-    from safeneurons.train.align import AlignConfig, alignment_data
+    from safeneurons.train.align import alignment_data
 
     hr = cfg.hr_language
     english = {p.id: p.text for p in ident[hr].prompts}
@@ -677,7 +692,7 @@ def expansion_alignment(lm: Any, cfg: MultilingualConfig, ident: dict[str, Promp
         raise ConfigError("multilingual.expansion.objective = 'align': no non-reference training rows with a "
                           f"parallel {hr} row (check train_languages and holdout).")
     return alignment_data(lm.model, lm.tokenizer, ident[hr].texts(), _norm_prompts(cfg).texts(), aligned, anchors,
-                          AlignConfig.from_dict(cfg.expansion.align), benign_anchors,
+                          cfg.expansion.align, benign_anchors,
                           [(t, f"floor[{hr}]") for t in floor_prompts(cfg)])
 
 
@@ -704,10 +719,9 @@ def _expanded_model(run: RunDir, lm: Any, cfg: MultilingualConfig, target: Neuro
     the same :func:`_expansion_key` (same starting weights, target neurons, data and settings)."""
     import copy
 
-    from safeneurons.train.align import AlignConfig, masked_align
+    from safeneurons.train.align import masked_align
     from safeneurons.train.dpo import load_weights, masked_dpo
-    from safeneurons.train.dpo_config import SafeNeuronDPOConfig
-    from safeneurons.train.sft import MaskedSFTConfig, masked_sft
+    from safeneurons.train.sft import masked_sft
 
     out = run.path / "expansion" / tag
     marker = out / "trained.json"
@@ -724,13 +738,13 @@ def _expanded_model(run: RunDir, lm: Any, cfg: MultilingualConfig, target: Neuro
         return model, dict(run.manifest["stages"][stage])
     with run.stage(stage) as info:
         if cfg.expansion.objective == "sft":
-            res = masked_sft(model, lm.tokenizer, data, target, MaskedSFTConfig.from_dict(cfg.expansion.sft), out,
+            res = masked_sft(model, lm.tokenizer, data, target, cfg.expansion.sft, out,
                              kind="ss_expansion")
         elif cfg.expansion.objective == "dpo":
-            res = masked_dpo(model, lm.tokenizer, data, target, SafeNeuronDPOConfig.from_dict(cfg.expansion.dpo), out,
+            res = masked_dpo(model, lm.tokenizer, data, target, cfg.expansion.dpo, out,
                              kind="ss_expansion_dpo")
         else:
-            res = masked_align(model, lm.tokenizer, data, target, AlignConfig.from_dict(cfg.expansion.align), out,
+            res = masked_align(model, lm.tokenizer, data, target, cfg.expansion.align, out,
                                kind="ss_expansion_align")
         info.update(target_neurons=len(target), n_examples=len(data), trainable_params=res.trainable_params,
                     total_params=res.total_params, trainable_fraction=res.trainable_fraction,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from safeneurons.config import require
 from safeneurons.errors import ConfigError
 from safeneurons.evaluate.generate import GenerationConfig
 from safeneurons.evaluate.judges.base import check_judge_name
@@ -42,7 +43,7 @@ from safeneurons.pipelines.ledger import EvalSetRef, check_writable, needs_ledge
 from safeneurons.pipelines.rundir import RunDir, default_run_dir
 from safeneurons.stats import StatsConfig
 from safeneurons.train.dpo_config import SafeNeuronDPOConfig
-from safeneurons.train.sft import MaskedSFTConfig
+from safeneurons.train.sft_config import MaskedSFTConfig
 
 log = logging.getLogger("safeneurons.train")
 METHODS = ("safeneuron", "dpo", "sn_tune")
@@ -78,6 +79,15 @@ class PairsConfig:
         "help": "judge that labels the model's own replies when building on-policy safety pairs (a refusal is the "
                 "chosen side); the recipes of docs/results used refusal. attack.judge scores the trained models"})
 
+    def __post_init__(self) -> None:
+        require("train.pairs.safety_fraction", self.safety_fraction, 0 <= self.safety_fraction <= 1,
+                "a share in [0, 1]")
+        for key in ("n_safety", "n_general", "hh_rlhf"):
+            require(f"train.pairs.{key}", getattr(self, key), getattr(self, key) >= 0, "a count >= 0")
+        if self.general_max_new_tokens is not None:
+            require("train.pairs.general_max_new_tokens", self.general_max_new_tokens,
+                    self.general_max_new_tokens >= 1, "a token count >= 1 (or null)")
+
     def general_datasets(self) -> dict[str, int]:
         """Each dataset of ``general_dataset`` with its share of ``n_general`` (the first ones take the
         remainder): ``self_instruct+gsm8k`` with 25 → {self_instruct: 13, gsm8k: 12}."""
@@ -104,8 +114,9 @@ class TrainRunConfig:
     pairs: PairsConfig = field(default_factory=PairsConfig)
     methods: tuple[str, ...] = field(default=("safeneuron", "dpo"), metadata={"help": ", ".join(METHODS)})
     rounds: int = field(default=1, metadata={"help": "SafeNeuron iterative rounds (Eq. 13)"})
-    dpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "SafeNeuronDPOConfig fields (paper defaults)"})
-    sft: dict[str, Any] = field(default_factory=dict, metadata={"help": "MaskedSFTConfig fields for sn_tune"})
+    dpo: SafeNeuronDPOConfig = field(default_factory=SafeNeuronDPOConfig, metadata={
+        "help": "DPO settings of safeneuron and dpo (paper defaults)"})
+    sft: MaskedSFTConfig = field(default_factory=MaskedSFTConfig, metadata={"help": "masked SFT settings of sn_tune"})
     attack: AttackConfig = field(default_factory=AttackConfig)
     over_refusal_n: int = field(default=100, metadata={"help": "XSTest safe prompts for over-refusal (0 = skip)"})
 
@@ -115,6 +126,7 @@ class TrainRunConfig:
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ConfigError(f"train.methods: unknown {bad}; choose from {', '.join(METHODS)}.")
+        require("train.over_refusal_n", self.over_refusal_n, self.over_refusal_n >= 0, ">= 0 (0: skip)")
         if self.rounds < 1:
             raise ConfigError(f"train.rounds must be >= 1, got {self.rounds}.")
         if self.data.split != "dev":
@@ -128,20 +140,13 @@ class TrainRunConfig:
 
         if self.pairs.degrade not in DEGRADE_STRATEGIES:
             raise ConfigError(f"train.pairs.degrade {self.pairs.degrade!r}; choose from {', '.join(DEGRADE_STRATEGIES)}.")
-        if self.pairs.degrade == "anchor" and not float(self.dpo.get("sft_weight", 0) or 0) > 0:
+        if self.pairs.degrade == "anchor" and not self.dpo.sft_weight > 0:
             raise ConfigError("train.pairs.degrade: anchor makes each general pair's DPO term a constant; the pairs then "
                               "train only through the NLL term: set dpo.sft_weight > 0 (e.g. 1.0).")
         general = self.pairs.general_datasets()  # checks the '+' syntax
         if self.pairs.general_chosen != "model" and "gsm8k" not in general:
             raise ConfigError("train.pairs.general_chosen checks answers against GSM8K's reference answers: it needs "
                               f"pairs.general_dataset: gsm8k (got {self.pairs.general_dataset!r}).")
-
-
-def _dpo_config(cfg: TrainRunConfig) -> SafeNeuronDPOConfig:
-    try:
-        return SafeNeuronDPOConfig.from_dict(cfg.dpo) if cfg.dpo else SafeNeuronDPOConfig()
-    except TypeError as exc:
-        raise ConfigError(f"train.dpo: {exc}") from None
 
 
 def general_prompts(cfg: TrainRunConfig) -> Any:
@@ -435,7 +440,7 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
     _, sets = identification_stage(run, lm, harmful, harmless, cfg.stats, cfg.identify, prefix="base/",
                                    progress=progress)
     pairs = build_pairs(run, lm, cfg, harmful, sets["FULL"])
-    dpo_cfg = _dpo_config(cfg)
+    dpo_cfg = cfg.dpo
     models: dict[str, Path | str] = {"original": cfg.model.spec}
     for method in cfg.methods:
         mdir = run.path / method
@@ -482,7 +487,7 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
                 model_dir = res.model_dir or str(mdir / "model")
             else:
                 res = sn_tune(lm_m.model, lm_m.tokenizer, harmful.texts(), sets["FULL"],
-                              config=MaskedSFTConfig.from_dict(cfg.sft), output_dir=mdir)
+                              config=cfg.sft, output_dir=mdir)
                 info.update(trainable_fraction=res.trainable_fraction, train_loss=res.train_loss)
                 model_dir = res.model_dir or str(mdir / "model")
             info["model_dir"] = model_dir

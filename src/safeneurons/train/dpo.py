@@ -48,7 +48,12 @@ from safeneurons.intervene.hooks import ablate, fingerprint
 from safeneurons.io import environment_info, read_json, sha256_text, write_json_atomic
 from safeneurons.models.layout import model_layout
 from safeneurons.neurons import NeuronSet
-from safeneurons.train.dpo_config import BaseTrainConfig, SafeNeuronDPOConfig, TrainResult
+from safeneurons.train.dpo_config import (
+    BaseTrainConfig,
+    SafeNeuronDPOConfig,
+    TrainResult,
+    check_trainer_overrides,
+)
 from safeneurons.train.freezing import FreezeCallback, NeuronFreezer, restricted_trainable, unwrap_model
 from safeneurons.train.preference_data import PreferencePair, to_trl_rows
 
@@ -119,26 +124,6 @@ def _restore_forward(model: nn.Module) -> Iterator[None]:
     finally:
         if not had and "forward" in base.__dict__:
             del base.__dict__["forward"]
-
-
-def check_trainer_overrides(trl_cls: type, overrides: dict[str, Any], cfg_name: str) -> None:
-    """Refuse ``trainer_overrides`` keys that are not fields of the TRL config class (names changed across
-    TRL versions, e.g. ``warmup_ratio`` became a float ``warmup_steps`` in transformers 5)."""
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(trl_cls)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ConfigError(
-            f"{cfg_name}.trainer_overrides: {unknown} are not fields of {trl_cls.__name__} "
-            f"(TRL {_trl_version()}); check the spelling against its documentation."
-        )
-
-
-def _trl_version() -> str:
-    from importlib.metadata import version
-
-    return version("trl")
 
 
 def _save_model(model: nn.Module, tokenizer: Any, path: Path) -> None:
@@ -467,7 +452,6 @@ def _dpo(
             "SafeNeuronDPOConfig.chat_template = True but the tokenizer has no chat template; set "
             "chat_template=False to train on HH-style 'Human:/Assistant:' text."
         )
-    check_trainer_overrides(DPOConfig, config.trainer_overrides, "SafeNeuronDPOConfig")
     out = Path(output_dir)
     precompute = config.reference == "precompute"
     ablate_ref = frozen is not None and config.ablate_in_reference
