@@ -58,7 +58,7 @@ import json
 import logging
 import math
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -70,8 +70,9 @@ from torch import nn
 from safeneurons.errors import ConfigError, DataError, NeuronSetMismatchError, NumericalError
 from safeneurons.io import atomic_path, package_version, read_json, read_safetensors, write_json_atomic
 from safeneurons.models.adapters import get_module
+from safeneurons.models.hooks import hook_handles, site_hooks
 from safeneurons.models.layout import ModelLayout, model_layout
-from safeneurons.neurons import SITES, ModelShape, NeuronSet
+from safeneurons.neurons import SITES, ModelShape
 from safeneurons.stats.collect import decoder_of
 from safeneurons.stats.encode import Encoded, encode, length_sorted_batches, pad_batch, pad_token_id
 
@@ -478,25 +479,6 @@ def _save_cell(directory: Path, cell: Cell, scores: np.ndarray) -> None:
 # ============================================================================ hooks
 
 
-def _register(layout: ModelLayout, layer: int, site: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """Hook ``fn`` on the site's module activation (input or output); returns the handle."""
-    lay = layout.site(site)
-    mod = get_module(layout.layers[layer], lay.module)
-    if lay.io == "input":
-        return mod.register_forward_pre_hook(lambda m, args: (fn(args[0]), *args[1:]))
-    return mod.register_forward_hook(lambda m, args, out: fn(out))
-
-
-@contextmanager
-def _hooks() -> Iterator[list[Any]]:
-    handles: list[Any] = []
-    try:
-        yield handles
-    finally:
-        for h in reversed(handles):
-            h.remove()
-
-
 class _RowMask:
     """Zeroes coordinate ``cols[i]`` of row ``rows[i]`` (at every position, or where ``keep`` is 0)."""
 
@@ -573,7 +555,7 @@ def _capture(decoder: nn.Module, layers: list[nn.Module], batch: _Batch, start: 
 
         return hook
 
-    with _hooks() as handles:
+    with hook_handles() as handles:
         for i in range(start, len(layers)):
             handles.append(layers[i].register_forward_pre_hook(make(i), with_kwargs=True))
         out = decoder(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False)
@@ -713,8 +695,7 @@ def _exact(model: nn.Module, layout: ModelLayout, cfg: ImportanceConfig, batches
                 resume.save((layer, site), sums)
                 continue
             mask = _RowMask()
-            with _hooks() as handles:
-                handles.append(_register(layout, layer, site, mask))
+            with site_hooks(layout, [(layer, site, mask)]):
                 for batch in batches:
                     b = batch.ids.shape[0]
                     reps_max = max(1, cfg.max_rows // b)
@@ -777,27 +758,23 @@ def _check_cache_path(layers: list[nn.Module], norm: nn.Module, cap: _Captured, 
 # ============================================================================ naive
 
 
-@contextmanager
-def _zero_one(model: nn.Module, layout: ModelLayout, layer: int, site: str, j: int,
-              keep: torch.Tensor | None) -> Iterator[None]:
-    """Zero neuron ``j``: at every position with :func:`ablate`, else where ``keep`` is 0."""
-    if keep is None:
-        from safeneurons.intervene.hooks import ablate
-
-        ns = NeuronSet(layout.shape(), {(layer, site): [j]}, name=f"{layer}.{site}.{j}")
-        with ablate(model, ns, layout):
-            yield
-        return
+def _zero_one(layout: ModelLayout, layer: int, site: str, j: int,
+              keep: torch.Tensor | None) -> AbstractContextManager[None]:
+    """Zero neuron ``j``: at every position (as :func:`~safeneurons.intervene.hooks.ablate` does: the
+    activation times a 0/1 vector), else where ``keep`` is 0."""
     col = layout.site(site).offset + j
 
-    def fn(x: torch.Tensor) -> torch.Tensor:
+    def zero_all(x: torch.Tensor) -> torch.Tensor:
+        a = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device)
+        a[col] = 0
+        return x * a
+
+    def zero_kept(x: torch.Tensor) -> torch.Tensor:
         x = x.clone()
         x[:, :, col] = x[:, :, col] * keep.to(x.dtype)
         return x
 
-    with _hooks() as handles:
-        handles.append(_register(layout, layer, site, fn))
-        yield
+    return site_hooks(layout, [(layer, site, zero_all if keep is None else zero_kept)])
 
 
 @torch.no_grad()
@@ -815,7 +792,7 @@ def _naive(model: nn.Module, layout: ModelLayout, cfg: ImportanceConfig, batches
             for j in _shard_indices(width, shard):
                 for batch, h0 in zip(batches, base):
                     keep = None if cfg.ablate_positions == "all" else ~batch.ablate_m
-                    with _zero_one(model, layout, layer, site, int(j), keep):
+                    with _zero_one(layout, layer, site, int(j), keep):
                         h = _final_rep(decoder(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False))
                     sums[j] += float(_distances(h, h0, batch.score_w, 1, cfg.norm).sum())
                     bar.update(1)
@@ -907,9 +884,8 @@ def _first_order(model: nn.Module, layout: ModelLayout, cfg: ImportanceConfig, b
 
                 return fn
 
-            with torch.enable_grad(), _frozen_params(model), _hooks() as handles:
-                for cell in todo:
-                    handles.append(_register(layout, cell[0], cell[1], make(cell)))
+            with torch.enable_grad(), _frozen_params(model), \
+                    site_hooks(layout, [(cell[0], cell[1], make(cell)) for cell in todo]):
                 h = _final_rep(decoder(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False))
             b, t, d = h.shape
             order = list(deltas)
@@ -1019,9 +995,7 @@ def _heuristic(model: nn.Module, layout: ModelLayout, cfg: ImportanceConfig, bat
 
                 return fn
 
-            with _hooks() as handles:
-                for cell in todo:
-                    handles.append(_register(layout, cell[0], cell[1], make(cell)))
+            with site_hooks(layout, [(cell[0], cell[1], make(cell)) for cell in todo]):
                 decoder(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False)
             for c in todo:
                 idx = _shard_indices(sums[c].size, shard)
