@@ -31,12 +31,21 @@ C = TypeVar("C")
 VARIANT = "variant_of"
 
 
-def variant_field(selector: str, lookup: Callable[[str], type], help: str) -> Any:
+def variant_field(selector: str, lookup: Callable[[str], type], choices: Callable[[], list[str]], help: str) -> Any:
     """A field holding the typed settings of whatever the sibling field ``selector`` names (a registered
     method): ``lookup(name)`` gives that method's config dataclass (and raises ``ConfigError`` with suggestions
-    for an unknown name). Declared ``Any``; after loading it always holds an instance of the looked-up class.
-    The owning dataclass calls :func:`resolve_variant` in ``__post_init__`` for configs built in Python."""
-    return field(default=None, metadata={"help": help, VARIANT: (selector, lookup)})
+    for an unknown name), ``choices()`` every name (for the config reference). Declared ``Any``; after loading
+    it always holds an instance of the looked-up class. The owning dataclass calls :func:`resolve_variant` in
+    ``__post_init__`` for configs built in Python."""
+    return field(default=None, metadata={"help": help, VARIANT: (selector, lookup), "variant_choices": choices})
+
+
+def variant_choices(f: dataclasses.Field) -> dict[str, type]:
+    """``{name: settings class}`` for every choice of a :func:`variant_field` (empty for other fields)."""
+    if variant_of(f) is None:
+        return {}
+    _, lookup = variant_of(f)  # type: ignore[misc]
+    return {name: lookup(name) for name in f.metadata["variant_choices"]()}
 
 
 def variant_of(f: dataclasses.Field) -> tuple[str, Callable[[str], type]] | None:

@@ -69,10 +69,16 @@ def _identify_params_type(method: str) -> type:
     return params_type(method)
 
 
+def _identify_methods() -> list[str]:
+    from safeneurons.identify.registry import METHODS
+
+    return METHODS.names()
+
+
 @dataclass
 class IdentifyConfig:
     method: str = field(default="safeneuron", metadata={"help": "identification method (safeneurons ls methods)"})
-    params: Any = variant_field("method", _identify_params_type,
+    params: Any = variant_field("method", _identify_params_type, _identify_methods,
                                 "the method's settings (safeneuron: tau_es, tau_sas, statistic, ...; "
                                 "safeneurons config show lists each method's keys)")
 
