@@ -214,6 +214,10 @@ class MultilingualConfig:
                 "a count >= 1 (or null: every held-out row)")
         if self.split not in EVAL_SPLITS:
             raise ConfigError(f"multilingual.split = {self.split!r}; choose from {', '.join(EVAL_SPLITS)}.")
+        unknown_languages = [lang for lang in self.languages if lang not in MULTIJAIL_LANGUAGES]
+        if unknown_languages:
+            raise ConfigError(f"multilingual.languages: MultiJail has no language {unknown_languages[0]!r}; "
+                              f"languages: {', '.join(MULTIJAIL_LANGUAGES)}.")
         if self.hr_language not in self.languages:
             raise ConfigError(f"multilingual.languages must include hr_language {self.hr_language!r}.")
         check_judge_name(self.judge, "judge")
