@@ -16,8 +16,12 @@ err = Console(stderr=True)
 out = Console()
 F = TypeVar("F", bound=Callable[..., Any])
 
-ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="YAML config file (keys as in `--help` of the config).")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config key: --set identify.params.tau_sas=2.5 (repeatable).")]
+ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help=(
+    "YAML config file, nested sections as mappings; all keys: safeneurons config show <command> or "
+    "docs/config.md."))]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help=(
+    "Override a config key: --set identify.params.tau_sas=2.5 (repeatable); all keys: safeneurons config "
+    "show <command> or docs/config.md."))]
 OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="Run directory (default runs/<command>-<time>); re-run to resume.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model: local dir, offline registry name (safeneurons model list) or hub id.")]
 ReuseOpt = Annotated[list[str] | None, typer.Option("--reuse", help="Earlier run directory whose content-keyed caches "

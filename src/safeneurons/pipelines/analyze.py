@@ -20,18 +20,22 @@ from safeneurons.stats import StatsConfig
 
 @dataclass
 class AnalyzeConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={
+        "help": "the model (--model sets model.spec)"})
     harmful: str = field(default="harmbench", metadata={"help": "harmful dataset with categories"})
     harmless: str = field(default="self_instruct", metadata={"help": "benign contrast prompts"})
     n_per_category: int = field(default=32, metadata={"help": "prompts per category (sampled)"})
     min_per_category: int = field(default=8, metadata={"help": "skip categories with fewer prompts"})
     n_harmless: int = field(default=128, metadata={"help": "benign prompts"})
-    stats: StatsConfig = field(default_factory=StatsConfig)
-    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig, metadata={
+        "help": "activation statistics, one group per category plus the benign prompts"})
+    identify: IdentifyConfig = field(default_factory=IdentifyConfig, metadata={
+        "help": "SafeNeuron settings of the per-category sets (identify.params; its unsafe_group and "
+                "safe_group are set per category)"})
     sets: tuple[str, ...] = field(default=(), metadata={"help": "neuron-set JSON files to compare pairwise"})
     max_subsets: int = field(default=200, metadata={"help": "K-subsets sampled per K for the overlap curve"})
     data_dir: str | None = field(default=None, metadata={"help": "datasets folder"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "seed for sampling prompts and the overlap-curve subsets"})
 
 
 def split_by_category(ps: PromptSet, n: int, minimum: int, seed: int) -> dict[str, PromptSet]:

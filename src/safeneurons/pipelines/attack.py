@@ -93,11 +93,16 @@ class CapabilityCheck:
 
 @dataclass
 class AttackConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    stats: StatsConfig = field(default_factory=StatsConfig)
-    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
-    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64, batch_size=16))
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={
+        "help": "the model to attack (--model sets model.spec)"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={
+        "help": "identification prompts and the held-out harmful prompts scored"})
+    stats: StatsConfig = field(default_factory=StatsConfig, metadata={
+        "help": "activation statistics for identification (not read with neuron_sets)"})
+    identify: IdentifyConfig = field(default_factory=IdentifyConfig, metadata={
+        "help": "identification of the sets to prune (not read with neuron_sets)"})
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64, batch_size=16),
+                                         metadata={"help": "decoding of the replies to the held-out prompts"})
     judge: str = field(default="guard", metadata={
         "help": "judge name (safeneurons ls judges); its agreement with labelled replies is printed under each table"})
     judge_params: dict[str, Any] = field(default_factory=dict, metadata={"help": "judge options"})
@@ -105,7 +110,9 @@ class AttackConfig:
     random_seeds: tuple[int, ...] = field(default=(0, 1), metadata={"help": "seeds of the matched random sets"})
     random_exclude_self: bool = field(default=True, metadata={"help": "random sets avoid the FULL neurons"})
     neuron_sets: str | None = field(default=None, metadata={"help": "reuse these sets (a neurons/ dir) instead of re-identifying"})
-    capability: CapabilityCheck = field(default_factory=CapabilityCheck)
+    capability: CapabilityCheck = field(default_factory=CapabilityCheck, metadata={
+        "help": "capability (task accuracy) and fluency (perplexity) of the conditions; tasks: [] and "
+                "perplexity_texts: 0 skip it"})
     examples: int = field(default=3, metadata={"help": "example completions kept per condition"})
     cache_dir: str | None = field(default=None, metadata={"help": "generation cache (default: <run>/generations.sqlite)"})
 

@@ -20,10 +20,14 @@ from safeneurons.stats import StatsConfig
 
 @dataclass
 class IdentifyRunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    stats: StatsConfig = field(default_factory=StatsConfig)
-    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={
+        "help": "the model (--model sets model.spec)"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={
+        "help": "harmful and benign identification prompts (eval, n_eval and split are not used)"})
+    stats: StatsConfig = field(default_factory=StatsConfig, metadata={
+        "help": "activation statistics on both prompt groups (positions, sites, batching)"})
+    identify: IdentifyConfig = field(default_factory=IdentifyConfig, metadata={
+        "help": "identification method and its settings (not read by stats)"})
 
 
 def run_identify(cfg: IdentifyRunConfig, out: str | Path | None = None, progress: bool = True,

@@ -160,7 +160,8 @@ class ExpansionConfig:
 
 @dataclass
 class MultilingualConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={
+        "help": "the model (--model sets model.spec)"})
     languages: tuple[str, ...] = field(default=MULTIJAIL_LANGUAGES, metadata={"help": "MultiJail languages (en first)"})
     hr_language: str = field(default="en", metadata={"help": "high-resource reference language for SS"})
     n_identify: int = field(default=48, metadata={"help": "MultiJail rows used to identify (D_jail), per language"})
@@ -177,11 +178,15 @@ class MultilingualConfig:
         "help": "'none', 'refused' (keep rows the model refuses, with its refusals) or 'template' (every row with the "
                 "language's refusal template, train.sft.REFUSALS, as its response: the paper's harmful prompts "
                 "paired with safe refusals, whichever rows the model itself refuses; for position: response)"})
-    importance: ImportanceConfig = field(default_factory=lambda: ImportanceConfig(method="probe", n_probes=16))
+    importance: ImportanceConfig = field(default_factory=lambda: ImportanceConfig(method="probe", n_probes=16),
+                                         metadata={"help": "deactivation importance that ranks neurons per "
+                                                           "language (not read with neuron_sets)"})
     p: float = field(default=0.03, metadata={"help": "top-p share per layer and site"})
     conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={"help": ", ".join(CONDITIONS)})
     alpha: float = field(default=2.0, metadata={"help": "reinforcement scale for REINFORCE_SS"})
-    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=48, batch_size=16))
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=48, batch_size=16),
+                                         metadata={"help": "decoding of every reply: scored conditions, "
+                                                           "translations, the model's own training answers"})
     judge: str = field(default="guard", metadata={
         "help": "judge that scores every condition (safeneurons ls judges; its agreement with labelled replies is "
                 "printed under each table)"})
@@ -189,7 +194,8 @@ class MultilingualConfig:
         "help": "judge that picks training and importance data (rows the model refuses, benign answers it gives); "
                 "the recipes of docs/results were built with refusal, so changing the scoring judge leaves them "
                 "unchanged"})
-    expansion: ExpansionConfig = field(default_factory=ExpansionConfig)
+    expansion: ExpansionConfig = field(default_factory=ExpansionConfig, metadata={
+        "help": "SS-Neuron expansion: training restricted to the target neurons, scored before and after"})
     neuron_sets: str | None = field(default=None, metadata={
         "help": "a neurons/multilingual folder of an earlier run (<lang>/S_jail, S_norm, MS, SS .json) to use "
                 "instead of computing importance; each set is checked against this model's shape"})

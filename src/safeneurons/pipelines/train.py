@@ -74,7 +74,8 @@ class PairsConfig:
         "help": "drop pairs whose model-written chosen answer stopped at the token budget or loops (trained by DPO "
                 "and sft_weight, a cut answer teaches stopping mid-sentence and a looping one loops; false: keep them, "
                 "as the runs of docs/results.md up to §4i did)"})
-    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=96, batch_size=16))
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=96, batch_size=16),
+                                         metadata={"help": "decoding of the model's own answers in pairs"})
     judge: str = field(default="refusal", metadata={
         "help": "judge that labels the model's own replies when building on-policy safety pairs (a refusal is the "
                 "chosen side); the recipes of docs/results used refusal. attack.judge scores the trained models"})
@@ -107,17 +108,26 @@ def general_dataset_names(spec: str) -> list[str]:
 
 @dataclass
 class TrainRunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    stats: StatsConfig = field(default_factory=StatsConfig)
-    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
-    pairs: PairsConfig = field(default_factory=PairsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={
+        "help": "the model to train (--model sets model.spec)"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={
+        "help": "identification prompts (the harmful ones also give the safety pairs), data_dir and seed; "
+                "eval, n_eval and split are not used (the attack's are attack.data)"})
+    stats: StatsConfig = field(default_factory=StatsConfig, metadata={
+        "help": "activation statistics for identification (also each round's re-identification)"})
+    identify: IdentifyConfig = field(default_factory=IdentifyConfig, metadata={
+        "help": "identification of the safety neurons (FULL) frozen by safeneuron, tuned by sn_tune and "
+                "pruned to find the safety pairs"})
+    pairs: PairsConfig = field(default_factory=PairsConfig, metadata={
+        "help": "preference pairs: on-policy safety pairs and helpfulness pairs, mixed"})
     methods: tuple[str, ...] = field(default=("safeneuron", "dpo"), metadata={"help": ", ".join(METHODS)})
     rounds: int = field(default=1, metadata={"help": "SafeNeuron iterative rounds (Eq. 13)"})
     dpo: SafeNeuronDPOConfig = field(default_factory=SafeNeuronDPOConfig, metadata={
         "help": "DPO settings of safeneuron and dpo (paper defaults)"})
     sft: MaskedSFTConfig = field(default_factory=MaskedSFTConfig, metadata={"help": "masked SFT settings of sn_tune"})
-    attack: AttackConfig = field(default_factory=AttackConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig, metadata={
+        "help": "pruning attack and capability check of the original and every trained model "
+                "(attack.model is not read; --split sets attack.data.split)"})
     over_refusal_n: int = field(default=100, metadata={"help": "XSTest safe prompts for over-refusal (0 = skip)"})
 
     def __post_init__(self) -> None:
