@@ -26,13 +26,15 @@ METHODS: Registry[Method] = Registry("identification method")
 
 
 @dataclass
-class MeanDiffConfig(SafeNeuronConfig):
-    """The mean-difference baseline: SafeNeuron's groups and site, then a fixed count per layer."""
+class MeanDiffConfig:
+    """The mean-difference baseline: a fixed count per layer by raw mean shift (no effect size, no z-score)."""
 
     k: int = field(default=100, metadata={"help": "neurons kept per layer (largest raw mean shift)"})
+    unsafe_group: str = field(default="harmful", metadata={"help": "statistics group of harmful prompts"})
+    safe_group: str = field(default="harmless", metadata={"help": "statistics group of benign prompts"})
+    site: str = field(default="mlp", metadata={"help": "neuron site"})
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if self.k < 1:
             raise ConfigError(f"identify.params.k = {self.k!r}: keep at least 1 neuron per layer.")
 
@@ -45,7 +47,8 @@ def _safeneuron(stats: ActivationStats, params: SafeNeuronConfig, family: str) -
 
 @METHODS.register("meandiff", summary="raw mean-difference top-k per layer (baseline)", config=MeanDiffConfig)
 def _meandiff(stats: ActivationStats, params: MeanDiffConfig, family: str) -> dict[str, NeuronSet]:
-    s = mean_difference_topk(stats, params.k, params)
+    groups = SafeNeuronConfig(unsafe_group=params.unsafe_group, safe_group=params.safe_group, site=params.site)
+    s = mean_difference_topk(stats, params.k, groups)
     return {s.name: s}
 
 

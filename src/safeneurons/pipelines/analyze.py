@@ -10,12 +10,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+from safeneurons.config import variant_field
 from safeneurons.data import PromptSet, load_prompts
-from safeneurons.errors import DataError
+from safeneurons.errors import ConfigError, DataError
 from safeneurons.pipelines.common import IdentifyConfig, ModelConfig, record_data, record_model
 from safeneurons.pipelines.rundir import RunDir, default_run_dir
 from safeneurons.stats import StatsConfig
+
+
+def _safeneuron_only(method: str) -> type:
+    from safeneurons.identify import SafeNeuronConfig
+
+    if method != "safeneuron":
+        raise ConfigError(f"analyze: identify.method = {method!r}; the per-category sets are SafeNeuron sets "
+                          "(ES ∪ SAS), so only 'safeneuron' applies here.")
+    return SafeNeuronConfig
+
+
+@dataclass
+class CategoryIdentifyConfig(IdentifyConfig):
+    """``identify`` of analyze: SafeNeuron's settings only (the categories set its two groups)."""
+
+    params: Any = variant_field("method", _safeneuron_only, lambda: ["safeneuron"],
+                                "SafeNeuron settings (tau_es, tau_sas, statistic, site); unsafe_group and "
+                                "safe_group are set per category")
 
 
 @dataclass
@@ -29,7 +49,7 @@ class AnalyzeConfig:
     n_harmless: int = field(default=128, metadata={"help": "benign prompts"})
     stats: StatsConfig = field(default_factory=StatsConfig, metadata={
         "help": "activation statistics, one group per category plus the benign prompts"})
-    identify: IdentifyConfig = field(default_factory=IdentifyConfig, metadata={
+    identify: CategoryIdentifyConfig = field(default_factory=CategoryIdentifyConfig, metadata={
         "help": "SafeNeuron settings of the per-category sets (identify.params; its unsafe_group and "
                 "safe_group are set per category)"})
     sets: tuple[str, ...] = field(default=(), metadata={"help": "neuron-set JSON files to compare pairwise"})
