@@ -164,3 +164,28 @@ def test_shipped_pipeline_configs_load(path):
     cls = {"multilingual": MultilingualConfig, "train": TrainRunConfig}.get(path.stem.split("-")[0], AttackConfig)
     cfg = load_config(cls, str(path), [])
     assert cfg.model.spec
+
+
+def test_method_settings_are_typed_by_the_method(tmp_path):
+    """identify.params is the chosen method's settings dataclass: from a file, from --set, built in Python;
+    another method's keys are refused, and switching the method does not carry the default method's keys."""
+    from safeneurons.errors import ConfigError
+    from safeneurons.identify import SafeNeuronConfig
+    from safeneurons.identify.registry import MeanDiffConfig
+    from safeneurons.pipelines.common import IdentifyConfig
+
+    y = tmp_path / "run.yaml"
+    y.write_text("identify:\n  method: meandiff\n  params: {k: 7}\n")
+    cfg = load_config(AttackConfig, y)
+    assert isinstance(cfg.identify.params, MeanDiffConfig) and cfg.identify.params.k == 7
+    cfg = load_config(AttackConfig, None, ["identify.method=meandiff", "identify.params.k=3"])
+    assert cfg.identify.params == MeanDiffConfig(k=3)
+    assert IdentifyConfig(method="meandiff", params={"k": 4}).params == MeanDiffConfig(k=4)
+    assert IdentifyConfig().params == SafeNeuronConfig()
+    with pytest.raises(ConfigError, match="unknown key 'identify.params.tau_es'"):
+        load_config(AttackConfig, None, ["identify.method=meandiff", "identify.params.tau_es=1"])
+    with pytest.raises(ConfigError, match="takes MeanDiffConfig"):
+        IdentifyConfig(method="meandiff", params=SafeNeuronConfig())
+    with pytest.raises(ConfigError, match=r"run.yaml: identify.method: Unknown identification method"):
+        y.write_text("identify:\n  method: nope\n  params: {k: 7}\n")
+        load_config(AttackConfig, y)
