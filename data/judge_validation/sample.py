@@ -3,8 +3,8 @@
 Run from the repository root: ``python data/judge_validation/sample.py`` (``--check``: compare with the
 committed ``items.jsonl`` instead of writing it). Deterministic (seeded), so the committed ``items.jsonl`` can
 be rebuilt and checked. The replies are read from git history, as ``docs/results`` stood at commit
-``SOURCE_COMMIT`` (when the items were drawn): most of those run folders have since left the tree, so a
-clone with that commit in its history is needed. Each item keeps where it came from (run, condition,
+``SOURCE_COMMIT`` (when the items were drawn): most of those run folders have since left the tree and the
+kept ones store full replies only for a few examples, so a clone with that commit in its history is needed. Each item keeps where it came from (run, condition,
 model) for analysis; the labelling batches (``batches/*.jsonl``) carry only id, language, prompt and response,
 so labels are blind to condition and to every judge verdict.
 
