@@ -1,7 +1,10 @@
 """Draw the judge-validation items from the project's own published runs (docs/results).
 
-Run from the repository root: ``python data/judge_validation/sample.py``. Deterministic (seeded), so the
-committed ``items.jsonl`` can be rebuilt and checked. Each item keeps where it came from (run, condition,
+Run from the repository root: ``python data/judge_validation/sample.py`` (``--check``: compare with the
+committed ``items.jsonl`` instead of writing it). Deterministic (seeded), so the committed ``items.jsonl`` can
+be rebuilt and checked. The replies are read from git history, as ``docs/results`` stood at commit
+``SOURCE_COMMIT`` (when the items were drawn): most of those run folders have since left the tree and the
+kept ones store full replies only for a few examples, so a clone with that commit in its history is needed. Each item keeps where it came from (run, condition,
 model) for analysis; the labelling batches (``batches/*.jsonl``) carry only id, language, prompt and response,
 so labels are blind to condition and to every judge verdict.
 
@@ -12,14 +15,18 @@ over (run, condition) groups so pruned, random-control, trained and original mod
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import random
+import subprocess
+import sys
 from collections import defaultdict
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "docs" / "results"
+RESULTS = "docs/results"
+SOURCE_COMMIT = "3013edc8407433bc4a1425293eabda9afdfd3ae4"
 OUT = Path(__file__).resolve().parent
 SEED = 20261207
 
@@ -46,13 +53,39 @@ def item_id(prompt: str, response: str) -> str:
     return hashlib.sha256(f"{prompt}\x00{response}".encode()).hexdigest()[:12]
 
 
+def published(commit: str = SOURCE_COMMIT) -> tuple[list, list]:
+    """``(verdicts, over_refusal)``: ``[(path relative to docs/results, parsed JSON)]`` of every
+    ``**/verdicts.json`` and ``**/over_refusal/*.json`` under docs/results at ``commit``, in path order."""
+    def git(*args: str, data: bytes | None = None) -> bytes:
+        try:
+            return subprocess.run(["git", "-C", str(ROOT), *args], input=data, capture_output=True,
+                                  check=True).stdout
+        except subprocess.CalledProcessError as e:
+            sys.exit(f"git {args[0]} failed ({e.stderr.decode().strip()}); sample.py reads docs/results at "
+                     f"commit {commit}, which this clone's history must hold (not a shallow clone).")
+
+    names = git("ls-tree", "-r", "-z", "--name-only", commit, "--", RESULTS).decode().split("\0")
+    rel = sorted(PurePosixPath(n).relative_to(RESULTS) for n in names if n)
+    want = [r for r in rel
+            if r.name == "verdicts.json" or (r.parent.name == "over_refusal" and r.suffix == ".json")]
+    out = git("cat-file", "--batch", data="".join(f"{commit}:{RESULTS}/{r}\n" for r in want).encode())
+    files, pos = {}, 0
+    for r in want:
+        header_end = out.index(b"\n", pos)
+        size = int(out[pos:header_end].split()[2])
+        files[r] = json.loads(out[header_end + 1:header_end + 1 + size])
+        pos = header_end + 1 + size + 1
+    return ([(r, files[r]) for r in want if r.name == "verdicts.json"],
+            [(r, files[r]) for r in want if r.name != "verdicts.json"])
+
+
 def candidates() -> dict[tuple[str, str], dict[tuple[str, str, str], list[dict]]]:
     pools: dict = defaultdict(lambda: defaultdict(list))
     seen: set[str] = set()
-    for f in sorted(RESULTS.glob("**/verdicts.json")):
-        rel = f.relative_to(RESULTS)
+    verdict_files, over_refusal_files = published()
+    for rel, records in verdict_files:
         run, stage = rel.parts[0], rel.parts[1] if len(rel.parts) > 2 else ""
-        for r in json.loads(f.read_text()):
+        for r in records:
             iid = item_id(r["prompt"], r["response"])
             if iid in seen:
                 continue
@@ -62,10 +95,8 @@ def candidates() -> dict[tuple[str, str], dict[tuple[str, str, str], list[dict]]
                   "condition": r["condition"], "model": model_of(run),
                   "model_kind": kind_of(run, stage, r["condition"])}
             pools[(r["language"], "harmful")][(run, stage, r["condition"])].append(it)
-    for f in sorted(RESULTS.glob("**/over_refusal/*.json")):
-        rel = f.relative_to(RESULTS)
-        run, who = rel.parts[0], f.stem
-        d = json.loads(f.read_text())
+    for rel, d in over_refusal_files:
+        run, who = rel.parts[0], rel.stem
         for r in d.get("examples", []):
             iid = item_id(r["prompt"], r["response"])
             if iid in seen:
@@ -79,7 +110,11 @@ def candidates() -> dict[tuple[str, str], dict[tuple[str, str, str], list[dict]]
     return pools
 
 
-def main() -> None:
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true",
+                    help="compare the drawn items with the first lines of the committed items.jsonl; write nothing")
+    args = ap.parse_args()
     rng = random.Random(SEED)
     pools = candidates()
     chosen: list[dict] = []
@@ -96,11 +131,18 @@ def main() -> None:
         print(f"{stratum}: {len(picked)} of {sum(len(v) for v in groups.values())} candidates, {len(groups)} groups")
         chosen.extend(picked)
     rng.shuffle(chosen)
+    lines = [json.dumps(it, ensure_ascii=False) + "\n" for it in chosen]
+    if args.check:
+        with open(OUT / "items.jsonl", encoding="utf-8") as fh:
+            committed = fh.readlines()[:len(lines)]
+        same = committed == lines
+        print(f"{len(lines)} items drawn: {'same as' if same else 'DIFFERENT from'} the first lines of items.jsonl")
+        return 0 if same else 1
     with open(OUT / "items.jsonl", "w", encoding="utf-8") as fh:
-        for it in chosen:
-            fh.write(json.dumps(it, ensure_ascii=False) + "\n")
+        fh.writelines(lines)
     print(len(chosen), "items")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
