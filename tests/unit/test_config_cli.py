@@ -39,7 +39,7 @@ def test_unknown_key_names_file_and_suggests(tmp_path):
 
 
 @pytest.mark.parametrize("cmd", [[], ["attack"], ["identify"], ["stats"], ["demo"], ["model"], ["model", "pull"], ["ls"],
-                                 ["train"], ["train", "safeneuron"], ["multilingual"], ["report"], ["compare"], ["analyze"], ["publish"]])
+                                 ["train"], ["train", "safeneuron"], ["multilingual"], ["brittleness"], ["report"], ["compare"], ["analyze"], ["publish"]])
 def test_help(cmd):
     res = runner.invoke(app, [*cmd, "--help"])
     assert res.exit_code == 0, res.output

@@ -133,6 +133,24 @@ def attack_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None
     _finish(path, report)
 
 
+@app.command("brittleness", epilog=_reference_cli.epilog("brittleness"))
+@friendly_errors
+def brittleness_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
+                    n_eval: Annotated[int | None, typer.Option(help="held-out harmful prompts to attack")] = None,
+                    exclude: Annotated[str | None, typer.Option(
+                        help="a NeuronSet JSON no attacker may pick (a defended model's frozen set)")] = None,
+                    split: SplitOpt = None, reuse: ReuseOpt = None, quiet: QuietOpt = False) -> None:
+    """Brittleness curve: ASR against the share of MLP neurons zeroed (one-shot, iterative, matched random)."""
+    from safeneurons.pipelines.brittleness import BrittlenessConfig, run_brittleness
+
+    setup_logging(quiet)
+    options = explicit(**{"model.spec": model, "data.n_eval": n_eval, "exclude": exclude})
+    cfg = load_scoring_config(BrittlenessConfig, config, set_, options, split, "data.split")
+    path = run_brittleness(cfg, run_dir_for("brittleness", out, reuse), progress=not quiet)
+    echo((path / "brittleness" / "curve.md").read_text())
+    echo(f"run directory: {path}")
+
+
 @app.command("demo", epilog=_reference_cli.epilog("demo"))
 @friendly_errors
 def demo_cmd(out: OutOpt = None, headline: Annotated[bool, typer.Option(

@@ -37,6 +37,13 @@ class ModelConfig:
     device_map: str | None = field(default=None, metadata={"help": "transformers device_map, e.g. auto (multi-GPU)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model repos to run their own code"})
 
+    def load(self) -> Any:
+        """The model and tokenizer these settings name (:func:`safeneurons.models.load_model`)."""
+        from safeneurons.models import load_model
+
+        return load_model(self.spec, dtype=self.dtype, device=self.device, device_map=self.device_map,
+                          trust_remote_code=self.trust_remote_code)
+
 
 @dataclass
 class DataConfig:
