@@ -46,6 +46,7 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="On a failure, sho
 
 from safeneurons.cli import judge as _judge_cli  # noqa: E402
 from safeneurons.cli import ledger as _ledger_cli  # noqa: E402
+from safeneurons.cli import monitor as _monitor_cli
 from safeneurons.cli import reference as _reference_cli
 from safeneurons.cli import report as _report_cli  # noqa: E402
 
@@ -55,6 +56,7 @@ app.add_typer(model_app, name="model")
 _report_cli.register(app)
 _ledger_cli.register(app)
 _judge_cli.register(app)
+_monitor_cli.register(app)
 _reference_cli.register(app)
 
 

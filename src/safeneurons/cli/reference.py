@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "analyze": "safeneurons.pipelines.analyze:AnalyzeConfig",
     "train safeneuron": "safeneurons.pipelines.train:TrainRunConfig",
     "multilingual": "safeneurons.pipelines.multilingual:MultilingualConfig",
+    "monitor fit": "safeneurons.pipelines.monitor:MonitorFitRunConfig",
 }
 ALIASES = {"train": "train safeneuron"}
 # the keys each command's --help names (tests check that they exist)
@@ -51,6 +52,8 @@ MAIN_KEYS: dict[str, tuple[str, ...]] = {
                          "dpo.learning_rate", "attack.data.n_eval", "attack.capability.tasks"),
     "multilingual": ("model.spec", "languages", "n_identify", "n_eval", "importance.method", "p",
                      "conditions", "expansion.enabled"),
+    "monitor fit": ("model.spec", "neurons", "harmful", "harmless", "fit.n", "fit.held_out", "fit.l2",
+                    "fit.fprs"),
 }
 NOTES = {
     "demo": "`demo` starts from `src/safeneurons/pipelines/configs/demo.yaml` (`--headline`: "
