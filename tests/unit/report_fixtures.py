@@ -1,6 +1,6 @@
 """Synthetic run directories for the report tests, written with the project's own writers where they
-exist (RunDir, NeuronSet.save, the pipelines' ``asr_stage``) and by hand, following the documented shapes
-in ``safeneurons.report.load``, for files whose writers do not exist yet (training, multilingual).
+exist (RunDir, NeuronSet.save, the pipelines' ``asr_stage``) and by hand otherwise, at the paths and in the
+records of ``safeneurons.runformat`` (training, multilingual).
 
 No model runs and no torch is needed. Model text includes HTML/script payloads so escaping is tested."""
 
@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from safeneurons import runformat as rf
 from safeneurons.data import Prompt, PromptSet
 from safeneurons.neurons import ModelShape, NeuronSet
 from safeneurons.pipelines.rundir import RunDir
@@ -121,10 +122,10 @@ def _completions(cond: str, n: int, rng: np.random.Generator) -> list[str]:
     return out
 
 
-def _train_log(rng: np.random.Generator, steps: int = 30) -> list[dict[str, Any]]:
-    return [{"step": s * 5, "loss": float(0.69 * np.exp(-s / 12) + 0.05 * rng.random()),
+def _train_log(rng: np.random.Generator, steps: int = 30) -> dict[str, Any]:
+    return {"records": [{"step": s * 5, "loss": float(0.69 * np.exp(-s / 12) + 0.05 * rng.random()),
              "rewards/margins": float(2.5 * (1 - np.exp(-s / 10)) + 0.1 * rng.random()), "frozen_drift": 0.0,
-             "learning_rate": 5e-6} for s in range(steps)]
+             "learning_rate": 5e-6} for s in range(steps)]}
 
 
 def _cell(k: int, n: int) -> dict[str, Any]:
@@ -184,21 +185,25 @@ def make_run(path: str | Path, *, seed: int = 0, model_name: str = "tiny-qwen", 
             cap[cond] = {"tasks": {"arc_challenge": score},
                          "perplexity": ppl + 0.1 * seed}
         run.write_json("capability.json", cap)
-    if training:
-        run.write_json("train/log.json", _train_log(rng))
-        run.write_json("rounds.json", [{"round": f"T{t}", "n_neurons": 40 + 12 * t + seed,
-                                        "asr": _cell(max(1, (12 - 3 * t) * n_eval // 16), n_eval)} for t in range(4)])
+    if training:  # SafeNeuron rounds: each round's log and marker; the rounds' FULL ASR in robustness.json
+        robustness = {}
+        for t in (1, 2, 3):
+            run.write_json(rf.train_log("safeneuron", t), _train_log(rng))
+            run.write_json(rf.round_file("safeneuron", t), rf.RoundMarker(t, 30 + 5 * t, 40 + 12 * t + seed).to_dict())
+            robustness[f"safeneuron_T{t}"] = rf.RobustnessRow(
+                {"FULL": max(1, (12 - 3 * t) * n_eval // 16) / n_eval}, None, {}, {}, rf.attack_dir(f"safeneuron_T{t}"))
+        run.write_json(rf.ROBUSTNESS, {k: v.to_dict() for k, v in robustness.items()})
     if multilingual:
         ml = {}
         for cond, base in (("original", 0.1), ("suppressed_SS", 0.5), ("expanded", 0.05)):
             ml[cond] = {lang: _cell(int(round(min(1.0, base + 0.08 * i) * 40)), 40) for i, lang in enumerate(LANGUAGES)}
-        run.write_json("multilingual/asr.json", ml)
+        run.write_json(rf.ML_ASR, ml)
         jac = [[1.0 if i == j else round(0.6 - 0.08 * abs(i - j), 3) for j in range(len(LANGUAGES))]
                for i in range(len(LANGUAGES))]
-        run.write_json("multilingual/overlap.json", {"languages": list(LANGUAGES), "jaccard": jac})
-        run.write_json("multilingual/counts.json", {lang: {"MS": 120 - 10 * i, "SS": 60 - 8 * i,
-                                                           "per_layer": [int(x) for x in rng.integers(0, 12, n_layers)]}
-                                                    for i, lang in enumerate(LANGUAGES)})
+        run.write_json(rf.ML_OVERLAP, rf.OverlapMatrix(list(LANGUAGES), jac, "MS").to_dict())
+        run.write_json(rf.ML_COUNTS, {lang: rf.LanguageCounts({"MS": 120 - 10 * i, "SS": 60 - 8 * i},
+                                                              [int(x) for x in rng.integers(0, 12, n_layers)], None).to_dict()
+                                      for i, lang in enumerate(LANGUAGES)})
     run.finish()
     return root
 

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-BASE_MODULES = ["errors", "config", "io", "registry", "neurons", "data"]
+BASE_MODULES = ["errors", "config", "io", "registry", "neurons", "data", "runformat"]
 
 
 def _contracts() -> dict[str, dict]:

@@ -201,7 +201,8 @@ def test_partial_run_renders_and_marks_missing(tmp_path, kind):
 # ---------------------------------------------------------------------------------------------- tolerant readers
 
 FILES = ["manifest.json", "asr.json", "capability.json", "examples.json", "verdicts.json", "neurons/index.json",
-         "neurons/FULL.json", "neurons/score_histograms.json", "train/log.json", "rounds.json",
+         "neurons/FULL.json", "neurons/score_histograms.json", "safeneuron/round_1/train_log.json",
+         "safeneuron/round_1/round.json", "robustness.json",
          "multilingual/asr.json", "multilingual/overlap.json", "multilingual/counts.json", "completions/ORI.json"]
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True, allow_infinity=True)

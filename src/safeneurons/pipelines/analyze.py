@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from safeneurons import runformat as rf
 from safeneurons.config import variant_field
 from safeneurons.data import PromptSet, load_prompts
 from safeneurons.errors import ConfigError, DataError
@@ -92,7 +93,7 @@ def run_analyze(cfg: AnalyzeConfig, out: str | Path | None = None, progress: boo
     harmless = load_prompts(cfg.harmless, data_dir=cfg.data_dir, limit=cfg.n_harmless, seed=cfg.seed)
     cats = split_by_category(harmful, cfg.n_per_category, cfg.min_per_category, cfg.seed)
     record_data(run, harmless=harmless, **{f"category:{c}": p for c, p in cats.items()})
-    stats_path = run.file("stats.safetensors")
+    stats_path = run.file(rf.STATS)
     if run.done("stats") and stats_path.exists():
         stats = ActivationStats.load(stats_path)
     else:
@@ -105,10 +106,10 @@ def run_analyze(cfg: AnalyzeConfig, out: str | Path | None = None, progress: boo
         params = replace(cfg.identify.params, unsafe_group=cat, safe_group="harmless")
         full = identify_safeneurons(stats, params, layout.adapter.family)["FULL"]
         per_cat[cat] = full.renamed(f"FULL[{cat}]", category=cat)
-        per_cat[cat].save(run.file(f"neurons/categories/{cat}.json"))
+        per_cat[cat].save(run.file(rf.category_set(cat)))
     decomp = category_decomposition(per_cat)
     for key in ("core_set", "shared_set", "specific_set"):
-        decomp.pop(key).save(run.file(f"neurons/categories/{key[:-4].upper()}.json"))
+        decomp.pop(key).save(run.file(rf.category_set(key[:-4].upper())))
     result = {
         "decomposition": decomp,
         "overlap_curve": overlap_curve(per_cat, cfg.max_subsets, cfg.seed),
@@ -118,6 +119,6 @@ def run_analyze(cfg: AnalyzeConfig, out: str | Path | None = None, progress: boo
         loaded = {Path(p).stem: NeuronSet.load(p) for p in cfg.sets}
         result["pairwise"] = pairwise_overlap(loaded)
         result["layer_profiles"].update({f"set:{n}": normalised_layer_profile(s) for n, s in loaded.items()})
-    run.write_json("analysis.json", result)
+    run.write_json(rf.ANALYSIS, result)
     run.finish()
     return run.path

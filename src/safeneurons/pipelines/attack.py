@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from safeneurons import runformat as rf
 from safeneurons.errors import ConfigError
 from safeneurons.evaluate.generate import GenerationConfig
 from safeneurons.evaluate.judges.base import check_judge_name, check_judge_params
@@ -189,14 +190,14 @@ def run_attack(cfg: AttackConfig, out: str | Path | None = None, progress: bool 
     conds = condition_sets(sets, cfg)
     for name, ns in conds.items():
         if ns is not None and name.startswith("RANDOM"):
-            ns.save(run.file(f"neurons/{name}.json"))
+            ns.save(run.file(rf.neuron_set(name)))
 
     if own_look:  # before the generation cache exists: nothing of the test half is touched yet
         look = open_look(run.path, run.manifest["config"], lm.checksum, refs)
-    cache = GenerationCache(Path(cfg.cache_dir) / "generations.sqlite" if cfg.cache_dir else run.file("generations.sqlite"))
+    cache = GenerationCache(Path(cfg.cache_dir) / rf.GENERATIONS if cfg.cache_dir else run.file(rf.GENERATIONS))
     completions: dict[str, list[str]] = {}
     for name, ns in conds.items():
-        rel = f"completions/{name}.json"
+        rel = rf.completions(name)
         if run.done(f"generate:{name}") and run.file(rel).exists():
             from safeneurons.io import read_json
 
@@ -228,7 +229,7 @@ def attack_headline(run: RunDir, cfg: AttackConfig, capability: Mapping[str, Any
     interval per condition) and each capability task's headline metric per condition."""
     from safeneurons.io import read_json
 
-    summary = read_json(run.file("asr.json"))["summary"]
+    summary = read_json(run.file(rf.ASR))["summary"]
     asr = {c: {k: s[k] for k in ("k", "n", "asr", "ci", "n_degenerate")} for c, s in summary.items()}
     metric = cfg.capability.metric_of
     cap = {cond: {task: res.get(metric(task)) for task, res in (r.get("tasks") or {}).items()}

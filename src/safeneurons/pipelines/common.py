@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safeneurons import runformat as rf
 from safeneurons.config import resolve_variant, variant_field
 from safeneurons.data import (
     EVAL_SPLITS,
@@ -199,7 +200,7 @@ def check_resumed_split(out: str | Path | None, key: str, split: str) -> None:
                           f"{manifest.parent}).")
 
 
-STATS_CACHE = "stats_cache"  # one file per (weights, chat template, prompts, stats settings): see stats_key
+STATS_CACHE = rf.STATS_CACHE  # one file per (weights, chat template, prompts, stats settings): see stats_key
 
 
 def stats_key(lm: Any, harmful: PromptSet, harmless: PromptSet, stats_cfg: StatsConfig) -> str:
@@ -229,7 +230,7 @@ def identification_stage(run: RunDir, lm: Any, harmful: PromptSet, harmless: Pro
 
     layout = model_layout(lm.model)
     shape = layout.shape(lm.name, lm.checksum)
-    stats_path = run.file(f"{prefix}stats.safetensors")
+    stats_path = run.file(prefix + rf.STATS)
     if run.done(f"{prefix}stats") and stats_path.exists():
         stats = ActivationStats.load(stats_path)
     else:
@@ -246,22 +247,22 @@ def identification_stage(run: RunDir, lm: Any, harmful: PromptSet, harmless: Pro
                     stats.save(cached)
             stats.save(stats_path)
             info.update(n_harmful=len(harmful), n_harmless=len(harmless), position=stats_cfg.position)
-    names_path = run.file(f"{prefix}neurons/index.json")
+    names_path = run.file(prefix + rf.NEURON_INDEX)
     if run.done(f"{prefix}identify") and names_path.exists():
         from safeneurons.io import read_json
 
         names = read_json(names_path)
-        sets = {n: NeuronSet.load(run.file(f"{prefix}neurons/{n}.json"), shape=shape) for n in names}
+        sets = {n: NeuronSet.load(run.file(rf.neuron_set(n, prefix)), shape=shape) for n in names}
     else:
         with run.stage(f"{prefix}identify") as info:
             sets = identify(stats, identify_cfg.method, identify_cfg.params, family=layout.adapter.family)
             data_prov = {"harmful": harmful.describe(), "harmless": harmless.describe()}
             for name, ns in sets.items():
                 ns.provenance.update(model=lm.name, model_checksum=lm.checksum, datasets=data_prov)
-                ns.save(run.file(f"{prefix}neurons/{name}.json"))
-            run.write_json(f"{prefix}neurons/index.json", list(sets))
+                ns.save(run.file(rf.neuron_set(name, prefix)))
+            run.write_json(prefix + rf.NEURON_INDEX, list(sets))
             if identify_cfg.method == "safeneuron":
-                run.write_json(f"{prefix}neurons/score_histograms.json",
+                run.write_json(prefix + rf.HISTOGRAMS,
                                score_histograms(stats, identify_cfg, sets["FULL"].provenance))
             info.update(counts={n: len(s) for n, s in sets.items()},
                         fraction={n: s.fraction_of_neurons() for n, s in sets.items()})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safeneurons import runformat as rf
 from safeneurons.pipelines.common import (
     DataConfig,
     IdentifyConfig,
@@ -46,11 +47,11 @@ def run_identify(cfg: IdentifyRunConfig, out: str | Path | None = None, progress
         with run.stage("stats") as info:
             stats = collect_stats(lm.model, lm.tokenizer, {"harmful": harmful, "harmless": harmless}, cfg.stats,
                                   progress=progress)
-            stats.save(run.file("stats.safetensors"))
+            stats.save(run.file(rf.STATS))
             info.update(n_harmful=len(harmful), n_harmless=len(harmless))
     else:
         _, sets = identification_stage(run, lm, harmful, harmless, cfg.stats, cfg.identify, progress=progress)
-        run.write_text("neurons/summary.md", neuron_summary(sets))
+        run.write_text(rf.NEURON_SUMMARY, neuron_summary(sets))
     run.finish()
     return run.path
 

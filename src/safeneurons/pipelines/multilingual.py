@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safeneurons import runformat as rf
 from safeneurons.config import require, to_dict
 from safeneurons.data import EVAL_SPLITS, MULTIJAIL_LANGUAGES, Prompt, PromptSet, load_prompts, split_of
 from safeneurons.errors import ConfigError, DataError
@@ -365,7 +366,7 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
     shape = layout.shape(lm.name, lm.checksum)
     judge = make_judge(cfg.judge)
     data_judge = judge if cfg.data_judge == cfg.judge else make_judge(cfg.data_judge)
-    cache = GenerationCache(run.file("generations.sqlite"))
+    cache = GenerationCache(run.file(rf.GENERATIONS))
     ident, held = split_rows(cfg)
     refs = [multijail_ref(cfg, held)]
     if cfg.expansion.enabled and cfg.expansion.over_refusal_n:
@@ -419,35 +420,35 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
             data[lang] = {"jail": jail, "norm": norm}
         return data
 
-    imp_dir = run.file("importance/.keep").parent
+    imp_dir = run.file(f"{rf.IMPORTANCE_DIR}/.keep").parent
     if cfg.neuron_sets is not None:
         sets = load_language_sets(cfg.neuron_sets, cfg.languages, shape)
         with run.stage("importance") as info:
             info.update(method="loaded", neuron_sets=str(Path(cfg.neuron_sets).resolve()))
     else:
         if run.done("importance"):
-            scores = {lang: {r: ImportanceScores.load(imp_dir / f"importance-{lang}-{r}.safetensors")
+            scores = {lang: {r: ImportanceScores.load(run.file(rf.importance(lang, r)))
                              for r in ("jail", "norm")} for lang in cfg.languages}
         else:
             data = importance_data()
             with run.stage("importance") as info:
                 scores = compute_language_importance(lm.model, lm.tokenizer, data, cfg.importance,
-                                                     resume_dir=imp_dir / "partial", layout=layout,
+                                                     resume_dir=imp_dir / rf.PARTIAL_DIR, layout=layout,
                                                      progress=progress, save_dir=imp_dir)
                 info.update(method=cfg.importance.method, languages=list(cfg.languages))
         sets = build_language_sets(scores, cfg.p, cfg.hr_language, shape=shape)
     for lang, kinds in sets.items():
         for kind, ns in kinds.items():
-            ns.save(run.file(f"neurons/multilingual/{lang}/{kind}.json"))
-    counts = {lang: {k: len(v) for k, v in kinds.items()} | {"per_layer_SS": list(kinds["SS"].counts_per_layer().values()),
-                                                               "fraction_SS": kinds["SS"].fraction_of_neurons()}
+            ns.save(run.file(rf.ml_neuron_set(lang, kind)))
+    counts = {lang: rf.LanguageCounts({k: len(v) for k, v in kinds.items()}, list(kinds["SS"].counts_per_layer().values()),
+                                      kinds["SS"].fraction_of_neurons()).to_dict()
               for lang, kinds in sets.items()}
-    run.write_json("multilingual/counts.json", counts)
-    for kind in ("MS", "SS"):
+    run.write_json(rf.ML_COUNTS, counts)
+    for kind in rf.ML_KINDS:
         langs, mat = jaccard_matrix({lang: s[kind] for lang, s in sets.items()}, list(cfg.languages))
-        run.write_json(f"multilingual/overlap_{kind}.json", {"languages": langs, "jaccard": mat.tolist(), "kind": kind})
+        run.write_json(rf.ml_overlap(kind), rf.OverlapMatrix(langs, mat.tolist(), kind).to_dict())
     langs, mat = jaccard_matrix({lang: s["MS"] for lang, s in sets.items()}, list(cfg.languages))
-    run.write_json("multilingual/overlap.json", {"languages": langs, "jaccard": mat.tolist(), "kind": "MS"})
+    run.write_json(rf.ML_OVERLAP, rf.OverlapMatrix(langs, mat.tolist(), "MS").to_dict())
 
     # 4. causal tests: the first held-out rows are generated here, so a test scoring's ledger line goes first
     look: TestLook | None = None
@@ -475,19 +476,19 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
     for r in table.rows:
         if r.language == "all":
             continue
-        asr.setdefault(r.condition, {})[r.language] = {"k": r.k, "n": r.n, "asr": r.asr, "ci": [r.ci_lo, r.ci_hi],
-                                                       "n_degenerate": r.n_degenerate}
-    run.write_json("multilingual/asr.json", asr)
-    run.write_json("multilingual/verdicts.json", records)
+        asr.setdefault(r.condition, {})[r.language] = rf.AsrEntry(r.k, r.n, r.asr, (r.ci_lo, r.ci_hi),
+                                                                  r.n_degenerate).to_dict()
+    run.write_json(rf.ML_ASR, asr)
+    run.write_json(rf.ML_VERDICTS, records)
     about = judge_record(judge)
-    run.write_json("multilingual/judge.json", about)
-    run.write_text("multilingual/asr.md", table.to_markdown() + "\n" + about["judge_note"] + "\n")
+    run.write_json(rf.ML_JUDGE, about)
+    run.write_text(rf.ML_ASR_MD, table.to_markdown() + "\n" + about["judge_note"] + "\n")
     ori = {lang: v["asr"] for lang, v in asr.get("ORI", {}).items() if v["asr"] is not None}
-    run.write_json("multilingual/correlation.json",
+    run.write_json(rf.ML_CORRELATION,
                    count_asr_correlation(set_counts(sets, "SS", exclude=(cfg.hr_language,)), ori))
-    run.write_json("multilingual/causal_tests.json", paired_condition_tests(records, cfg.hr_language))
+    run.write_json(rf.ML_CAUSAL_TESTS, paired_condition_tests(records, cfg.hr_language))
     if expansion is not None:
-        run.write_json("multilingual/expansion.json",
+        run.write_json(rf.ML_EXPANSION,
                        expansion | {"asr": _expansion_asr(asr, cfg, expansion.get("over_refusal"),
                                                           expansion.get("benign_refusal"))})
     if look is not None:
@@ -505,7 +506,7 @@ def _condition_records(run: RunDir, model: Any, tokenizer: Any, lang: str, cond:
     from safeneurons.evaluate.generate import generate
 
     stage = f"generate:{lang}:{cond}"
-    rel = f"multilingual/completions/{lang}/{cond}.json"
+    rel = rf.ml_completions(lang, cond)
     if run.done(stage) and run.file(rel).exists():
         outs = [r["response"] for r in read_json(run.file(rel))]
     else:
@@ -733,17 +734,17 @@ def _expanded_model(run: RunDir, lm: Any, cfg: MultilingualConfig, target: Neuro
     from safeneurons.train.dpo import load_weights, masked_dpo
     from safeneurons.train.sft import masked_sft
 
-    out = run.path / "expansion" / tag
-    marker = out / "trained.json"
+    out = run.path / rf.expansion_dir(tag)
+    marker = run.path / rf.expansion_marker(tag)
     model = copy.deepcopy(lm.model)
     stage = f"expansion:{tag}"
-    if (out / "model").is_dir() and not run.done(stage) and marker.is_file():
+    if (out / rf.MODEL_SUBDIR).is_dir() and not run.done(stage) and marker.is_file():
         trained = read_json(marker)
         if trained.get("key") == key:
             run.manifest["stages"][stage] = {**trained["info"], "status": "done", "reused": str(marker)}
             run.save()
-    if run.done(stage) and (out / "model").is_dir():
-        load_weights(model, out / "model")
+    if run.done(stage) and (out / rf.MODEL_SUBDIR).is_dir():
+        load_weights(model, out / rf.MODEL_SUBDIR)
         model.eval()
         return model, dict(run.manifest["stages"][stage])
     with run.stage(stage) as info:
@@ -760,7 +761,7 @@ def _expanded_model(run: RunDir, lm: Any, cfg: MultilingualConfig, target: Neuro
                     total_params=res.total_params, trainable_fraction=res.trainable_fraction,
                     train_loss=res.train_loss, steps=res.global_step, seconds=res.seconds,
                     frozen_drift=res.frozen_drift)
-        run.write_json(f"expansion/{tag}/trained.json", {"key": key, "info": dict(info)})
+        run.write_json(rf.expansion_marker(tag), {"key": key, "info": dict(info)})
     model.eval()
     return model, dict(run.manifest["stages"][stage])
 
@@ -782,7 +783,7 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
 
     exp = cfg.expansion
     target = expansion_target(sets, exp.target, cfg.hr_language)
-    target.save(run.file("neurons/multilingual/expansion_target.json"))
+    target.save(run.file(rf.ML_EXPANSION_TARGET))
     train_langs = [l for l in (exp.train_languages or cfg.languages) if l not in exp.holdout]
     english_refusals: dict[str, str] | None = None
     if exp.responses == "model_en":
@@ -804,7 +805,7 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
     def over_refusal(name: str, m: Any, k: str) -> None:
         if exp.over_refusal_n:
             res = over_refusal_stage(
-                run, f"multilingual/over_refusal/{name}.json", m, lm.tokenizer, n=exp.over_refusal_n,
+                run, rf.ml_over_refusal(name), m, lm.tokenizer, n=exp.over_refusal_n,
                 data_dir=cfg.data_dir, seed=cfg.seed, split=cfg.split, judge=judge, generation=cfg.generation,
                 cache=cache, model_key=k, progress=progress)
             over[name] = res["refusal_rate"]
@@ -824,7 +825,7 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
             saved[lang] = [{"prompt": t, "response": o, "refused": r} for t, o, r in zip(texts, outs, flags)]
             refused["translated_benign"].setdefault(name, {}).update({(lang, i): r for i, r in enumerate(flags)})
         if saved:
-            run.write_json(f"multilingual/benign_check/{name}.json", saved)
+            run.write_json(rf.ml_benign_check(name), saved)
 
     over: dict[str, Any] = {}
     over_refusal("original", lm.model, lm.checksum)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from safeneurons import runformat as rf
 from safeneurons.config import require
 from safeneurons.errors import ConfigError
 from safeneurons.evaluate.generate import GenerationConfig
@@ -231,11 +232,11 @@ def build_pairs(run: RunDir, lm: Any, cfg: TrainRunConfig, harmful: Any, full: A
         save_pairs,
     )
 
-    path = run.file("pairs.jsonl")
+    path = run.file(rf.PAIRS)
     if run.done("pairs") and path.exists():
         return load_pairs(path)
     with run.stage("pairs") as info:
-        cache = GenerationCache(run.file("generations.sqlite"))
+        cache = GenerationCache(run.file(rf.GENERATIONS))
         gen = generate_fn_for(lm.model, lm.tokenizer, cfg.pairs.generation, cache=cache, model_key=lm.checksum)
         judge = (make_judge(cfg.attack.judge, **cfg.attack.judge_params) if cfg.pairs.judge == cfg.attack.judge
                  else make_judge(cfg.pairs.judge))
@@ -338,11 +339,11 @@ def reusable_training(source: str | Path, run: RunDir, cfg: TrainRunConfig, meth
         "same model": manifest.get("model", {}).get("checksum") == run.manifest.get("model", {}).get("checksum"),
         "same training config": _same_config(*inputs),
         f"at most {cfg.rounds} round(s)": method != "safeneuron" or rounds_trained(info) <= cfg.rounds,
-        "same preference pairs": (src / "pairs.jsonl").is_file()
-        and (src / "pairs.jsonl").read_bytes() == run.file("pairs.jsonl").read_bytes(),
+        "same preference pairs": (src / rf.PAIRS).is_file()
+        and (src / rf.PAIRS).read_bytes() == run.file(rf.PAIRS).read_bytes(),
         "same starting neurons": frozen is None or (
-            (src / "base/neurons/FULL.json").is_file()
-            and NeuronSet.load(src / "base/neurons/FULL.json", shape=frozen.shape) == frozen),
+            (src / rf.neuron_set("FULL", rf.BASE)).is_file()
+            and NeuronSet.load(src / rf.neuron_set("FULL", rf.BASE), shape=frozen.shape) == frozen),
     }
     failed = [k for k, ok in checks.items() if not ok]
     if failed:
@@ -384,7 +385,7 @@ def _link_tree(src: Path, dst: Path) -> None:
 def _adopt_training(source: Path, run: RunDir, method: str, info: dict[str, Any]) -> dict[str, Any]:
     """Hard-link (else copy) an earlier run's ``<method>/`` tree into this run and return its stage info
     with paths pointing here."""
-    src_dir, dst_dir = source / method, run.path / method
+    src_dir, dst_dir = source / rf.method_dir(method), run.path / rf.method_dir(method)
     _link_tree(src_dir, dst_dir)
     out = _relocate({k: v for k, v in info.items() if k not in ("status", "started", "finished", "seconds")},
                     method, dst_dir, source)
@@ -400,24 +401,25 @@ def _adopt_rounds(source: Path, run: RunDir, info: dict[str, Any], first: Neuron
     them. Returns what was adopted, for the stage info."""
     from safeneurons.io import read_json, write_json_atomic
     from safeneurons.pipelines.rundir import seed_caches
-    from safeneurons.train.dpo import ROUND_MARKER, mark_round_done, save_round_sets
+    from safeneurons.train.dpo import mark_round_done, save_round_sets
 
-    src_dir, dst_dir = source / "safeneuron", run.path / "safeneuron"
+    method = "safeneuron"
+    src_dir, dst_dir = source / rf.method_dir(method), run.path / rf.method_dir(method)
     if info.get("rounds"):
         for r in info["rounds"]:
-            rdir = dst_dir / f"round_{r['round']}"
-            _link_tree(src_dir / rdir.name, rdir)
-            marker = read_json(rdir / ROUND_MARKER)  # rewritten, not edited: the earlier run's link is kept
-            write_json_atomic(rdir / ROUND_MARKER, {**marker, "train": _relocate(marker["train"], "safeneuron",
-                                                                                  dst_dir, source)})
+            rdir = run.path / rf.method_dir(method, r["round"])
+            _link_tree(source / rf.method_dir(method, r["round"]), rdir)
+            marker = read_json(rdir / rf.ROUND_MARKER)  # rewritten, not edited: the earlier run's link is kept
+            write_json_atomic(rdir / rf.ROUND_MARKER, {**marker, "train": _relocate(marker["train"], method,
+                                                                                     dst_dir, source)})
     else:
-        rdir = dst_dir / "round_1"
+        rdir = run.path / rf.method_dir(method, 1)
         _link_tree(src_dir, rdir)
         identified, frozen = save_round_sets(rdir, 1, first, None)
         mark_round_done(rdir, 1, identified, frozen,
-                        _relocate(read_json(src_dir / "result.json"), "safeneuron", rdir, source))
-        if (source / "attack-safeneuron" / "manifest.json").is_file():
-            seed_caches(source / "attack-safeneuron", run.path / "attack-safeneuron_T1")
+                        _relocate(read_json(source / rf.train_result(method)), method, rdir, source))
+        if (source / rf.attack_dir(method) / rf.MANIFEST).is_file():
+            seed_caches(source / rf.attack_dir(method), run.path / rf.attack_dir(f"{method}_T1"))
     return {"source": str(source.resolve()), "rounds": rounds_trained(info)}
 
 
@@ -453,7 +455,7 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
     dpo_cfg = cfg.dpo
     models: dict[str, Path | str] = {"original": cfg.model.spec}
     for method in cfg.methods:
-        mdir = run.path / method
+        mdir = run.path / rf.method_dir(method)
         if run.done(f"train:{method}"):
             models.update(_trained_models(method, run.manifest["stages"][f"train:{method}"]))
             continue
@@ -488,18 +490,18 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
                 info["rounds"] = [r.__dict__ for r in rounds]
                 if extended:
                     info["rounds_reused_from"] = extended
-                model_dir = str(Path(rounds[-1].directory) / "model")
+                model_dir = str(Path(rounds[-1].directory) / rf.MODEL_SUBDIR)
             elif method in ("safeneuron", "dpo"):
                 res = train_safeneuron_dpo(lm_m.model, lm_m.tokenizer, pairs,
                                            sets["FULL"] if method == "safeneuron" else None, dpo_cfg, mdir)
                 info.update(frozen_drift=res.frozen_drift, trainable_fraction=res.trainable_fraction,
                             train_loss=res.train_loss, steps=res.global_step)
-                model_dir = res.model_dir or str(mdir / "model")
+                model_dir = res.model_dir or str(mdir / rf.MODEL_SUBDIR)
             else:
                 res = sn_tune(lm_m.model, lm_m.tokenizer, harmful.texts(), sets["FULL"],
                               config=cfg.sft, output_dir=mdir)
                 info.update(trainable_fraction=res.trainable_fraction, train_loss=res.train_loss)
-                model_dir = res.model_dir or str(mdir / "model")
+                model_dir = res.model_dir or str(mdir / rf.MODEL_SUBDIR)
             info["model_dir"] = model_dir
         models.update(_trained_models(method, info))
         del lm_m
@@ -512,19 +514,19 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
     for name, spec in models.items():
         m = lm if name == "original" else load_model(str(spec), dtype=cfg.model.dtype, device=cfg.model.device)
         checksums[name] = m.checksum
-        apath = run_attack(cfg.attack, run.path / f"attack-{name}", progress=progress, lm=m, look=look)
+        apath = run_attack(cfg.attack, run.path / rf.attack_dir(name), progress=progress, lm=m, look=look)
         robustness[name] = {"attack_dir": str(apath)}
         if cfg.over_refusal_n:
             robustness[name]["over_refusal"] = over_refusal_stage(
-                run, f"over_refusal/{name}.json", m.model, m.tokenizer, n=cfg.over_refusal_n,
+                run, rf.over_refusal(name), m.model, m.tokenizer, n=cfg.over_refusal_n,
                 data_dir=cfg.data.data_dir, seed=cfg.data.seed, split=split, generation=cfg.attack.generation)
     table = _robustness_table(run.path, robustness, cfg.attack.capability.metric_of)
-    run.write_json("robustness.json", table)
+    run.write_json(rf.ROBUSTNESS, table)
     rounds = run.manifest["stages"].get("train:safeneuron", {}).get("rounds", [])
     from safeneurons.io import read_json
 
-    notes = {read_json(Path(r["attack_dir"]) / "asr.json").get("judge_note") for r in robustness.values()}
-    run.write_text("robustness.md", robustness_markdown(table, rounds) + "".join(f"\n{n}\n" for n in sorted(
+    notes = {read_json(Path(r["attack_dir"]) / rf.ASR).get("judge_note") for r in robustness.values()}
+    run.write_text(rf.ROBUSTNESS_MD, robustness_markdown(table, rounds) + "".join(f"\n{n}\n" for n in sorted(
         n for n in notes if n)))
     if look is not None:
         headline = ("asr", "over_refusal", "capability")
@@ -549,7 +551,7 @@ def _trained_models(method: str, info: dict[str, Any]) -> dict[str, str]:
     """The models a finished training stage contributes to the robustness table: one per SafeNeuron
     round (``safeneuron_T1`` .. ``safeneuron_TT``, the iterative-round table) or the single final model."""
     if info.get("rounds"):
-        return {f"{method}_T{r['round']}": str(Path(r["directory"]) / "model") for r in info["rounds"]}
+        return {f"{method}_T{r['round']}": str(Path(r["directory"]) / rf.MODEL_SUBDIR) for r in info["rounds"]}
     return {method: str(info["model_dir"])}
 
 
@@ -563,35 +565,36 @@ def _robustness_table(root: Path, robustness: dict[str, Any],
     from safeneurons.evaluate.capability import CapabilityResult, paired_difference
     from safeneurons.io import read_json
 
-    rows, results = {}, {}
+    rows: dict[str, rf.RobustnessRow] = {}
+    results = {}
     full: dict[str, dict[str, int]] = {}  # FULL-attack successes per prompt, for the ratio to plain DPO
     for name, r in robustness.items():
         a = Path(r["attack_dir"])
-        summary = read_json(a / "asr.json")["summary"] if (a / "asr.json").exists() else {}
-        cap = read_json(a / "capability.json") if (a / "capability.json").exists() else {}
+        summary = read_json(a / rf.ASR)["summary"] if (a / rf.ASR).exists() else {}
+        cap = read_json(a / rf.CAPABILITY) if (a / rf.CAPABILITY).exists() else {}
         results[name] = {t: CapabilityResult.from_dict(v) for t, v in cap.get("ORI", {}).get("tasks", {}).items()}
-        verdicts = a / "verdicts.json"
+        verdicts = a / rf.VERDICTS
         if name != "original" and verdicts.exists():
             full[name] = successes(read_json(verdicts), "FULL")
-        rows[name] = {"asr": {c: s["asr"] for c, s in summary.items()},
-                      "over_refusal": (r.get("over_refusal") or {}).get("refusal_rate"),
-                      "capability": {t: v.score(metric_of(t)) for t, v in results[name].items()},
-                      "capability_metric": {t: {"metric": metric_of(t), "k_shot": v.k_shot, "n": v.n}
-                                            for t, v in results[name].items()},
-                      "attack_dir": str(a.relative_to(root)) if a.is_relative_to(root) else str(a)}
+        rows[name] = rf.RobustnessRow(
+            asr={c: rf.AsrEntry.from_dict(s).asr for c, s in summary.items()},
+            over_refusal=(r.get("over_refusal") or {}).get("refusal_rate"),
+            capability={t: v.score(metric_of(t)) for t, v in results[name].items()},
+            capability_metric={t: {"metric": metric_of(t), "k_shot": v.k_shot, "n": v.n} for t, v in results[name].items()},
+            attack_dir=str(a.relative_to(root)) if a.is_relative_to(root) else str(a))
     for name, row in rows.items():
         if name not in ("original", "dpo") and full.get(name) and full.get("dpo"):
-            row["full_asr_ratio_vs_dpo"] = paired_ratio_interval(full[name], full["dpo"])
+            row = rows[name] = replace(row, full_asr_ratio_vs_dpo=paired_ratio_interval(full[name], full["dpo"]))
         if name == "original":
             continue
-        row["capability_delta"] = {}
+        delta: dict[str, Any] = {}
         for task, res in results[name].items():
             try:
-                row["capability_delta"][task] = paired_difference(results["original"][task], res,
-                                                                  metric=metric_of(task))
+                delta[task] = paired_difference(results["original"][task], res, metric=metric_of(task))
             except (KeyError, DataError):  # no original result for the task, or results without per-question data
                 continue
-    return rows
+        rows[name] = replace(row, capability_delta=delta)
+    return {name: row.to_dict() for name, row in rows.items()}
 
 
 def robustness_markdown(table: dict[str, Any], rounds: list[dict[str, Any]] | None = None) -> str:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from safeneurons import runformat as rf
 from safeneurons.errors import DataError
 
 KEEP_SUFFIXES = {".json", ".jsonl", ".md", ".yaml", ".html", ".png"}
-SKIP_DIRS = {"completions", "importance", "partial", "capability_cache", "model", "trainer"}
+SKIP_DIRS = {rf.COMPLETIONS_DIR, rf.IMPORTANCE_DIR, rf.PARTIAL_DIR, rf.CAPABILITY_CACHE, rf.MODEL_SUBDIR,
+             rf.TRAINER_SUBDIR}
 MAX_BYTES = 2_000_000
 
 
@@ -20,8 +22,8 @@ def publish_run(run_dir: str | Path, dest: str | Path) -> list[Path]:
     from safeneurons.report import build_report
 
     src, out = Path(run_dir), Path(dest)
-    if not (src / "manifest.json").is_file():
-        raise DataError(f"{src} is not a run directory (no manifest.json).")
+    if not (src / rf.MANIFEST).is_file():
+        raise DataError(f"{src} is not a run directory (no {rf.MANIFEST}).")
     build_report(src)
     copied = []
     for p in sorted(src.rglob("*")):

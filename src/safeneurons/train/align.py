@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from safeneurons import runformat as rf
 from safeneurons.errors import ConfigError, DataError
 from safeneurons.models.layout import model_layout
 from safeneurons.neurons import NeuronSet
@@ -268,7 +269,7 @@ def masked_align(model: nn.Module, tokenizer: Any, data: AlignmentData, target: 
                                   inputs["ceiling"].to(h.device))
             return (loss, {}) if return_outputs else loss
 
-    kwargs = config.training_kwargs(str(Path(output_dir) / "trainer"))
+    kwargs = config.training_kwargs(str(Path(output_dir) / rf.TRAINER_SUBDIR))
     kwargs.pop("max_length")
     args = TrainingArguments(**kwargs, remove_unused_columns=False, **config.trainer_overrides)
 

@@ -25,6 +25,7 @@ from typing import Any
 from torch import nn
 from transformers import TrainerCallback
 
+from safeneurons import runformat as rf
 from safeneurons.errors import ConfigError, DataError
 from safeneurons.neurons import NeuronSet
 from safeneurons.train.dpo import run_masked_training
@@ -113,7 +114,7 @@ def masked_sft(
     dataset = Dataset.from_list(_rows(examples, config.chat_template))
     out = Path(output_dir)
     args = SFTConfig(
-        **config.training_kwargs(str(out / "trainer")),
+        **config.training_kwargs(str(out / rf.TRAINER_SUBDIR)),
         completion_only_loss=True,
         packing=False,
         **config.trainer_overrides,
