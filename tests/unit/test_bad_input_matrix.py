@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-RECIPE = Path(__file__).resolve().parents[2] / "src/safeneurons/pipelines/configs/train-0.5b-rounds.yaml"
+RECIPE = Path(__file__).resolve().parents[2] / "configs/train-0.5b-rounds.yaml"
 MODEL = "qwen2.5-coder-0.5b-instruct"  # never loaded: every case fails before the model is read
 
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -155,9 +156,13 @@ def test_generation_cache_merge_from(tmp_path):
         a.merge_from(tmp_path / "junk.sqlite")
 
 
-@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+RECIPES = Path(__file__).resolve().parents[2] / "configs"  # the committed recipes (the demo's stay in the package)
+
+
+@pytest.mark.parametrize("path", sorted([*CONFIG_DIR.glob("*.yaml"), *RECIPES.glob("*.yaml")]), ids=lambda p: p.name)
 def test_shipped_pipeline_configs_load(path):
-    """Every committed pipeline config parses into its command's config class (no unknown or mistyped key)."""
+    """Every committed pipeline config (the recipes in configs/ and the demo's in the package) parses into its
+    command's config class (no unknown or mistyped key)."""
     from safeneurons.pipelines.multilingual import MultilingualConfig
     from safeneurons.pipelines.train import TrainRunConfig
 
