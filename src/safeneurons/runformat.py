@@ -11,6 +11,7 @@ module: it imports no layer (pure Python, no torch), so every layer can use it.
 * :data:`ENTRIES` / :func:`classify` say, for any file a run directory holds, which report section shows
   it (or why none does: caches, weights, binary statistics), so a check can find files the report misses.
 * Typed records (``to_dict``/``from_dict``) for JSON shapes that a writer and a reader share.
+* :func:`trim_verdicts` gives a ``verdicts.json`` its published form (``safeneurons publish``).
 * :func:`migrate` is the one place that maps older run folders onto this format.
 """
 
@@ -444,6 +445,82 @@ class RobustnessRow:
         return cls(dict(asr), d.get("over_refusal"), dict(cap), {k: v for k, v in metric.items() if isinstance(v, Mapping)},
                    str(d.get("attack_dir", "")), ratio if isinstance(ratio, Mapping) else None,
                    dict(delta) if isinstance(delta, Mapping) else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# published verdicts (docs/results/index.md, "What the run folders hold")
+
+#: Full replies kept per (condition, language) when a run is published: the examples the report shows
+#: when ``examples.json`` is missing (:func:`safeneurons.report.load.parse_verdicts`, compliance first).
+FULL_EXAMPLES = 3
+ID_NAMED_PREFIX = "multijail-"  # records of a data set that gives the prompt by row id (MultiJail)
+_REPLY_KEYS = ("response",)  # dropped from a trimmed record
+_VERDICT_REPLY_KEYS = ("reason",)  # dropped from a trimmed record's verdict
+_ID_NAMED_KEYS = ("prompt", "category")  # dropped too where the id names the prompt
+
+
+def _verdict_label(rec: Mapping[str, Any]) -> str:
+    verdict = rec.get("verdict")
+    label = rec.get("label") or (verdict.get("label") if isinstance(verdict, Mapping) else None)
+    return str(label or "")
+
+
+def trim_verdict_records(records: list[Any], full_examples: int = FULL_EXAMPLES) -> list[Any]:
+    """The published form of a ``verdicts.json``'s records: one record per scored prompt, in order, with its
+    condition, language, id and verdict (label, harmful, score, judge) and, unless the id names the prompt
+    (MultiJail), its prompt and category; the reply and the judge's reason are kept only in the first
+    ``full_examples`` records per (condition, language), compliance first (the report's fallback examples).
+    Idempotent: trimming a trimmed list changes nothing."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, rec in enumerate(records):
+        if isinstance(rec, Mapping):
+            groups.setdefault((str(rec.get("condition")), str(rec.get("language"))), []).append(i)
+    full: set[int] = set()
+    for idx in groups.values():
+        picked = [i for i in idx if _verdict_label(records[i]) == "compliance"][:full_examples]
+        picked += [i for i in idx if i not in picked][: max(0, full_examples - len(picked))]
+        full.update(picked)
+    out: list[Any] = []
+    for i, rec in enumerate(records):
+        if i in full or not isinstance(rec, Mapping):
+            out.append(rec)
+            continue
+        drop = set(_REPLY_KEYS)
+        if str(rec.get("id", "")).startswith(ID_NAMED_PREFIX):
+            drop |= set(_ID_NAMED_KEYS)
+        short = {k: v for k, v in rec.items() if k not in drop}
+        if isinstance(rec.get("verdict"), Mapping):
+            short["verdict"] = {k: v for k, v in rec["verdict"].items() if k not in _VERDICT_REPLY_KEYS}
+        out.append(short)
+    return out
+
+
+def dump_verdicts(records: list[Any]) -> str:
+    """A ``verdicts.json`` text as published: a JSON list, one compact record per line."""
+    lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in records]
+    return "[\n" + ",\n".join(lines) + "\n]\n" if lines else "[]\n"
+
+
+def is_verdicts(rel: str) -> bool:
+    """Whether the file at ``rel`` (relative, '/'-separated) is a verdicts file: the attack's
+    (:data:`VERDICTS`, also in each ``attack-<model>/``) or the multilingual one (:data:`ML_VERDICTS`)."""
+    return rel.rsplit("/", 1)[-1] == VERDICTS
+
+
+def trimmed_verdicts(src: str | os.PathLike[str], full_examples: int = FULL_EXAMPLES) -> str:
+    """The published text of the ``verdicts.json`` at ``src`` (:func:`trim_verdict_records`)."""
+    records = json.loads(Path(src).read_text(encoding="utf-8"))
+    if not isinstance(records, list):
+        raise RecordError(f"{src}: a verdicts file should hold a JSON list")
+    return dump_verdicts(trim_verdict_records(records, full_examples))
+
+
+def trim_verdicts(src: str | os.PathLike[str], dst: str | os.PathLike[str],
+                  full_examples: int = FULL_EXAMPLES) -> Path:
+    """Write the published form of the ``verdicts.json`` at ``src`` to ``dst`` (which may be ``src``)."""
+    from safeneurons.io import write_text_atomic
+
+    return write_text_atomic(dst, trimmed_verdicts(src, full_examples))
 
 
 # ---------------------------------------------------------------------------------------------
