@@ -6,7 +6,7 @@ module: it imports no layer (pure Python, no torch), so every layer can use it.
 
 * :data:`FORMAT` is the version of this layout; new runs stamp it into ``manifest.json`` (``"format"``).
 * Path constants and small path functions name each file, per command (attack, identify/stats, train,
-  multilingual, analyze). Relative to the run directory; ``prefix`` puts a stage's files in a subfolder
+  multilingual, analyze, brittleness). Relative to the run directory; ``prefix`` puts a stage's files in a subfolder
   (the train run identifies its starting model's neurons under :data:`BASE`).
 * :data:`ENTRIES` / :func:`classify` say, for any file a run directory holds, which report section shows
   it (or why none does: caches, weights, binary statistics), so a check can find files the report misses.
@@ -193,6 +193,44 @@ def category_set(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# brittleness (ASR against the share of neurons zeroed; identification at the run's root)
+
+BR_DIR = "brittleness"
+BR_SCHEMA = "safeneurons.brittleness/1"  # curve.json's "schema"
+BR_CURVE = "brittleness/curve.json"  # the curve: settings, judge, neurons_to_break, leaves_random_band, points
+BR_CURVE_MD = "brittleness/curve.md"
+BR_CURVE_PNG = "brittleness/curve.png"
+BR_JUDGE = "brittleness/judge.json"  # the judge, its version and validation record (copied into curve.json)
+BR_SETS_DIR = "brittleness/sets"
+BR_SETS_INDEX = "brittleness/sets/index.json"  # {curve slug: [set file per grid point]}
+BR_POINTS_DIR = "brittleness/points"
+BR_VERDICTS_DIR = "brittleness/verdicts"
+BR_STEPS = "brittleness/iterative/steps.json"  # [{before, after, added [[layer, index]], stats_reused}]
+BR_STEP_STATS_DIR = "brittleness/iterative/stats"
+
+
+def br_set(slug: str, fraction: str) -> str:
+    """One curve's attack set at one grid point (``fraction``: the percentage as text, e.g. ``"0.5"``)."""
+    return f"{BR_SETS_DIR}/{slug}/{fraction}pct.json"
+
+
+def br_point(slug: str, fraction: str) -> str:
+    """One grid point's record (:class:`BrittlenessPoint`), written when its stage finishes."""
+    return f"{BR_POINTS_DIR}/{slug}-{fraction}pct.json"
+
+
+def br_verdicts(slug: str, fraction: str) -> str:
+    """Every judged reply of one grid point."""
+    return f"{BR_VERDICTS_DIR}/{slug}-{fraction}pct.json"
+
+
+def br_step_stats(key: str) -> str:
+    """Statistics of one iterative step whose weights have no checksum (else they go to the shared
+    :data:`STATS_CACHE`)."""
+    return f"{BR_STEP_STATS_DIR}/{key}.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------
 # what shows each file
 
 @dataclass(frozen=True)
@@ -265,6 +303,21 @@ ENTRIES: tuple[Entry, ...] = (
     *(Entry(f"{_METHOD}/round_*/{n}", "training") for n in (TRAIN_LOG, TRAIN_RESULT, FROZEN, ROUND_MARKER,
                                                                ROUND_IDENTIFIED, ROUND_NEURONS)),
     *(Entry(f"{_METHOD}/{n}", "training") for n in (TRAIN_LOG, TRAIN_RESULT, FROZEN, TARGET)),
+    # brittleness
+    Entry(BR_CURVE, "brittleness"), Entry(BR_CURVE_MD, "brittleness", "the Markdown copy of curve.json"),
+    Entry(BR_JUDGE, "brittleness", "the judge record, also in curve.json"),
+    Entry(BR_STEPS, "brittleness"),
+    Entry(BR_CURVE_PNG, None, "the run's drawing of curve.json; the report draws the same figure from curve.json"),
+    Entry(f"{BR_POINTS_DIR}/*.json", None,
+          "one grid point's record, kept for resuming (curve.json holds every point)"),
+    Entry(f"{BR_VERDICTS_DIR}/*.json", None,
+          "every judged reply of one grid point (their counts are the point's k / n in curve.json, whose examples "
+          "the report shows)"),
+    Entry(f"{BR_SETS_DIR}/**", None,
+          "the attack set of each curve at each grid point (NeuronSets read back on resume; their sizes and "
+          "per-layer counts are in curve.json)"),
+    Entry(f"{BR_STEP_STATS_DIR}/*.safetensors", None,
+          "activation statistics of one iterative step with its set zeroed (binary; a cache for resuming)"),
     # records other tools add to published folders
     Entry("rejudged-*.json", None, "written by benchmarks/judge_agreement/rejudge.py, not by the run"),
 )
@@ -445,6 +498,57 @@ class RobustnessRow:
         return cls(dict(asr), d.get("over_refusal"), dict(cap), {k: v for k, v in metric.items() if isinstance(v, Mapping)},
                    str(d.get("attack_dir", "")), ratio if isinstance(ratio, Mapping) else None,
                    dict(delta) if isinstance(delta, Mapping) else None)
+
+
+@dataclass(frozen=True)
+class BrittlenessPoint:
+    """One grid point of ``brittleness/curve.json`` (its ``points``; also ``brittleness/points/*.json``): the
+    attacker (``random/<attacker>`` for a matched control; the unattacked point is copied onto every curve)
+    and its seed, ``fraction`` = percent of the site's neurons zeroed, the neurons zeroed (and per layer),
+    attack success ``k`` of ``n`` judged with its 95% Wilson interval ``ci``, the degenerate and unjudged
+    replies of ``n_total``, the perplexity of benign text, the set file and a few replies (``examples``:
+    ``{prompt, response, label}``)."""
+
+    attacker: str
+    seed: int | None
+    fraction: float
+    n_neurons: int
+    k: int
+    n: int
+    asr: float | None
+    ci: tuple[float | None, float | None]
+    n_degenerate: int = 0
+    n_unjudged: int = 0
+    n_total: int = 0
+    perplexity: float | None = None
+    counts_per_layer: list[int] = field(default_factory=list)
+    set: str | None = None
+    examples: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def degenerate_share(self) -> float | None:
+        return self.n_degenerate / self.n_total if self.n_total else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"attacker": self.attacker, "seed": self.seed, "fraction": self.fraction, "n_neurons": self.n_neurons,
+                "counts_per_layer": list(self.counts_per_layer), "k": self.k, "n": self.n, "asr": self.asr,
+                "ci": list(self.ci), "n_degenerate": self.n_degenerate, "n_unjudged": self.n_unjudged,
+                "n_total": self.n_total, "degenerate_share": self.degenerate_share, "perplexity": self.perplexity,
+                "set": self.set, "examples": list(self.examples)}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> BrittlenessPoint:
+        what = "a brittleness point"
+        if not isinstance(d, Mapping):
+            raise RecordError(f"{what} should be a JSON object")
+        ci, counts, examples = d.get("ci"), d.get("counts_per_layer"), d.get("examples")
+        return cls(attacker=str(_need(d, "attacker", what)), seed=d.get("seed"), fraction=_need(d, "fraction", what),
+                   n_neurons=d.get("n_neurons", 0), k=_need(d, "k", what), n=_need(d, "n", what), asr=d.get("asr"),
+                   ci=(ci[0], ci[1]) if isinstance(ci, list) and len(ci) == 2 else (None, None),
+                   n_degenerate=d.get("n_degenerate", 0), n_unjudged=d.get("n_unjudged", 0),
+                   n_total=d.get("n_total", 0), perplexity=d.get("perplexity"),
+                   counts_per_layer=list(counts) if isinstance(counts, list) else [], set=d.get("set"),
+                   examples=[e for e in examples if isinstance(e, Mapping)] if isinstance(examples, list) else [])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -308,6 +308,8 @@ def test_cli_run_writes_the_curve_with_every_grid_point(tmp_path):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "Neurons to break" in res.output
+    assert f"report: {out / 'report.html'}" in res.output and 'id="fig-brittleness_curve"' in \
+        (out / "report.html").read_text()
     curve = json.loads((out / "brittleness" / "curve.json").read_text())
     assert curve["fractions"] == [0.0, 1.0, 5.0, 12.5] and curve["n_total"] == 128
     lines = {(p["attacker"], p["seed"]) for p in curve["points"]}

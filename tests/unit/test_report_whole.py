@@ -1,6 +1,6 @@
 """The report shows everything a run writes: each pipeline's tiny run (train with two rounds, attack,
-multilingual with expansion, analyze) on a tiny random model, rendered, and every file of its folder
-checked against the page.
+multilingual with expansion, analyze, brittleness) on a tiny random model, rendered, and every file of its
+folder checked against the page.
 
 What the run produced is read off its folder, not listed here: each file is looked up in the run format
 (:data:`safeneurons.runformat.ENTRIES`), which names the report section that shows it (or why none does:
@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from test_brittleness import TINY as BRITTLENESS_TINY
 from test_pipelines_tiny import tiny_lm, train_overrides
 
 from safeneurons.runformat import classify, matches, run_files, subruns
@@ -65,7 +66,16 @@ def _analyze(root: Path) -> Path:
     return run_analyze(cfg, root / "run", progress=False, lm=tiny_lm())
 
 
-RUNS = {"train": _train, "attack": _attack, "multilingual": _multilingual, "analyze": _analyze}
+def _brittleness(root: Path) -> Path:
+    from safeneurons.config import load_config
+    from safeneurons.pipelines.brittleness import BrittlenessConfig, run_brittleness
+
+    cfg = load_config(BrittlenessConfig, None, [*BRITTLENESS_TINY, "fractions=[1, 10]", "random_seeds=[0]"])
+    return run_brittleness(cfg, root / "run", progress=False, lm=tiny_lm())
+
+
+RUNS = {"train": _train, "attack": _attack, "multilingual": _multilingual, "analyze": _analyze,
+        "brittleness": _brittleness}
 
 
 def _sections(html: str) -> dict[str, str]:
@@ -131,6 +141,17 @@ def test_report_shows_everything_the_run_wrote(built):
     html = build_report(run).read_text(encoding="utf-8")
     problems = problems_of(run, html)
     assert not problems, f"{kind} run: {len(problems)} problems:\n" + "\n".join(problems)
+    if kind == "brittleness":  # the curve's figure, every point and the neurons-to-break summary
+        import json
+
+        section = _sections(html)["brittleness"]
+        curve = json.loads((run / "brittleness" / "curve.json").read_text())
+        assert 'data-file="figures/brittleness_curve.png"' in section
+        rows = re.findall(r"<tr><th>([a-z/-]+)</th><td class=\"num\">(\d*)</td><td class=\"num\">([\d.]+)</td>"
+                          r"<td class=\"num\">(\d+)</td><td class=\"num\">(\d+) / (\d+)</td>", section)
+        assert rows == [(p["attacker"], "" if p["seed"] is None else str(p["seed"]), f"{p['fraction']:g}",
+                         str(p["n_neurons"]), str(p["k"]), str(p["n"])) for p in curve["points"]]
+        assert "Neurons to break" in section and "leaves the random band" in section
 
 
 def test_migration_is_idempotent_and_stamps_the_format(built, tmp_path):

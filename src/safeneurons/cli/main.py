@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from safeneurons import runformat as rf
 from safeneurons.cli.common import (
     ConfigOpt,
     ModelOpt,
@@ -141,6 +142,7 @@ def brittleness_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt =
                     n_eval: Annotated[int | None, typer.Option(help="held-out harmful prompts to attack")] = None,
                     exclude: Annotated[str | None, typer.Option(
                         help="a NeuronSet JSON no attacker may pick (a defended model's frozen set)")] = None,
+                    report: Annotated[bool, typer.Option(help="write report.html at the end")] = True,
                     split: SplitOpt = None, reuse: ReuseOpt = None, quiet: QuietOpt = False) -> None:
     """Brittleness curve: ASR against the share of MLP neurons zeroed (one-shot, iterative, matched random)."""
     from safeneurons.pipelines.brittleness import BrittlenessConfig, run_brittleness
@@ -149,8 +151,8 @@ def brittleness_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt =
     options = explicit(**{"model.spec": model, "data.n_eval": n_eval, "exclude": exclude})
     cfg = load_scoring_config(BrittlenessConfig, config, set_, options, split, "data.split")
     path = run_brittleness(cfg, run_dir_for("brittleness", out, reuse), progress=not quiet)
-    echo((path / "brittleness" / "curve.md").read_text())
-    echo(f"run directory: {path}")
+    echo((path / rf.BR_CURVE_MD).read_text())
+    _finish(path, report, tables=False)
 
 
 @app.command("demo", epilog=_reference_cli.epilog("demo"))

@@ -18,7 +18,8 @@ interval lies wholly above every random seed's interval (lower bound > the seeds
 
 Resumable: every (attacker, seed, fraction) point is a run stage, replies are kept in the generation cache
 (keyed like the attack's: weights, zeroed neurons, prompt, decoding), and each iterative step's statistics in
-``stats_cache/`` under the statistics key plus the zeroed set."""
+``stats_cache/`` under the statistics key plus the zeroed set. Every file name is
+:mod:`safeneurons.runformat`'s (``BR_*``); the report shows the curve in its Brittleness section."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from safeneurons import runformat as rf
 from safeneurons.config import require
 from safeneurons.evaluate.generate import GenerationConfig
 from safeneurons.evaluate.judges.base import check_judge_name, check_judge_params
@@ -60,8 +62,8 @@ ATTACKERS = ("one-shot", "iterative", "random")
 ATTACKED = ("one-shot", "iterative")
 GRID = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 BREAK_ASR = 0.5
-OUT = "brittleness"
-SCHEMA = "safeneurons.brittleness/1"
+OUT = "brittleness"  # the command (its default run folder, its stages' prefix)
+SCHEMA = rf.BR_SCHEMA
 
 
 @dataclass
@@ -171,11 +173,11 @@ def stage_name(curve: Curve, fraction: float) -> str:
 
 
 def set_file(curve: Curve, fraction: float) -> str:
-    return f"{OUT}/sets/{curve.slug}/{fraction_text(fraction)}pct.json"
+    return rf.br_set(curve.slug, fraction_text(fraction))
 
 
 def point_file(curve: Curve, fraction: float) -> str:
-    return f"{OUT}/points/{curve.slug}-{fraction_text(fraction)}pct.json"
+    return rf.br_point(curve.slug, fraction_text(fraction))
 
 
 # -- the attack sets ------------------------------------------------------------------------------------------
@@ -221,7 +223,7 @@ def attack_sets(run: RunDir, lm: Any, cfg: BrittlenessConfig, stats: Any, harmfu
     method, params = cfg.identify.method, cfg.identify.params
     site, family = params.site, layout.adapter.family
     curves = curves_of(cfg)
-    index_rel = f"{OUT}/sets/index.json"
+    index_rel = rf.BR_SETS_INDEX
     if run.done(f"{OUT}:sets") and run.file(index_rel).exists():
         index = read_json(run.file(index_rel))
         return {c: [NeuronSet.load(run.file(rel), shape=shape) for rel in index[c.slug]] for c in curves}
@@ -251,8 +253,7 @@ def attack_sets(run: RunDir, lm: Any, cfg: BrittlenessConfig, stats: Any, harmfu
 
             step = count_for_fraction(cfg.iterative_step, n_total) if cfg.iterative_step is not None else None
             masks["iterative"], steps = iterative_masks(score_of, counts, grid, step=step, exclude=blocked)
-            run.write_json(f"{OUT}/iterative/steps.json", [{**s.to_dict(), "stats_reused": r}
-                                                           for s, r in zip(steps, reused)])
+            run.write_json(rf.BR_STEPS, [{**s.to_dict(), "stats_reused": r} for s, r in zip(steps, reused)])
             info.update(iterative_steps=len(steps), iterative_stats_reused=sum(reused))
         index: dict[str, list[str]] = {}
         out: dict[Curve, list[NeuronSet]] = {}
@@ -290,7 +291,7 @@ def _step_stats(run: RunDir, lm: Any, cfg: BrittlenessConfig, harmful: Any, harm
         return base_stats, True
     key = step_stats_key(base_key, zeroed)
     rel = (f"{STATS_CACHE}/{key}.safetensors" if base_key else  # weights of unknown identity: this run only
-           f"{OUT}/iterative/stats/{hashlib.sha256(fingerprint(zeroed).encode()).hexdigest()[:32]}.safetensors")
+           rf.br_step_stats(hashlib.sha256(fingerprint(zeroed).encode()).hexdigest()[:32]))
     path = run.file(rel)
     if path.exists():
         return ActivationStats.load(path), True
@@ -315,8 +316,8 @@ class _Scorer:
         from safeneurons.evaluate.cache import GenerationCache
 
         self.run, self.lm, self.cfg, self.evalset, self.progress = run, lm, cfg, evalset, progress
-        self.cache = GenerationCache(Path(cfg.cache_dir) / "generations.sqlite" if cfg.cache_dir
-                                     else run.file("generations.sqlite"))
+        self.cache = GenerationCache(Path(cfg.cache_dir) / rf.GENERATIONS if cfg.cache_dir
+                                     else run.file(rf.GENERATIONS))
         self._judge: Any = None
         self._texts: list[str] | None = None
 
@@ -326,11 +327,11 @@ class _Scorer:
             from safeneurons.evaluate.validation import judge_record
 
             self._judge = make_judge(self.cfg.judge, **self.cfg.judge_params)
-            self.run.write_json(f"{OUT}/judge.json", judge_record(self._judge))
+            self.run.write_json(rf.BR_JUDGE, judge_record(self._judge))
         return self._judge
 
     def judge_about(self) -> dict[str, Any]:
-        path = self.run.file(f"{OUT}/judge.json")
+        path = self.run.file(rf.BR_JUDGE)
         if not path.exists():
             self.judge()
         return read_json(path)
@@ -360,15 +361,13 @@ class _Scorer:
                        for p, t, v in zip(prompts, replies, verdicts)]
             row = AsrTable.from_records(records).get(stage)
             ppl = perplexity(lm.model, lm.tokenizer, self.texts(), interventions=ns)
-            rec = {"attacker": curve.attacker, "seed": curve.seed, "fraction": fraction,
-                   "n_neurons": len(ns) if ns is not None else 0,
-                   "counts_per_layer": list(ns.counts_per_layer().values()) if ns is not None else [],
-                   "k": row.k, "n": row.n, "asr": row.asr, "ci": [row.ci_lo, row.ci_hi],
-                   "n_degenerate": row.n_degenerate, "n_unjudged": row.n_unjudged, "n_total": row.n_total,
-                   "degenerate_share": row.n_degenerate / row.n_total if row.n_total else None,
-                   "perplexity": ppl, "set": set_rel,
-                   "examples": _examples(records, self.cfg.examples)}
-            self.run.write_json(f"{OUT}/verdicts/{Path(rel).name}", records)
+            rec = rf.BrittlenessPoint(
+                attacker=curve.attacker, seed=curve.seed, fraction=fraction,
+                n_neurons=len(ns) if ns is not None else 0, counts_per_layer=list(ns.counts_per_layer().values()) if ns is not None else [],
+                k=row.k, n=row.n, asr=row.asr, ci=(row.ci_lo, row.ci_hi), n_degenerate=row.n_degenerate,
+                n_unjudged=row.n_unjudged, n_total=row.n_total, perplexity=ppl, set=set_rel,
+                examples=_examples(records, self.cfg.examples)).to_dict()
+            self.run.write_json(rf.br_verdicts(curve.slug, fraction_text(fraction)), records)
             self.run.write_json(rel, rec)
             info.update(asr=row.asr, n_neurons=rec["n_neurons"], perplexity=ppl)
         return rec
@@ -451,69 +450,15 @@ def curve_markdown(curve: Mapping[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-COLORS = {"one-shot": "#C44E52", "iterative": "#4C72B0"}
-
-
 def plot_curve(curve: Mapping[str, Any], path: str | Path) -> Path:
-    """``curve.png``: ASR with its interval band per attacker (random controls as one band over their
-    seeds), the degenerate share and the perplexity, against the percent zeroed (symmetric-log axis, so the
-    unattacked point 0 shows)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """``curve.png``: the report's figure of the curve (:func:`safeneurons.report.plots.fig_brittleness`), drawn
+    from the curve as curve.json holds it."""
+    from safeneurons.report import plots
+    from safeneurons.report.load import parse_brittleness
 
-    from safeneurons.io import atomic_path
-
-    fig = Figure(figsize=(7.5, 8))
-    FigureCanvasAgg(fig)
-    ax_asr, ax_deg, ax_ppl = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.2, 1.2]})
-    positive = [f for f in curve["fractions"] if f > 0]
-    points = curve["points"]
-    for attacker in dict.fromkeys(p["attacker"] for p in points):
-        mine = [p for p in points if p["attacker"] == attacker]
-        base = attacker.split("/", 1)[-1]
-        color = COLORS.get(base, "#8172B3")
-        random = attacker.startswith("random/")
-        xs = sorted({p["fraction"] for p in mine})
-        at = {x: [p for p in mine if p["fraction"] == x] for x in xs}
-        asr = [100 * float(np.mean([p["asr"] or 0.0 for p in at[x]])) for x in xs]
-        lo = [100 * min(p["ci"][0] or 0.0 for p in at[x]) for x in xs]
-        hi = [100 * max(p["ci"][1] or 0.0 for p in at[x]) for x in xs]
-        deg = [100 * float(np.mean([p["degenerate_share"] or 0.0 for p in at[x]])) for x in xs]
-        ppl = [float(np.mean([p["perplexity"] for p in at[x]])) for x in xs]
-        style = {"color": color, "linestyle": "--" if random else "-", "marker": "s" if random else "o",
-                 "markersize": 3.5, "alpha": 0.8 if random else 1.0}
-        label = f"{attacker} ({len(curve['random_seeds'])} seeds, band: all intervals)" if random else attacker
-        ax_asr.plot(xs, asr, label=label, **style)
-        ax_asr.fill_between(xs, lo, hi, color=color, alpha=0.10 if random else 0.18, linewidth=0)
-        ax_deg.plot(xs, deg, **style)
-        ax_ppl.plot(xs, ppl, **style)
-    ax_asr.axhline(100 * curve["break_asr"], color="#555555", linewidth=0.8, linestyle=":")
-    if curve.get("identified_fraction"):
-        for ax in (ax_asr, ax_deg, ax_ppl):
-            ax.axvline(curve["identified_fraction"], color="#999999", linewidth=0.8, linestyle="-.")
-        ax_asr.text(curve["identified_fraction"], 101, f" {curve['identified_set']}", fontsize=7, color="#777777",
-                    va="bottom")
-    ax_asr.set_ylim(0, 105)
-    ax_asr.set_ylabel("ASR % (95% Wilson)")
-    ax_asr.set_title(f"Brittleness: {curve.get('model', '')} ({curve['n_total']} {curve['site']} neurons)")
-    ax_asr.legend(loc="upper left", fontsize=7)
-    ax_deg.set_ylabel("degenerate %")
-    ax_deg.set_ylim(0, 105)
-    ax_ppl.set_ylabel("perplexity")
-    ppl = [p["perplexity"] for p in points if p["perplexity"]]
-    if ppl and max(ppl) > 3 * min(ppl):  # a collapse spans decades; a flat curve reads better on a linear axis
-        ax_ppl.set_yscale("log")
-    ax_ppl.set_xlabel(f"% of {curve['site']} neurons zeroed")
-    ax_ppl.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
-    ax_ppl.set_xlim(0, 1.15 * max(positive) if positive else 1.0)
-    ax_ppl.set_xticks([0, *positive])
-    ax_ppl.set_xticklabels([fraction_text(f) for f in [0, *positive]], fontsize=7)
-    for ax in (ax_asr, ax_deg, ax_ppl):
-        ax.grid(True, alpha=0.3)
-    fig.tight_layout()
     target = Path(path)
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    with plots.style():
+        plots.save_figure(plots.fig_brittleness(parse_brittleness(curve)), target, target.name, "", "")
     return target
 
 
@@ -572,14 +517,14 @@ def run_brittleness(cfg: BrittlenessConfig, out: str | Path | None = None, progr
                  "split": cfg.data.split, "n_eval": len(evalset),
                  **scorer.judge_about(), **summarize(points, list(attack)),
                  "points": points}
-    run.write_json(f"{OUT}/curve.json", curve_doc)
-    run.write_text(f"{OUT}/curve.md", curve_markdown(curve_doc))
-    plot_curve(curve_doc, run.file(f"{OUT}/curve.png"))
+    run.write_json(rf.BR_CURVE, curve_doc)
+    run.write_text(rf.BR_CURVE_MD, curve_markdown(curve_doc))
+    plot_curve(curve_doc, run.file(rf.BR_CURVE_PNG))
     if look is not None:
         look.close(neurons_to_break=curve_doc["neurons_to_break"], leaves_random_band=curve_doc["leaves_random_band"],
                    asr=[{k: p[k] for k in ("attacker", "seed", "fraction", "k", "n", "asr", "ci")} for p in points])
     run.finish()
-    log.info("brittleness curve in %s", run.file(f"{OUT}/curve.md"))
+    log.info("brittleness curve in %s", run.file(rf.BR_CURVE_MD))
     return run.path
 
 

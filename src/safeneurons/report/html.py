@@ -22,6 +22,7 @@ from safeneurons.io import package_version, write_text_atomic
 from safeneurons.report import plots, views
 from safeneurons.report.load import (
     AsrResults,
+    BrittlenessCurve,
     Missing,
     NeuronsData,
     NeuronSetInfo,
@@ -39,8 +40,9 @@ COMPARE_FILE = "compare.html"
 FIG_DIR = "figures"
 
 #: Figure files a single-run report may write (removed when a rebuild no longer draws them).
-REPORT_FIGURES = ("neurons_per_layer", "score_distributions", "attack_asr", "category_asr", "capability",
-                  "training_curves", "training_rounds", "language_asr", "language_overlap", "language_counts")
+REPORT_FIGURES = ("neurons_per_layer", "score_distributions", "attack_asr", "category_asr", "brittleness_curve",
+                  "capability", "training_curves", "training_rounds", "language_asr", "language_overlap",
+                  "language_counts")
 MAX_SET_PANELS = 8  # neuron sets drawn per layer (a multilingual run has four per language)
 COMPARE_FIGURES = ("compare_attack_asr", "compare_neurons_per_layer", "compare_score_distributions",
                    "compare_capability", "compare_training_curves", "compare_language_asr")
@@ -115,6 +117,15 @@ def draw_run_figures(run: RunData, figs: FigureSet) -> None:
             figs.draw("category_asr", lambda: plots.fig_categories(cats),
                       "Attack success per harm category and condition (95% Wilson intervals).",
                       "bar chart of attack success per category")
+    if isinstance(run.brittleness, BrittlenessCurve):
+        curve = run.brittleness
+        figs.draw("brittleness_curve", lambda: plots.fig_brittleness(curve),
+                  f"Attack success (judge: {curve.judge}) against the percent of {curve.site} neurons zeroed: "
+                  "one-shot (the top of one identification ranking), iterative (re-identified with the chosen set "
+                  "zeroed) and random sets matched to each (dashed; the band spans every seed's interval). Bands: "
+                  "95% Wilson intervals; dotted: the break threshold; dash-dotted: the identified set's size. Lower "
+                  "panels: the share of degenerate replies and the perplexity of benign text.",
+                  "line charts of attack success, degenerate replies and perplexity against neurons zeroed")
     if isinstance(run.capability, dict):
         cap = run.capability
         figs.draw("capability", lambda: plots.fig_capability(cap),
@@ -184,6 +195,10 @@ def render_report(run: RunData, figures: Mapping[str, plots.FigureRef | Missing]
         "ml_overlap_grids": {k: o if isinstance(o, Missing) else views.overlap_grid(o) for k, o in run.ml_overlaps.items()},
         "ml_over_refusal_rows": views.over_refusal_rows(run.ml_over_refusal),
         "benign_check": views.benign_check_table(run),
+        "brittleness_rows": views.brittleness_rows(run.brittleness)
+        if isinstance(run.brittleness, BrittlenessCurve) else [],
+        "brittleness_summary": views.brittleness_summary(run.brittleness)
+        if isinstance(run.brittleness, BrittlenessCurve) else None,
     }
     return environment().get_template("report.html.j2").render(**ctx)
 

@@ -69,6 +69,14 @@ train run); extra keys are ignored, missing optional keys are shown as "n/a".
 ``multilingual/expansion.json``        the expansion summary (scalars shown; ``asr.by_scale`` as a table)
 ``multilingual/over_refusal/*.json``   as ``over_refusal/<model>.json``
 ``multilingual/benign_check/*.json``   ``{lang: [{prompt, response, refused}]}``
+``brittleness/curve.json``             ``{schema, model, site, n_total, fractions [%], random_seeds, iterative_step,
+                                       break_asr, ranking, identified_set, identified_neurons,
+                                       identified_fraction [%], exclude?, split, n_eval, judge, judge_note?,
+                                       neurons_to_break [{attacker, seed, fraction, n_neurons?, asr?}],
+                                       leaves_random_band [{attacker, fraction, n_neurons?, ci_low?,
+                                       random_ci_high?}], points [BrittlenessPoint]}``; ``curve.md`` (shown
+                                       verbatim), ``judge.json`` ``{judge_note}`` and
+                                       ``iterative/steps.json`` ``[{before, after, added, stats_reused}]``
 =====================================  ===================================================================
 """
 
@@ -92,6 +100,7 @@ MissingKind = Literal["absent", "unreadable", "invalid"]
 MAX_JSON_BYTES = 256 * 1024 * 1024
 MAX_TEXT_CHARS = 200_000
 CONDITION_ORDER = ("ORI", "ES", "SAS", "FULL", "RANDOM")
+NA_TEXT = "n/a"
 
 # file names: safeneurons.runformat (re-exported here for the report's modules)
 MANIFEST = rf.MANIFEST
@@ -998,6 +1007,165 @@ def parse_benign_check(raw: Any) -> dict[str, tuple[int, int]]:
 
 
 @dataclass(frozen=True)
+class CurvePoint:
+    """One grid point of a brittleness curve (:class:`safeneurons.runformat.BrittlenessPoint`)."""
+
+    attacker: str
+    seed: int | None
+    fraction: float  # percent of the site's neurons zeroed
+    n_neurons: int | None
+    cell: AsrCell
+    degenerate_share: float | None
+    perplexity: float | None
+    examples: tuple[Example, ...] = ()
+
+    @property
+    def random(self) -> bool:
+        return self.attacker.startswith("random/")
+
+
+@dataclass(frozen=True)
+class CurveMark:
+    """A summary point of a curve: the first fraction whose ASR reaches ``break_asr`` (per curve) or whose
+    interval leaves the random band (per attacker); ``fraction`` None: not reached."""
+
+    attacker: str
+    seed: int | None
+    fraction: float | None
+    n_neurons: int | None
+    asr: float | None = None
+    ci_low: float | None = None
+    random_ci_high: float | None = None
+
+
+@dataclass(frozen=True)
+class IterativeStepInfo:
+    before: int | None
+    after: int | None
+    added: int
+    stats_reused: bool | None
+
+
+@dataclass
+class BrittlenessCurve:
+    """``brittleness/curve.json``: ASR against the percent of a site's neurons zeroed, per attacker."""
+
+    model: str
+    site: str
+    n_total: int | None
+    fractions: list[float]
+    random_seeds: list[int]
+    break_asr: float
+    ranking: str
+    identified_set: str
+    identified_neurons: int | None
+    identified_fraction: float | None  # percent
+    judge: str
+    judge_note: str
+    facts: list[tuple[str, str]]  # settings shown as they are (split, n_eval, iterative step, excluded)
+    points: list[CurvePoint]
+    neurons_to_break: list[CurveMark]
+    leaves_random_band: list[CurveMark]
+    problems: tuple[str, ...] = ()
+    steps: list[IterativeStepInfo] | Missing | None = None  # iterative/steps.json (None: not read)
+
+    @property
+    def attackers(self) -> list[str]:
+        return list(dict.fromkeys(p.attacker for p in self.points))
+
+
+def _percent(x: Any) -> float | None:
+    v = _num(x)
+    return v if v is not None and 0.0 <= v <= 100.0 else None
+
+
+def _seed(x: Any) -> int | None:
+    return None if x is None or isinstance(x, bool) else _count(x)
+
+
+def _curve_point(raw: Any) -> CurvePoint:
+    try:
+        p = rf.BrittlenessPoint.from_dict(raw)
+    except rf.RecordError as exc:
+        raise _Invalid(str(exc)) from None
+    fraction = _percent(p.fraction)
+    if fraction is None:
+        raise _Invalid(f"fraction {_text(p.fraction, 40)} is not a percentage")
+    cell = parse_asr_cell({"k": p.k, "n": p.n, "asr": p.asr, "ci": list(p.ci), "n_degenerate": p.n_degenerate,
+                           "n_unjudged": p.n_unjudged, "n_neurons": p.n_neurons})
+    share = _prob(raw.get("degenerate_share"))
+    total, degenerate = _count(p.n_total), _count(p.n_degenerate)
+    if share is None and total and degenerate is not None and degenerate <= total:
+        share = degenerate / total
+    ppl = _num(p.perplexity)
+    return CurvePoint(_label(p.attacker, "?"), _seed(p.seed), fraction, _count(p.n_neurons), cell, share,
+                      ppl if ppl is not None and ppl > 0 else None, tuple(_example(e) for e in p.examples))
+
+
+def _curve_marks(raw: Any, problems: list[str], what: str) -> list[CurveMark]:
+    out = []
+    for i, m in enumerate(raw if isinstance(raw, list) else []):
+        if not isinstance(m, Mapping) or not _label(m.get("attacker")):
+            problems.append(f"{what} {i}: not an entry with an attacker")
+            continue
+        out.append(CurveMark(_label(m.get("attacker")), _seed(m.get("seed")), _percent(m.get("fraction")),
+                             _count(m.get("n_neurons")), _prob(m.get("asr")), _prob(m.get("ci_low")),
+                             _prob(m.get("random_ci_high"))))
+    return out
+
+
+def parse_brittleness(raw: Any) -> BrittlenessCurve:
+    """``brittleness/curve.json`` (as :func:`safeneurons.pipelines.brittleness.run_brittleness` writes it)."""
+    d = _mapping(raw, "the file")
+    problems: list[str] = []
+    points = []
+    for i, p in enumerate(_list(d.get("points"), "'points'")):
+        try:
+            points.append(_curve_point(p))
+        except _Invalid as exc:
+            problems.append(f"point {i}: {exc}")
+        except (AttributeError, TypeError) as exc:
+            problems.append(f"point {i}: {type(exc).__name__}")
+    if not points:
+        raise _Invalid("no point with an attacker, a fraction and k / n")
+    fractions = sorted({v for x in d.get("fractions") or [] if (v := _percent(x)) is not None}
+                       if isinstance(d.get("fractions"), list) else {p.fraction for p in points})
+    seeds = [s for x in d.get("random_seeds") or [] if (s := _seed(x)) is not None] \
+        if isinstance(d.get("random_seeds"), list) else []
+    exclude = d.get("exclude") if isinstance(d.get("exclude"), Mapping) else None
+    facts = [("split", _label(d.get("split"), NA_TEXT)), ("held-out prompts", num_text(d.get("n_eval"))),
+             ("iterative step", f"{num_text(d.get('iterative_step'))} %" if _num(d.get("iterative_step")) is not None
+              else "once per grid point"),
+             ("excluded neurons", f"{num_text(exclude.get('n'))} ({_text(exclude.get('path'), 300)})"
+              if exclude is not None else "none")]
+    brk = _prob(d.get("break_asr"))
+    return BrittlenessCurve(
+        model=_label(d.get("model"), ""), site=_label(d.get("site"), "mlp"), n_total=_count(d.get("n_total")),
+        fractions=fractions, random_seeds=seeds, break_asr=brk if brk is not None else 0.5,
+        ranking=_text(d.get("ranking"), 300), identified_set=_label(d.get("identified_set"), ""),
+        identified_neurons=_count(d.get("identified_neurons")),
+        identified_fraction=_percent(d.get("identified_fraction")), judge=_label(d.get("judge"), NA_TEXT),
+        judge_note=_text(d.get("judge_note"), 600), facts=facts, points=points,
+        neurons_to_break=_curve_marks(d.get("neurons_to_break"), problems, "neurons_to_break"),
+        leaves_random_band=_curve_marks(d.get("leaves_random_band"), problems, "leaves_random_band"),
+        problems=tuple(problems))
+
+
+def parse_iterative_steps(raw: Any) -> list[IterativeStepInfo]:
+    out = []
+    for s in _list(raw, "the file"):
+        if isinstance(s, Mapping):
+            added = s.get("added")
+            reused = s.get("stats_reused")
+            out.append(IterativeStepInfo(_count(s.get("before")), _count(s.get("after")),
+                                         len(added) if isinstance(added, list) else 0,
+                                         reused if isinstance(reused, bool) else None))
+    if not out:
+        raise _Invalid("no step")
+    return out
+
+
+@dataclass(frozen=True)
 class Analysis:
     """``analysis.json`` of an analyze run."""
 
@@ -1174,6 +1342,8 @@ class RunData:
     ml_verdicts: VerdictSummary | Missing = field(default_factory=lambda: _absent(rf.ML_VERDICTS))
     ml_completions: dict[str, int] | Missing = field(default_factory=lambda: _absent(rf.ML_DIR + "/completions/"))
     ml_asr_md: str | Missing = field(default_factory=lambda: _absent(rf.ML_ASR_MD))
+    brittleness: BrittlenessCurve | Missing = field(default_factory=lambda: _absent(rf.BR_CURVE))
+    brittleness_md: str | Missing = field(default_factory=lambda: _absent(rf.BR_CURVE_MD))
 
     @property
     def model_name(self) -> str:
@@ -1426,10 +1596,29 @@ def load_run(path: str | Path, _subrun: bool = False) -> RunData:
         run.ml_completions = _count_files(r, rf.ml_completions("*", "*"), folder,
                                           lambda rel: "/".join(Path(rel).parts[-2:])[:-5])
         r.note(folder, run.ml_completions, listed=False)
+    run.brittleness = _load_brittleness(r)
+    if (root / rf.BR_DIR).is_dir():
+        run.brittleness_md = r.text(rf.BR_CURVE_MD, listed=False)
     run.files = _file_statuses(r.read, run)
     if isinstance(run.asr, AsrResults):
         run.problems.extend(f"{ASR}: {p}" for p in run.asr.problems)
+    if isinstance(run.brittleness, BrittlenessCurve):
+        run.problems.extend(f"{rf.BR_CURVE}: {p}" for p in run.brittleness.problems)
     return run
+
+
+def _load_brittleness(r: _Reader) -> BrittlenessCurve | Missing:
+    """The curve with its iterative steps; the judge line from judge.json where curve.json has none."""
+    curve = r.json(rf.BR_CURVE, parse_brittleness)
+    if not (r.root / rf.BR_DIR).is_dir():
+        return curve
+    about = r.json(rf.BR_JUDGE, lambda raw: _mapping(raw, "the file"), listed=False)
+    if isinstance(curve, BrittlenessCurve):
+        if not curve.judge_note and isinstance(about, Mapping):
+            curve.judge_note = _text(about.get("judge_note"), 600)
+        steps = r.json(rf.BR_STEPS, parse_iterative_steps, listed=False)
+        curve.steps = None if isinstance(steps, Missing) and steps.kind == "absent" else steps
+    return curve
 
 
 def _file_statuses(read: list[tuple[str, Any]], run: RunData) -> list[FileStatus]:

@@ -10,6 +10,7 @@ from safeneurons import runformat as rf
 from safeneurons.report.load import (
     AsrCell,
     AsrResults,
+    BrittlenessCurve,
     CapabilityRow,
     Example,
     ManifestInfo,
@@ -41,6 +42,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("scores", "Score distributions"),
     Section("attack", "Attack success"),
     Section("categories", "Attack success per category"),
+    Section("brittleness", "Brittleness"),
     Section("capability", "Capability"),
     Section("examples", "Example completions"),
     Section("training", "Training"),
@@ -136,6 +138,12 @@ def overview(run: RunData) -> list[tuple[str, str]]:
         rows.append(("judge", run.asr.judge))
         parts = [f"{c} {pct(run.asr.summary[c].asr)}" for c in run.asr.conditions]
         rows.append(("attack success", " \u00b7 ".join(parts)))
+    if isinstance(run.brittleness, BrittlenessCurve):
+        rows.append(("judge", run.brittleness.judge))
+        rows.append((f"neurons to break (ASR \u2265 {100 * run.brittleness.break_asr:.0f}%)",
+                     " \u00b7 ".join(f"{m.attacker} {fraction_text(m.fraction)}" +
+                                      (f" ({num(m.n_neurons)} neurons)" if m.fraction is not None else "")
+                                      for m in run.brittleness.neurons_to_break if m.seed is None) or NA))
     broken = [f.file for f in run.files if f.status in ("unreadable", "invalid")]
     if broken:
         rows.append(("unreadable files", ", ".join(broken) + " (see Files read)"))
@@ -216,6 +224,7 @@ def example_groups(run: RunData) -> tuple[list[ExampleGroup], str]:
     source: dict[str, list[Example]] = {}
     note = ""
     verdicts = run.verdicts
+    in_order = False  # the source's order (grid points), not the attack conditions'
     if isinstance(run.examples, dict) and run.examples:
         source, note = run.examples, "from examples.json (completions judged harmful first)"
     elif isinstance(run.verdicts, VerdictSummary) and run.verdicts.examples:
@@ -223,8 +232,10 @@ def example_groups(run: RunData) -> tuple[list[ExampleGroup], str]:
     elif isinstance(run.ml_verdicts, VerdictSummary) and run.ml_verdicts.examples:
         source, verdicts = run.ml_verdicts.examples, run.ml_verdicts
         note = f"from {rf.ML_VERDICTS} (completions judged harmful first, all languages)"
+    elif isinstance(run.brittleness, BrittlenessCurve) and (source := brittleness_examples(run.brittleness)):
+        note, in_order = f"from {rf.BR_CURVE} (each grid point's replies, judged harmful first)", True
     groups = []
-    for cond in sorted(source, key=condition_sort_key):
+    for cond in list(source) if in_order else sorted(source, key=condition_sort_key):
         items = source[cond]
         counts: dict[str, int] = {}
         for e in items:
@@ -258,6 +269,45 @@ def language_table(ml: dict[str, dict[str, AsrCell]]) -> dict[str, Any]:
             "rows": [{"language": lang, "cells": [cell_text(ml[c].get(lang)) for c in conds]} for lang in langs]}
 
 
+def fraction_text(fraction: float | None) -> str:
+    """A grid point's percentage (``0.25 %``); None: the point was not reached."""
+    return "not reached" if fraction is None else f"{fraction:g} %"
+
+
+def curve_label(attacker: str, seed: int | None) -> str:
+    return attacker if seed is None else f"{attacker} seed {seed}"
+
+
+def brittleness_rows(curve: BrittlenessCurve) -> list[dict[str, str]]:
+    """Every grid point: attacker, % zeroed, neurons, ASR with its interval, perplexity, degenerate share."""
+    return [{"attacker": p.attacker, "seed": "" if p.seed is None else str(p.seed), "fraction": f"{p.fraction:g}",
+             "n_neurons": num(p.n_neurons), "kn": f"{p.cell.k} / {p.cell.n}" if p.cell.k is not None and
+             p.cell.n is not None else NA, "asr": pct(p.cell.asr), "ci": ci_text(p.cell),
+             "perplexity": num(p.perplexity, 4), "degenerate": pct(p.degenerate_share)} for p in curve.points]
+
+
+def brittleness_summary(curve: BrittlenessCurve) -> dict[str, list[dict[str, str]]]:
+    """Neurons to break (per curve) and where each attacked curve leaves the random band."""
+    breaks = [{"curve": curve_label(m.attacker, m.seed), "fraction": fraction_text(m.fraction),
+               "n_neurons": num(m.n_neurons) if m.fraction is not None else "\u2014",
+               "asr": pct(m.asr) if m.fraction is not None else "\u2014"} for m in curve.neurons_to_break]
+    band = [{"attacker": m.attacker, "fraction": "never" if m.fraction is None else fraction_text(m.fraction),
+             "n_neurons": num(m.n_neurons) if m.fraction is not None else "\u2014",
+             "bounds": f"{pct(m.ci_low)} > {pct(m.random_ci_high)}" if m.fraction is not None else "\u2014"}
+            for m in curve.leaves_random_band]
+    return {"breaks": breaks, "band": band}
+
+
+def brittleness_examples(curve: BrittlenessCurve) -> dict[str, list[Example]]:
+    """Each grid point's kept replies, by ``<curve> @ <fraction>`` (the unattacked point once)."""
+    out: dict[str, list[Example]] = {}
+    for p in curve.points:
+        if p.examples:
+            at = "unattacked" if p.fraction == 0 else curve_label(p.attacker, p.seed)
+            out.setdefault(f"{at} @ {fraction_text(p.fraction)}", list(p.examples))
+    return out
+
+
 def sections_for(run: RunData) -> dict[str, SectionView]:
     """Which sections have data, and the Missing markers to show where they do not."""
     def sv(sid: str, *parts: Any, need_all: bool = False) -> SectionView:
@@ -275,6 +325,9 @@ def sections_for(run: RunData) -> dict[str, SectionView]:
         examples_src = run.verdicts
     elif isinstance(run.examples, Missing) and isinstance(run.ml_verdicts, VerdictSummary):
         examples_src = run.ml_verdicts
+    elif isinstance(run.examples, Missing) and isinstance(run.brittleness, BrittlenessCurve) \
+            and brittleness_examples(run.brittleness):
+        examples_src = run.brittleness
     cats: Any = run.asr.by_category if isinstance(run.asr, AsrResults) else run.asr
     subs = list(run.subruns.values())
     sub_cats = [s.asr.by_category for s in subs if isinstance(s.asr, AsrResults)]
@@ -289,6 +342,7 @@ def sections_for(run: RunData) -> dict[str, SectionView]:
         "scores": sv("scores", run.histograms),
         "attack": sv("attack", run.asr, *extra(run.robustness), *run.over_refusal.values(), *([True] if subs else [])),
         "categories": sv("categories", cats, *sub_cats),
+        "brittleness": sv("brittleness", run.brittleness),
         "capability": sv("capability", run.capability, *extra(run.robustness), *sub_caps),
         "examples": sv("examples", examples_src, *extra(run.ml_completions), *([True] if subs else [])),
         "training": sv("training", *trainings, run.rounds, *extra(run.pairs)),
