@@ -200,3 +200,10 @@ def test_published_tiny_run_reports_the_same_tables(tmp_path):
         examples = {name: _section(text, "examples") for name, text in html.items()}
         assert examples["pub"] == examples["whole"] == _without_completions([examples["run"]])[0]
         assert load_run(pub).verdicts == load_run(run).verdicts
+
+
+def test_published_results_stay_under_ten_megabytes():
+    """docs/results holds the claims' folders, not raw dumps (issue 37): its files add up to less than 10 MB."""
+    root = Path(__file__).resolve().parents[2] / "docs" / "results"
+    total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    assert total < 10_000_000, f"docs/results holds {total / 1e6:.1f} MB of files"
