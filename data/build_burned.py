@@ -4,6 +4,7 @@ the dev side forever.
 
     .venv/bin/python data/build_burned.py            # rewrite burned.json
     .venv/bin/python data/build_burned.py --check    # exit 1 when the committed file is out of date
+    .venv/bin/python data/build_burned.py --retire NAME [NAME ...]   # before deleting docs/results/NAME
 
 What counts as scored (each item stored as ``sha256(normalise(key))``, the key :func:`split_of` reads):
 
@@ -16,8 +17,14 @@ What counts as scored (each item stored as ``sha256(normalise(key))``, the key :
   there, or, for results written before ids were kept, the questions rebuilt from ``n``, ``seed`` and
   ``n_available`` with the scoring code's own :func:`~safeneurons.evaluate.capability.subsample`.
 
-The output depends only on docs/results and the datasets folder (sorted, no dates), so rebuilding it on an
-unchanged tree gives the same bytes. Needs ``../shared/datasets`` (or ``$SAFENEURONS_DATA_DIR``)."""
+Items stay burned when their run folder leaves ``docs/results``: before removing a folder, run
+``data/build_burned.py --retire NAME`` (it adds the folder's item hashes, per group, to
+``data/burned_retired.json``), then delete the folder; every build adds the retired hashes back, so
+``burned.json`` does not shrink. ``counts`` are distinct hashes per group (published and retired).
+
+The output depends only on docs/results, data/burned_retired.json and the datasets folder (sorted, no
+dates), so rebuilding it on an unchanged tree gives the same bytes. Needs ``../shared/datasets`` (or
+``$SAFENEURONS_DATA_DIR``)."""
 
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ from safeneurons.io import read_json, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
+RETIRED = ROOT / "data" / "burned_retired.json"
 ABOUT = ("Evaluation items scored in the runs published under docs/results (verdicts.json prompts, MultiJail "
          "rows by id, XSTest over-refusal samples, capability question ids). safeneurons.data.split_of puts "
          "every item whose sha256(normalise(key)) is listed here on the dev side, never in test.")
@@ -51,9 +59,13 @@ def _run_config(path: Path) -> dict[str, Any]:
     raise DataError(f"{path}: no manifest.json above it inside {RESULTS}.")
 
 
-def verdict_keys() -> dict[str, set[str]]:
+def _files(roots: list[Path], pattern: str) -> list[Path]:
+    return sorted(f for root in roots for f in root.rglob(pattern))
+
+
+def verdict_keys(roots: list[Path] | None = None) -> dict[str, set[str]]:
     out: dict[str, set[str]] = defaultdict(set)
-    for f in sorted(RESULTS.rglob("verdicts.json")):
+    for f in _files(roots or [RESULTS], "verdicts.json"):
         for rec in read_json(f):
             rid = str(rec.get("id", ""))
             if rid.startswith("multijail-"):
@@ -64,11 +76,11 @@ def verdict_keys() -> dict[str, set[str]]:
     return out
 
 
-def over_refusal_keys() -> set[str]:
+def over_refusal_keys(roots: list[Path] | None = None) -> set[str]:
     xstest = load_prompts("xstest")
     text_of = {p.id: p.text for p in xstest.prompts}
     keys: set[str] = set()
-    for f in sorted(RESULTS.rglob("over_refusal/*.json")):
+    for f in _files(roots or [RESULTS], "over_refusal/*.json"):
         res = read_json(f)
         recorded = {r["id"] for r in (res.get("verdicts") or []) + (res.get("examples") or [])}
         cfg = _run_config(f)
@@ -83,9 +95,9 @@ def over_refusal_keys() -> set[str]:
     return keys
 
 
-def capability_keys() -> dict[str, set[str]]:
+def capability_keys(roots: list[Path] | None = None) -> dict[str, set[str]]:
     out: dict[str, set[str]] = defaultdict(set)
-    for f in sorted(RESULTS.rglob("capability.json")):
+    for f in _files(roots or [RESULTS], "capability.json"):
         for cond in read_json(f).values():
             for task, res in (cond.get("tasks") or {}).items():
                 meta = res.get("meta") or {}
@@ -99,25 +111,63 @@ def capability_keys() -> dict[str, set[str]]:
     return out
 
 
-def build() -> dict[str, Any]:
+def run_keys(roots: list[Path] | None = None) -> dict[str, set[str]]:
+    """``{group: keys}`` of the items scored in the run folders ``roots`` (default: all of docs/results)."""
     groups: dict[str, set[str]] = {}
-    for name, keys in verdict_keys().items():
+    for name, keys in verdict_keys(roots).items():
         groups[name] = keys
-    groups["xstest"] = over_refusal_keys()
-    for task, keys in capability_keys().items():
+    groups["xstest"] = over_refusal_keys(roots)
+    for task, keys in capability_keys(roots).items():
         groups[f"capability:{task}"] = keys
-    hashes = sorted({burned_hash(k) for keys in groups.values() for k in keys})
+    return {name: keys for name, keys in groups.items() if keys}
+
+
+def retired() -> dict[str, Any]:
+    if not RETIRED.is_file():
+        return {"runs": [], "groups": {}}
+    return read_json(RETIRED)
+
+
+def build() -> dict[str, Any]:
+    groups = {name: {burned_hash(k) for k in keys} for name, keys in run_keys().items()}
+    for name, hashes in retired()["groups"].items():
+        groups.setdefault(name, set()).update(hashes)
+    hashes = sorted({h for hs in groups.values() for h in hs})
     return {"about": ABOUT, "made_by": "data/build_burned.py",
             "key": "sha256 hex of safeneurons.data.normalise(key); key = prompt text (harmful, XSTest), "
                    "MultiJail row id (multijail-<row>), or <task>:<question id> (capability)",
-            "counts": {name: len(keys) for name, keys in sorted(groups.items())},
+            "counts": {name: len(hs) for name, hs in sorted(groups.items())},
             "hashes": hashes}
+
+
+def retire(names: list[str]) -> int:
+    """Add the item hashes of ``docs/results/<name>`` to ``burned_retired.json`` (the folders may then go)."""
+    roots = [RESULTS / n for n in names]
+    if missing := [str(r) for r in roots if not r.is_dir() or not any(r.rglob("manifest.json"))]:
+        raise DataError(f"not a published run folder (no manifest.json): {', '.join(missing)}")
+    old = retired()
+    groups = {name: set(hs) for name, hs in old["groups"].items()}
+    for name, keys in run_keys(roots).items():
+        groups.setdefault(name, set()).update(burned_hash(k) for k in keys)
+    out = {"about": ("Item hashes (as in src/safeneurons/data/burned.json) scored by run folders since removed "
+                     "from docs/results; data/build_burned.py adds them to every build so they stay burned. "
+                     "The folders are in git history."),
+           "made_by": "data/build_burned.py --retire",
+           "runs": sorted(set(old["runs"]) | set(names)),
+           "groups": {name: sorted(hs) for name, hs in sorted(groups.items())}}
+    write_text_atomic(RETIRED, json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+    sys.stderr.write(f"wrote {RETIRED}: {len(names)} run folder(s) retired; delete them now\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="compare with the committed file instead of writing")
+    ap.add_argument("--retire", nargs="+", metavar="NAME",
+                    help="record the items of docs/results/NAME in burned_retired.json before deleting the folder")
     args = ap.parse_args(argv)
+    if args.retire:
+        return retire(args.retire)
     text = json.dumps(build(), indent=1, ensure_ascii=False) + "\n"
     if args.check:
         same = BURNED_FILE.is_file() and BURNED_FILE.read_text(encoding="utf-8") == text

@@ -7,6 +7,13 @@ replies are the run's own. Writes ``rejudged-<judge>.json`` into ``--out``.
 
     .venv/bin/python benchmarks/judge_agreement/rejudge.py docs/results/headline --judge guard
 
+The published folders keep full replies only for a few examples per condition (docs/results/index.md); the
+full ``verdicts.json`` files are in git history (commit 6072a43):
+
+    mkdir -p /tmp/full && git archive 6072a43 docs/results/headline | tar -x -C /tmp/full
+    .venv/bin/python benchmarks/judge_agreement/rejudge.py /tmp/full/docs/results/headline --judge guard \
+        --out docs/results/headline
+
 Caveat printed with the table: the labelled set the guard was fitted on was drawn from these same published
 replies (its build part), so a few of the replies scored here were seen in fitting; the judge's agreement is
 measured on the report part only."""
@@ -26,6 +33,9 @@ from safeneurons.io import write_json_atomic
 
 def rejudge(path: Path, judge: object) -> dict:
     records = json.loads(path.read_text("utf-8"))
+    if trimmed := sum("response" not in r for r in records):
+        raise SystemExit(f"{path}: {trimmed} of {len(records)} records keep no reply (trimmed when "
+                         "published); re-judge the full file from git history (see this script's docstring).")
     verdicts = judge.judge_many([(r["prompt"], r["response"], r.get("language", "en")) for r in records])
     new = [{**r, "verdict": v.to_dict()} for r, v in zip(records, verdicts)]
     group = ("language",) if len({r.get("language", "en") for r in records}) > 1 else ()

@@ -90,9 +90,16 @@ def main() -> None:
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--out", default=str(ROOT / "src/safeneurons/evaluate/judges" / HEADS_FILE))
     ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--first", type=int, default=839, help=(
+        "fit on the build items among the first N lines of items.jsonl (839: the shipped heads were fitted before "
+        "the 2026-12-07 extension; 0: every build item)"))
     args = ap.parse_args()
 
     build = load_labelled(args.labels, part="build")
+    if args.first:
+        first = {json.loads(line)["id"] for line in
+                 (Path(args.labels) / "items.jsonl").read_text(encoding="utf-8").splitlines()[: args.first]}
+        build = [item for item in build if item.id in first]
     print(f"build part: {len(build)} replies", flush=True)
     spec = EncoderSpec(model=args.model, max_prompt_tokens=args.max_tokens, max_response_tokens=args.max_tokens)
     lm = load_model(args.model)

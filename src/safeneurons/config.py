@@ -3,7 +3,11 @@
 Precedence: dataclass defaults < ``--config run.yaml`` < ``--set a.b=value`` overrides. Unknown keys
 are errors that name the file and the dotted key, with suggestions. Values given with ``--set`` are
 parsed as YAML scalars (``--set identify.params.tau_sas=2.5``, ``--set stats.sites=[mlp,q]``).
-``__post_init__`` of each config only validates, so building a config has no side effects."""
+``__post_init__`` of each config only validates, so building a config has no side effects.
+
+A method's settings are a typed config chosen by another key (:func:`variant_field`): ``identify.params`` is a
+``SafeNeuronConfig`` when ``identify.method`` is ``safeneuron``. Its keys are checked against that type when
+the config loads, like every other key; there are no free-form dicts of method parameters."""
 
 from __future__ import annotations
 
@@ -13,14 +17,64 @@ import difflib
 import os
 import types
 import typing
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Mapping, TypeVar, get_type_hints
+from typing import Any, Callable, Mapping, TypeVar, get_type_hints
 
 import yaml
 
 from safeneurons.errors import ConfigError
 
 C = TypeVar("C")
+
+
+VARIANT = "variant_of"
+
+
+def variant_field(selector: str, lookup: Callable[[str], type], choices: Callable[[], list[str]], help: str) -> Any:
+    """A field holding the typed settings of whatever the sibling field ``selector`` names (a registered
+    method): ``lookup(name)`` gives that method's config dataclass (and raises ``ConfigError`` with suggestions
+    for an unknown name), ``choices()`` every name (for the config reference). Declared ``Any``; after loading
+    it always holds an instance of the looked-up class. The owning dataclass calls :func:`resolve_variant` in
+    ``__post_init__`` for configs built in Python."""
+    return field(default=None, metadata={"help": help, VARIANT: (selector, lookup), "variant_choices": choices})
+
+
+def variant_choices(f: dataclasses.Field) -> dict[str, type]:
+    """``{name: settings class}`` for every choice of a :func:`variant_field` (empty for other fields)."""
+    if variant_of(f) is None:
+        return {}
+    _, lookup = variant_of(f)  # type: ignore[misc]
+    return {name: lookup(name) for name in f.metadata["variant_choices"]()}
+
+
+def variant_of(f: dataclasses.Field) -> tuple[str, Callable[[str], type]] | None:
+    """``(selector, lookup)`` of a field made by :func:`variant_field`, else None."""
+    return f.metadata.get(VARIANT)
+
+
+def resolve_variant(owner: Any, name: str, where: str) -> None:
+    """Make ``owner.<name>`` an instance of the class its selector names: None means that class's defaults, a
+    mapping is loaded like a config section (unknown keys refused), an instance of another class is refused."""
+    f = next(f for f in dataclasses.fields(owner) if f.name == name)
+    selector, lookup = variant_of(f)  # type: ignore[misc]
+    cls = lookup(getattr(owner, selector))
+    value = getattr(owner, name)
+    if value is None:
+        value = cls()
+    elif isinstance(value, Mapping):
+        value = from_dict(cls, value, "config", prefix=f"{where}.")
+    elif type(value) is not cls:
+        raise ConfigError(f"{where}: settings of type {type(value).__name__} given for {selector} = "
+                          f"{getattr(owner, selector)!r}, which takes {cls.__name__}.")
+    setattr(owner, name, value)
+
+
+def require(where: str, value: Any, ok: bool, expected: str) -> None:
+    """A range check of a config value: ``ConfigError("<where> = <value>; expected <expected>.")`` unless
+    ``ok``. Non-finite numbers never reach it (:func:`load_config` refuses them anywhere)."""
+    if not ok:
+        raise ConfigError(f"{where} = {value!r}; expected {expected}.")
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -73,16 +127,35 @@ def from_dict(cls: type[C], data: Mapping[str, Any], source: str = "config", pre
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
+    variants: list[str] = []
     for key, value in data.items():
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}. Keys here: {', '.join(fields)}.")
-        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}", source)
+        if variant_of(fields[key]) is not None:
+            variants.append(key)
+        else:
+            kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}", source)
+    for key in variants:  # typed by the selector's (already coerced) value, errors naming the source
+        selector, lookup = variant_of(fields[key])  # type: ignore[misc]
+        chosen = kwargs[selector] if selector in kwargs else fields[selector].default
+        value = data[key]
+        try:
+            chosen_cls = lookup(chosen)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {prefix}{selector}: {exc}") from None
+        kwargs[key] = (from_dict(chosen_cls, value, source, prefix=f"{prefix}{key}.") if isinstance(value, Mapping)
+                       else chosen_cls() if value is None else value)
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'}: {exc}") from None
+    except ConfigError as exc:  # a range check of the section: say where it came from and which section
+        msg, where = str(exc), prefix.rstrip(".")
+        if where and where not in msg:
+            msg = f"{where}: {msg}"
+        raise ConfigError(msg if msg.startswith(f"{source}:") else f"{source}: {msg}") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -96,6 +169,19 @@ def _plain(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     return x
+
+
+def _without_variants(cls: Any, d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` (a dumped ``cls``) with every variant field emptied, at any depth: the defaults a file is merged
+    onto must not carry the default method's settings into another method's section."""
+    hints = get_type_hints(cls)
+    out = dict(d)
+    for f in dataclasses.fields(cls):
+        if variant_of(f) is not None:
+            out[f.name] = {}
+        elif _is_dataclass_type(hints.get(f.name)) and isinstance(out.get(f.name), dict):
+            out[f.name] = _without_variants(hints[f.name], out[f.name])
+    return out
 
 
 def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
@@ -113,7 +199,7 @@ def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict) and k != "params":
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
             out[k] = _merge(out[k], v)
         else:
             out[k] = v
@@ -148,7 +234,7 @@ def load_config(cls: type[C], path: str | os.PathLike[str] | None = None, overri
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(loaded).__name__}.")
         data = loaded
-    defaults = to_dict(cls())  # type: ignore[call-arg]
+    defaults = _without_variants(cls, to_dict(cls()))  # type: ignore[call-arg]
     merged = _merge(defaults, data)
     for item in overrides or []:
         key, value = parse_override(item)

@@ -1,6 +1,6 @@
 """Synthetic run directories for the report tests, written with the project's own writers where they
-exist (RunDir, NeuronSet.save, the pipelines' ``asr_stage``) and by hand, following the documented shapes
-in ``safeneurons.report.load``, for files whose writers do not exist yet (training, multilingual).
+exist (RunDir, NeuronSet.save, the pipelines' ``asr_stage``) and by hand otherwise, at the paths and in the
+records of ``safeneurons.runformat`` (training, multilingual).
 
 No model runs and no torch is needed. Model text includes HTML/script payloads so escaping is tested."""
 
@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from safeneurons import runformat as rf
 from safeneurons.data import Prompt, PromptSet
 from safeneurons.neurons import ModelShape, NeuronSet
 from safeneurons.pipelines.rundir import RunDir
@@ -121,10 +122,10 @@ def _completions(cond: str, n: int, rng: np.random.Generator) -> list[str]:
     return out
 
 
-def _train_log(rng: np.random.Generator, steps: int = 30) -> list[dict[str, Any]]:
-    return [{"step": s * 5, "loss": float(0.69 * np.exp(-s / 12) + 0.05 * rng.random()),
+def _train_log(rng: np.random.Generator, steps: int = 30) -> dict[str, Any]:
+    return {"records": [{"step": s * 5, "loss": float(0.69 * np.exp(-s / 12) + 0.05 * rng.random()),
              "rewards/margins": float(2.5 * (1 - np.exp(-s / 10)) + 0.1 * rng.random()), "frozen_drift": 0.0,
-             "learning_rate": 5e-6} for s in range(steps)]
+             "learning_rate": 5e-6} for s in range(steps)]}
 
 
 def _cell(k: int, n: int) -> dict[str, Any]:
@@ -134,9 +135,46 @@ def _cell(k: int, n: int) -> dict[str, Any]:
     return {"k": k, "n": n, "asr": k / n, "ci": [lo, hi]}
 
 
+def _brittleness(run: RunDir, shape: ModelShape, rng: np.random.Generator, n_eval: int) -> None:
+    """A brittleness curve (one-shot, iterative, two matched random seeds each), written as the pipeline writes
+    it: its points (BrittlenessPoint records), summary, Markdown copy, iterative steps and judge record."""
+    from safeneurons.pipelines.brittleness import Curve, curve_markdown, summarize
+
+    fractions = [0.0, 0.5, 1.0, 2.0, 4.0]
+    n_total = shape.n_layers * shape.site_sizes["mlp"]
+    rise = {"one-shot": 0.12, "iterative": 0.2, "random/one-shot": 0.01, "random/iterative": 0.01}
+    curves = [Curve("one-shot"), Curve("iterative"), *(Curve(f"random/{a}", s) for a in ("one-shot", "iterative")
+                                                       for s in (0, 1))]
+    points = []
+    for c in curves:
+        for f in fractions:
+            k = min(n_eval, round(n_eval * (0.1 + rise[c.attacker] * f * (1 + 0.05 * (c.seed or 0)))))
+            cell = _cell(k, n_eval)
+            n = int(np.ceil(f * n_total / 100))
+            degenerate = min(n_eval - k, int(f // 2))
+            points.append(rf.BrittlenessPoint(
+                attacker=c.attacker, seed=c.seed, fraction=f, n_neurons=n, k=k, n=n_eval, asr=cell["asr"],
+                ci=tuple(cell["ci"]), n_degenerate=degenerate, n_unjudged=0, n_total=n_eval,
+                perplexity=float(6.0 + 0.4 * f + 0.1 * rng.random()), set=rf.br_set(c.slug, f"{f:g}") if f else None,
+                examples=[{"prompt": EVIL_PROMPT, "response": EVIL_RESPONSE if k else "I can't.",
+                           "label": "compliance" if k else "refusal"}]).to_dict())
+    note = "Judge: stub-refusal (stub) on 10 labelled replies: refusal κ 1.00."
+    run.write_json(rf.BR_JUDGE, {"judge": "stub-refusal", "judge_note": note})
+    run.write_json(rf.BR_STEPS, [{"before": 0, "after": 4, "added": [[0, 1]] * 4, "stats_reused": True},
+                                 {"before": 4, "after": 8, "added": [[1, 2]] * 4, "stats_reused": False}])
+    curve = {"schema": rf.BR_SCHEMA, "model": shape.model_name, "model_checksum": shape.model_checksum, "site": "mlp",
+             "n_total": n_total, "fractions": fractions, "random_seeds": [0, 1], "iterative_step": None,
+             "break_asr": 0.5, "ranking": "max(d/τ_ES, z/τ_SAS if Δ > 0)", "identified_set": "FULL",
+             "identified_neurons": 40, "identified_fraction": 100 * 40 / n_total, "exclude": None, "split": "dev",
+             "n_eval": n_eval, "judge": "stub-refusal", "judge_note": note, **summarize(points, curves),
+             "points": points}
+    run.write_json(rf.BR_CURVE, curve)
+    run.write_text(rf.BR_CURVE_MD, curve_markdown(curve))
+
+
 def make_run(path: str | Path, *, seed: int = 0, model_name: str = "tiny-qwen", n_layers: int = 8, width: int = 96,
-             n_eval: int = 16, training: bool = True, multilingual: bool = True) -> Path:
-    """A finished attack run with every file the report reads (plus training/multilingual files)."""
+             n_eval: int = 16, training: bool = True, multilingual: bool = True, brittleness: bool = True) -> Path:
+    """A finished attack run with every file the report reads (plus training/multilingual/brittleness files)."""
     rng = np.random.default_rng(seed)
     root = Path(path)
     shape = _shape(model_name, n_layers, width)
@@ -184,21 +222,27 @@ def make_run(path: str | Path, *, seed: int = 0, model_name: str = "tiny-qwen", 
             cap[cond] = {"tasks": {"arc_challenge": score},
                          "perplexity": ppl + 0.1 * seed}
         run.write_json("capability.json", cap)
-    if training:
-        run.write_json("train/log.json", _train_log(rng))
-        run.write_json("rounds.json", [{"round": f"T{t}", "n_neurons": 40 + 12 * t + seed,
-                                        "asr": _cell(max(1, (12 - 3 * t) * n_eval // 16), n_eval)} for t in range(4)])
+    if training:  # SafeNeuron rounds: each round's log and marker; the rounds' FULL ASR in robustness.json
+        robustness = {}
+        for t in (1, 2, 3):
+            run.write_json(rf.train_log("safeneuron", t), _train_log(rng))
+            run.write_json(rf.round_file("safeneuron", t), rf.RoundMarker(t, 30 + 5 * t, 40 + 12 * t + seed).to_dict())
+            robustness[f"safeneuron_T{t}"] = rf.RobustnessRow(
+                {"FULL": max(1, (12 - 3 * t) * n_eval // 16) / n_eval}, None, {}, {}, rf.attack_dir(f"safeneuron_T{t}"))
+        run.write_json(rf.ROBUSTNESS, {k: v.to_dict() for k, v in robustness.items()})
     if multilingual:
         ml = {}
         for cond, base in (("original", 0.1), ("suppressed_SS", 0.5), ("expanded", 0.05)):
             ml[cond] = {lang: _cell(int(round(min(1.0, base + 0.08 * i) * 40)), 40) for i, lang in enumerate(LANGUAGES)}
-        run.write_json("multilingual/asr.json", ml)
+        run.write_json(rf.ML_ASR, ml)
         jac = [[1.0 if i == j else round(0.6 - 0.08 * abs(i - j), 3) for j in range(len(LANGUAGES))]
                for i in range(len(LANGUAGES))]
-        run.write_json("multilingual/overlap.json", {"languages": list(LANGUAGES), "jaccard": jac})
-        run.write_json("multilingual/counts.json", {lang: {"MS": 120 - 10 * i, "SS": 60 - 8 * i,
-                                                           "per_layer": [int(x) for x in rng.integers(0, 12, n_layers)]}
-                                                    for i, lang in enumerate(LANGUAGES)})
+        run.write_json(rf.ML_OVERLAP, rf.OverlapMatrix(list(LANGUAGES), jac, "MS").to_dict())
+        run.write_json(rf.ML_COUNTS, {lang: rf.LanguageCounts({"MS": 120 - 10 * i, "SS": 60 - 8 * i},
+                                                              [int(x) for x in rng.integers(0, 12, n_layers)], None).to_dict()
+                                      for i, lang in enumerate(LANGUAGES)})
+    if brittleness:
+        _brittleness(run, shape, rng, n_eval)
     run.finish()
     return root
 
@@ -212,7 +256,7 @@ def make_partial_run(path: str | Path, kind: str) -> Path:
     if kind == "empty_dir":
         root.mkdir(parents=True, exist_ok=True)
         return root
-    make_run(root, training=False, multilingual=False)
+    make_run(root, training=False, multilingual=False, brittleness=False)
     if kind == "no_capability":
         (root / "capability.json").unlink()
     elif kind == "truncated_asr":

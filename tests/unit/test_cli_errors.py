@@ -40,6 +40,7 @@ def test_a_broken_model_folder_is_one_line(tmp_path, config, needle):
     assert proc.returncode == 2
     line = _one_line_error(proc)
     assert needle in line and str(model) in line
+    assert not (tmp_path / "run").exists()  # the model folder is checked before the run folder is made
 
 
 def test_debug_shows_the_traceback(tmp_path):

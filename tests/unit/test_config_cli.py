@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -20,7 +21,7 @@ def test_precedence_defaults_yaml_set_explicit(tmp_path):
                       {"model.spec": "explicit"})
     assert cfg.model.spec == "explicit" and cfg.data.n_eval == 20
     assert cfg.stats.sites == ("mlp", "q") and cfg.generation.max_new_tokens == 12
-    assert cfg.identify.params == {"tau_sas": 2.5}
+    assert cfg.identify.params.tau_sas == 2.5 and cfg.identify.params.tau_es is None  # typed: SafeNeuronConfig
     assert load_config(AttackConfig).data.n_eval is None  # defaults untouched
 
 
@@ -39,7 +40,7 @@ def test_unknown_key_names_file_and_suggests(tmp_path):
 
 
 @pytest.mark.parametrize("cmd", [[], ["attack"], ["identify"], ["stats"], ["demo"], ["model"], ["model", "pull"], ["ls"],
-                                 ["train"], ["train", "safeneuron"], ["multilingual"], ["report"], ["compare"], ["analyze"], ["publish"]])
+                                 ["train"], ["train", "safeneuron"], ["multilingual"], ["brittleness"], ["report"], ["compare"], ["analyze"], ["publish"]])
 def test_help(cmd):
     res = runner.invoke(app, [*cmd, "--help"])
     assert res.exit_code == 0, res.output
@@ -155,12 +156,41 @@ def test_generation_cache_merge_from(tmp_path):
         a.merge_from(tmp_path / "junk.sqlite")
 
 
-@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+RECIPES = Path(__file__).resolve().parents[2] / "configs"  # the committed recipes (the demo's stay in the package)
+
+
+@pytest.mark.parametrize("path", sorted([*CONFIG_DIR.glob("*.yaml"), *RECIPES.glob("*.yaml")]), ids=lambda p: p.name)
 def test_shipped_pipeline_configs_load(path):
-    """Every committed pipeline config parses into its command's config class (no unknown or mistyped key)."""
+    """Every committed pipeline config (the recipes in configs/ and the demo's in the package) parses into its
+    command's config class (no unknown or mistyped key)."""
     from safeneurons.pipelines.multilingual import MultilingualConfig
     from safeneurons.pipelines.train import TrainRunConfig
 
     cls = {"multilingual": MultilingualConfig, "train": TrainRunConfig}.get(path.stem.split("-")[0], AttackConfig)
     cfg = load_config(cls, str(path), [])
     assert cfg.model.spec
+
+
+def test_method_settings_are_typed_by_the_method(tmp_path):
+    """identify.params is the chosen method's settings dataclass: from a file, from --set, built in Python;
+    another method's keys are refused, and switching the method does not carry the default method's keys."""
+    from safeneurons.errors import ConfigError
+    from safeneurons.identify import SafeNeuronConfig
+    from safeneurons.identify.registry import MeanDiffConfig
+    from safeneurons.pipelines.common import IdentifyConfig
+
+    y = tmp_path / "run.yaml"
+    y.write_text("identify:\n  method: meandiff\n  params: {k: 7}\n")
+    cfg = load_config(AttackConfig, y)
+    assert isinstance(cfg.identify.params, MeanDiffConfig) and cfg.identify.params.k == 7
+    cfg = load_config(AttackConfig, None, ["identify.method=meandiff", "identify.params.k=3"])
+    assert cfg.identify.params == MeanDiffConfig(k=3)
+    assert IdentifyConfig(method="meandiff", params={"k": 4}).params == MeanDiffConfig(k=4)
+    assert IdentifyConfig().params == SafeNeuronConfig()
+    with pytest.raises(ConfigError, match="unknown key 'identify.params.tau_es'"):
+        load_config(AttackConfig, None, ["identify.method=meandiff", "identify.params.tau_es=1"])
+    with pytest.raises(ConfigError, match="takes MeanDiffConfig"):
+        IdentifyConfig(method="meandiff", params=SafeNeuronConfig())
+    with pytest.raises(ConfigError, match=r"run.yaml: identify.method: Unknown identification method"):
+        y.write_text("identify:\n  method: nope\n  params: {k: 7}\n")
+        load_config(AttackConfig, y)

@@ -101,7 +101,7 @@ def test_exact_other_families(tiny, tok, family):
 def test_unsupported_layer_path_falls_back(tiny, tok, monkeypatch, caplog):
     model = tiny("qwen2")
     ref = _run(model, tok, method="exact", sites=("o",))
-    monkeypatch.setattr(imp, "_final_norm", lambda decoder: torch.nn.Identity())  # wrong final norm
+    monkeypatch.setattr(imp.exact, "_final_norm", lambda decoder: torch.nn.Identity())  # wrong final norm
     with caplog.at_level(logging.INFO, logger="safeneurons.identify.importance"):
         got = _run(model, tok, method="exact", sites=("o",))
     assert got.meta["prefix_cache_used"] is False
@@ -178,6 +178,18 @@ def test_first_order_matches_linearised_reference(tiny, tok):
             assert fo.scores[(0, site)][j] == pytest.approx(lin, rel=1e-7), (site, j)
             if site in ("v", "mlp"):
                 assert fo.scores[(0, site)][j] == pytest.approx(fd, rel=2e-3), (site, j)
+
+
+def test_first_order_one_batch_at_a_time(tiny, tok):
+    """The linearised estimators hook fresh per-batch records of the activations and of the zero tensors
+    they differentiate against; over several batches (one prompt each) they give the one-batch scores."""
+    model = tiny("llama").double()
+    kw = dict(sites=("k", "o"), layers=(1,))
+    for method in ("first_order", "probe"):
+        one = _run(model, tok, method=method, batch_size=1, n_probes=4, **kw)
+        three = _run(model, tok, method=method, batch_size=3, n_probes=4, **kw)
+        assert one.meta["vjps"] == 3 * three.meta["vjps"]  # one VJP set per batch: three batches
+        _assert_close(one, three, rtol=1e-9, floor=1e-12)
 
 
 def test_probe_converges_to_first_order(tiny, tok):
@@ -272,7 +284,7 @@ def test_resume_skips_finished_cells(tiny, tok, tmp_path, monkeypatch):
     model = tiny("qwen2")
     kw = dict(method="exact", sites=("k", "v"))
     ref = _run(model, tok, **kw)
-    real_save = imp._save_cell
+    real_save = imp.resume._save_cell
     calls = []
 
     def interrupted(directory, cell, scores):
@@ -281,21 +293,20 @@ def test_resume_skips_finished_cells(tiny, tok, tmp_path, monkeypatch):
         calls.append(cell)
         real_save(directory, cell, scores)
 
-    monkeypatch.setattr(imp, "_save_cell", interrupted)
+    monkeypatch.setattr(imp.resume, "_save_cell", interrupted)
     with pytest.raises(KeyboardInterrupt):
         deactivation_importance(model, tok, PROMPTS, ImportanceConfig(**kw), progress=False, resume_path=tmp_path)
-    monkeypatch.setattr(imp, "_save_cell", real_save)
     assert sorted(p.name for p in tmp_path.glob("cell-*")) == ["cell-0.k.safetensors", "cell-0.v.safetensors"]
     computed = []
-    real_exact = imp._exact
 
-    def counting(*args):
-        computed.extend(args[5])
-        return real_exact(*args)
+    def counting(directory, cell, scores):  # exact saves each cell as it finishes: the saved cells are computed
+        computed.append(cell)
+        real_save(directory, cell, scores)
 
-    monkeypatch.setattr(imp, "_exact", counting)
+    monkeypatch.setattr(imp.resume, "_save_cell", counting)
     done = deactivation_importance(model, tok, PROMPTS, ImportanceConfig(**kw), progress=False,
                                    resume_path=tmp_path)
+    monkeypatch.setattr(imp.resume, "_save_cell", real_save)
     assert done.meta["resumed_cells"] == 2
     assert computed == [(1, "k"), (1, "v")]
     _assert_close(done, ref, rtol=1e-6)
@@ -363,6 +374,20 @@ def test_compare_estimators_and_top_helpers(tiny, tok):
     assert imp.top_k_count(576, 0.03, "round") == 17 and imp.top_k_count(10, 0.0) == 0
     assert imp.top_indices(np.array([1.0, 3.0, 3.0, 2.0]), 2).tolist() == [1, 2]
     assert imp.top_indices(np.array([5.0, 5.0, 5.0]), 2).tolist() == [0, 1]  # ties: lower index
+
+
+def test_estimator_registry():
+    """Every method name is a registered estimator, its meta names real config fields, and an unknown
+    method is refused naming the key, the value and the choices."""
+    from dataclasses import fields
+
+    assert set(imp.ESTIMATORS.names()) == set(imp.METHODS)
+    names = {f.name for f in fields(ImportanceConfig)}
+    for e in imp.ESTIMATORS:
+        assert e.summary and set(e.meta["reads"]) <= names and isinstance(e.meta["exact"], bool), e.name
+    assert [e.name for e in imp.ESTIMATORS if e.meta["exact"]] == ["exact", "naive"]
+    with pytest.raises(ConfigError, match=r"importance.method 'fast' is not one of exact, first_order, heuristic"):
+        ImportanceConfig(method="fast")
 
 
 def test_config_errors(tok, tiny):

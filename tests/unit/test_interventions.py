@@ -145,3 +145,39 @@ def test_bad_set_registers_nothing():
         with ablate(model, wrong):
             pass
     assert hooks_left(model) == []
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])  # separate projections / a fused Conv1D (offsets)
+def test_site_hooks_observe_replace_and_always_remove(family):
+    """The shared primitive under interventions, statistics and importance (safeneurons.models.hooks): a hook
+    returning None only observes, one returning a tensor replaces the activation, and every hook is gone after
+    the block, an exception or a site that does not resolve (nothing is registered then)."""
+    from safeneurons.errors import ArchitectureError
+    from safeneurons.models.hooks import site_hooks
+
+    model = make_tiny_model(family)
+    layout = model_layout(model)
+    seen = {}
+    with torch.no_grad():
+        base = model(IDS).logits
+        with site_hooks(layout, [(1, s, lambda x, s=s: seen.__setitem__(s, x.shape)) for s in SITES]):
+            assert torch.equal(model(IDS).logits, base)
+        assert set(seen) == set(SITES) and hooks_left(model) == []
+        ns = _one_set(layout, "v")
+        col = layout.sites["v"].offset + np.asarray([0, 3])
+
+        def zero(x):
+            x = x.clone()
+            x[..., col] *= 0  # as ablate does (x * 0 keeps the sign of zero)
+            return x
+
+        with site_hooks(layout, [(1, "v", zero)]):
+            replaced = model(IDS).logits
+        with ablate(model, ns):
+            assert torch.equal(model(IDS).logits, replaced)
+        assert not torch.equal(replaced, base)
+        with pytest.raises(RuntimeError, match="boom"), site_hooks(layout, [(0, "q", zero), (1, "mlp", zero)]):
+            raise RuntimeError("boom")
+        with pytest.raises(ArchitectureError), site_hooks(layout, [(0, "q", zero), (0, "nope", zero)]):
+            pass
+    assert hooks_left(model) == []

@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEADINGS = ["Overview", "Run manifest", "Safety neurons", "Score distributions", "Attack success",
-            "Attack success per category", "Capability", "Example completions", "Training", "Multilingual",
-            "Files read"]
+            "Attack success per category", "Brittleness", "Capability", "Example completions", "Training",
+            "Multilingual", "Files read"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -80,8 +80,8 @@ def test_every_section_heading_and_figure(full_run, full_report):
     for s in SECTIONS:
         assert f'<section id="{s.id}">' in html and f"<h2>{s.title}</h2>" in html, s.title
     secs = sections(html)
-    for sid in ("run", "neurons", "scores", "attack", "categories", "capability", "examples", "training",
-                "multilingual"):
+    for sid in ("run", "neurons", "scores", "attack", "categories", "brittleness", "capability", "examples",
+                "training", "multilingual"):
         assert missing_boxes(secs[sid]) == [], f"section {sid} unexpectedly marked missing"
     for name in REPORT_FIGURES:
         png = full_run / "figures" / f"{name}.png"
@@ -99,6 +99,15 @@ def test_every_section_heading_and_figure(full_run, full_report):
     assert "arc_challenge" in secs["capability"] and "perplexity" in secs["capability"]
     assert "Frozen weights did not move" in secs["training"] and "T3" in secs["training"]
     assert "suppressed_SS" in secs["multilingual"] and "<th>bn</th>" in secs["multilingual"]
+    curve = json.loads((full_run / "brittleness" / "curve.json").read_text())
+    for p in curve["points"]:
+        assert f"<td class=\"num\">{p['k']} / {p['n']}</td>" in secs["brittleness"]
+    for b in curve["neurons_to_break"]:
+        label = b["attacker"] if b["seed"] is None else f"{b['attacker']} seed {b['seed']}"
+        at = "not reached" if b["fraction"] is None else f"{b['fraction']:g} %"
+        assert f"<tr><th>{label}</th><td class=\"num\">{at}</td>" in secs["brittleness"]
+    assert "Where the attacked curve leaves the random band" in secs["brittleness"]
+    assert "2 re-identifications" in secs["brittleness"] and "stub-refusal" in secs["brittleness"]
 
 
 def test_figures_embedded_and_page_self_contained(full_run, full_report):
@@ -172,7 +181,7 @@ def test_partial_run_renders_and_marks_missing(tmp_path, kind):
     assert list(secs) == [s.id for s in SECTIONS]
     for sid, files in EXPECT_MISSING[kind].items():
         assert missing_boxes(secs[sid]) == files, (sid, missing_boxes(secs[sid]))
-    for sid in ("training", "multilingual"):
+    for sid in ("brittleness", "training", "multilingual"):
         assert "Not in this run." in secs[sid]
     files = secs["files"]
     if kind == "truncated_asr":
@@ -201,8 +210,10 @@ def test_partial_run_renders_and_marks_missing(tmp_path, kind):
 # ---------------------------------------------------------------------------------------------- tolerant readers
 
 FILES = ["manifest.json", "asr.json", "capability.json", "examples.json", "verdicts.json", "neurons/index.json",
-         "neurons/FULL.json", "neurons/score_histograms.json", "train/log.json", "rounds.json",
-         "multilingual/asr.json", "multilingual/overlap.json", "multilingual/counts.json", "completions/ORI.json"]
+         "neurons/FULL.json", "neurons/score_histograms.json", "safeneuron/round_1/train_log.json",
+         "safeneuron/round_1/round.json", "robustness.json",
+         "multilingual/asr.json", "multilingual/overlap.json", "multilingual/counts.json", "completions/ORI.json",
+         "brittleness/curve.json", "brittleness/iterative/steps.json"]
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=12),

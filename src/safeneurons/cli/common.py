@@ -16,8 +16,12 @@ err = Console(stderr=True)
 out = Console()
 F = TypeVar("F", bound=Callable[..., Any])
 
-ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="YAML config file (keys as in `--help` of the config).")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config key: --set identify.params.tau_sas=2.5 (repeatable).")]
+ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help=(
+    "YAML config file, nested sections as mappings; all keys: safeneurons config show <command> or "
+    "docs/config.md."))]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help=(
+    "Override a config key: --set identify.params.tau_sas=2.5 (repeatable); all keys: safeneurons config "
+    "show <command> or docs/config.md."))]
 OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="Run directory (default runs/<command>-<time>); re-run to resume.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model: local dir, offline registry name (safeneurons model list) or hub id.")]
 ReuseOpt = Annotated[list[str] | None, typer.Option("--reuse", help="Earlier run directory whose content-keyed caches "
@@ -103,18 +107,48 @@ def explicit(**pairs: Any) -> dict[str, Any]:
     return {k: v for k, v in pairs.items() if v is not None}
 
 
+def load_run_config(cls: type[C], config: str | None, overrides: list[str] | None,
+                    explicit_keys: Mapping[str, Any]) -> C:
+    """Load a command's config (defaults < ``--config`` < ``--set`` < explicit options) and check what can be
+    checked before any work: every key, type and range (the config classes), then the model spec (a local
+    folder's config.json). A failure here leaves no run folder behind."""
+    from safeneurons.config import load_config
+    from safeneurons.models.loading import check_model_spec
+
+    cfg = load_config(cls, config, overrides, explicit_keys)
+    model = getattr(cfg, "model", None)
+    if model is not None:
+        check_model_spec(model.spec, model.trust_remote_code)
+    for data in (getattr(cfg, "data", None), getattr(getattr(cfg, "attack", None), "data", None)):
+        _check_prompt_files(data)
+    return cfg
+
+
+def _check_prompt_files(data: Any) -> None:
+    """Read every prompt set a ``DataConfig`` names (strictly: a bad row fails naming file and row), so a
+    broken prompt file fails before the model loads and before the run folder exists."""
+    from safeneurons.data import load_prompts
+
+    if data is None:
+        return
+    for key in ("harmful", "harmless", "eval"):
+        spec = getattr(data, key, None)
+        if spec:
+            load_prompts(spec, data_dir=data.data_dir)
+
+
 def load_scoring_config(cls: type[C], config: str | None, overrides: list[str] | None,
                         explicit_keys: Mapping[str, Any], split: str | None, split_key: str) -> C:
     """Load a config for a command that scores evaluation prompts (defaults < ``--config`` < ``--set`` <
     explicit options, ``--split`` among them). Only the ``--split`` flag may select a split other than dev:
     a ``split_key`` of test (or all) that came from the config file or ``--set`` is refused, so a recipe
     cannot score the sealed test half silently."""
-    from safeneurons.config import load_config, parse_override
+    from safeneurons.config import parse_override
 
     keys = dict(explicit_keys)
     if split is not None:
         keys[split_key] = split
-    cfg = load_config(cls, config, overrides, keys)
+    cfg = load_run_config(cls, config, overrides, keys)
     value: Any = cfg
     for part in split_key.split("."):
         value = getattr(value, part)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from safeneurons import runformat as rf
 from safeneurons.cli.common import (
     ConfigOpt,
     ModelOpt,
@@ -18,6 +19,7 @@ from safeneurons.cli.common import (
     echo,
     explicit,
     friendly_errors,
+    load_run_config,
     load_scoring_config,
     run_dir_for,
     setup_logging,
@@ -45,6 +47,8 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="On a failure, sho
 
 from safeneurons.cli import judge as _judge_cli  # noqa: E402
 from safeneurons.cli import ledger as _ledger_cli  # noqa: E402
+from safeneurons.cli import monitor as _monitor_cli
+from safeneurons.cli import reference as _reference_cli
 from safeneurons.cli import report as _report_cli  # noqa: E402
 
 model_app = typer.Typer(help="Offline model registry: list and pull models shipped as PyPI GGUF chunks.",
@@ -53,6 +57,8 @@ app.add_typer(model_app, name="model")
 _report_cli.register(app)
 _ledger_cli.register(app)
 _judge_cli.register(app)
+_monitor_cli.register(app)
+_reference_cli.register(app)
 
 
 @model_app.command("list")
@@ -87,35 +93,33 @@ def list_registry(kind: Annotated[str, typer.Argument(help="methods, judges, dat
         echo(f"{name:28} {summary}")
 
 
-@app.command("stats")
+@app.command("stats", epilog=_reference_cli.epilog("stats"))
 @friendly_errors
 def stats_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
               quiet: QuietOpt = False) -> None:
     """Collect per-neuron activation statistics on harmful and benign prompts (one streaming pass)."""
-    from safeneurons.config import load_config
     from safeneurons.pipelines.identify import IdentifyRunConfig, run_identify
 
     setup_logging(quiet)
-    cfg = load_config(IdentifyRunConfig, config, set_, explicit(**{"model.spec": model}))
+    cfg = load_run_config(IdentifyRunConfig, config, set_, explicit(**{"model.spec": model}))
     path = run_identify(cfg, out, progress=not quiet, stats_only=True)
     echo(f"statistics written to {path}")
 
 
-@app.command("identify")
+@app.command("identify", epilog=_reference_cli.epilog("identify"))
 @friendly_errors
 def identify_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
                  quiet: QuietOpt = False) -> None:
     """Identify safety neurons (default: SafeNeuron ES ∪ SAS) and save the neuron sets."""
-    from safeneurons.config import load_config
     from safeneurons.pipelines.identify import IdentifyRunConfig, run_identify
 
     setup_logging(quiet)
-    cfg = load_config(IdentifyRunConfig, config, set_, explicit(**{"model.spec": model}))
+    cfg = load_run_config(IdentifyRunConfig, config, set_, explicit(**{"model.spec": model}))
     path = run_identify(cfg, out, progress=not quiet)
     echo((path / "neurons" / "summary.md").read_text() if (path / "neurons" / "summary.md").exists() else str(path))
 
 
-@app.command("attack")
+@app.command("attack", epilog=_reference_cli.epilog("attack"))
 @friendly_errors
 def attack_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
                n_eval: Annotated[int | None, typer.Option(help="held-out harmful prompts to attack")] = None,
@@ -132,7 +136,26 @@ def attack_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None
     _finish(path, report)
 
 
-@app.command("demo")
+@app.command("brittleness", epilog=_reference_cli.epilog("brittleness"))
+@friendly_errors
+def brittleness_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
+                    n_eval: Annotated[int | None, typer.Option(help="held-out harmful prompts to attack")] = None,
+                    exclude: Annotated[str | None, typer.Option(
+                        help="a NeuronSet JSON no attacker may pick (a defended model's frozen set)")] = None,
+                    report: Annotated[bool, typer.Option(help="write report.html at the end")] = True,
+                    split: SplitOpt = None, reuse: ReuseOpt = None, quiet: QuietOpt = False) -> None:
+    """Brittleness curve: ASR against the share of MLP neurons zeroed (one-shot, iterative, matched random)."""
+    from safeneurons.pipelines.brittleness import BrittlenessConfig, run_brittleness
+
+    setup_logging(quiet)
+    options = explicit(**{"model.spec": model, "data.n_eval": n_eval, "exclude": exclude})
+    cfg = load_scoring_config(BrittlenessConfig, config, set_, options, split, "data.split")
+    path = run_brittleness(cfg, run_dir_for("brittleness", out, reuse), progress=not quiet)
+    echo((path / rf.BR_CURVE_MD).read_text())
+    _finish(path, report, tables=False)
+
+
+@app.command("demo", epilog=_reference_cli.epilog("demo"))
 @friendly_errors
 def demo_cmd(out: OutOpt = None, headline: Annotated[bool, typer.Option(
                  "--headline", help="use Qwen2.5-Coder-1.5B-Instruct and the full evaluation set (hours on CPU)")] = False,
@@ -147,16 +170,15 @@ def demo_cmd(out: OutOpt = None, headline: Annotated[bool, typer.Option(
     _finish(path, True)
 
 
-@app.command("analyze")
+@app.command("analyze", epilog=_reference_cli.epilog("analyze"))
 @friendly_errors
 def analyze_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
                 quiet: QuietOpt = False) -> None:
     """Layer-wise and cross-category analysis: per-category safety neurons, core/shared/specific, overlap vs K."""
-    from safeneurons.config import load_config
     from safeneurons.pipelines.analyze import AnalyzeConfig, run_analyze
 
     setup_logging(quiet)
-    cfg = load_config(AnalyzeConfig, config, set_, explicit(**{"model.spec": model}))
+    cfg = load_run_config(AnalyzeConfig, config, set_, explicit(**{"model.spec": model}))
     path = run_analyze(cfg, out, progress=not quiet)
     res = json.loads((path / "analysis.json").read_text())
     echo(json.dumps({"decomposition": res["decomposition"], "overlap_curve": res["overlap_curve"]}, indent=1))
@@ -167,7 +189,7 @@ train_app = typer.Typer(help="Training: SafeNeuron DPO (frozen + ablated safety 
 app.add_typer(train_app, name="train")
 
 
-@train_app.command("safeneuron")
+@train_app.command("safeneuron", epilog=_reference_cli.epilog("train safeneuron"))
 @friendly_errors
 def train_safeneuron_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
                          rounds: Annotated[int | None, typer.Option(help="SafeNeuron iterative rounds")] = None,
@@ -183,7 +205,7 @@ def train_safeneuron_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: Out
     _finish(path, True, tables=False)
 
 
-@app.command("multilingual")
+@app.command("multilingual", epilog=_reference_cli.epilog("multilingual"))
 @friendly_errors
 def multilingual_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, model: ModelOpt = None,
                      split: SplitOpt = None, reuse: ReuseOpt = None, quiet: QuietOpt = False) -> None:

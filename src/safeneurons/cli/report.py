@@ -41,12 +41,16 @@ def compare_cmd(run_dirs: Annotated[list[Path], typer.Argument(help="Two or more
 @friendly_errors
 def publish_cmd(run_dir: RunDirArg,
                 dest: Annotated[Path, typer.Argument(help="Folder to copy the citable results into (e.g. docs/results/x).")],
+                full: Annotated[bool, typer.Option("--full", help="Copy every verdicts.json whole (every reply and "
+                                                   "judge reason) instead of one record per prompt with 3 full "
+                                                   "replies per condition and language.")] = False,
                 quiet: QuietOpt = False) -> None:
-    """Copy a run's tables, neuron sets, manifest and report (no weights, stats or caches) to commit them."""
+    """Copy a run's tables, neuron sets, manifest and report (no weights, stats or caches) to commit them;
+    verdicts.json files keep one record per prompt and a few full replies (docs/results/index.md)."""
     from safeneurons.report.publish import publish_run
 
     setup_logging(quiet)
-    files = publish_run(run_dir, dest)
+    files = publish_run(run_dir, dest, full=full)
     echo(f"{len(files)} files copied to {dest}")
 
 

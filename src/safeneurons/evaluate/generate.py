@@ -226,6 +226,17 @@ def _hf_generation_kwargs(model: Any, tokenizer: Any, config: GenerationConfig) 
     return kwargs
 
 
+def prompt_list(prompts: Sequence[str]) -> list[str]:
+    """``prompts`` as a list, each checked to be a string (one string alone is refused: wrap it in a list)."""
+    if isinstance(prompts, str):
+        raise ConfigError("prompts must be a list of strings, not one string; wrap it in a list.")
+    prompts = list(prompts)
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise ConfigError(f"prompt {i} is a {type(p).__name__}, expected a string.")
+    return prompts
+
+
 def _shared_head(encoded: Sequence[Encoded], minimum: int | None) -> int:
     """Length of the token prefix all prompts share, if at least ``minimum`` and there are two prompts or more
     (else 0). Each prompt keeps one token of its own, so every batch feeds ``generate`` at least one new token."""
@@ -239,8 +250,13 @@ def _shared_head(encoded: Sequence[Encoded], minimum: int | None) -> int:
 
 
 def _run_batches(model: Any, tokenizer: Any, rendered: Sequence[str], config: GenerationConfig,
-                 progress: bool, on_batch: Any = None) -> list[Generation]:
-    """Generate for ``rendered`` (already templated) texts; returns results in input order."""
+                 progress: bool, on_batch: Any = None, before_batch: Any = None,
+                 stopping: Any = None) -> list[Generation]:
+    """Generate for ``rendered`` (already templated) texts; returns results in input order.
+
+    ``before_batch(indices)`` is called just before each batch's ``model.generate`` with the indices of its
+    rows in order (after any shared-prefix pass), ``on_batch({index: Generation})`` after it; ``stopping``
+    (a transformers ``StoppingCriteriaList``) is passed to every ``model.generate`` call."""
     from tqdm.auto import tqdm
 
     encoded = _encode_rendered(tokenizer, rendered, config.chat_template)
@@ -278,6 +294,10 @@ def _run_batches(model: Any, tokenizer: Any, rendered: Sequence[str], config: Ge
                 cache.batch_repeat_interleave(len(items))
                 extra = {"past_key_values": cache}
             ids, mask = ids.to(device), mask.to(device)
+            if stopping is not None:
+                extra["stopping_criteria"] = stopping
+            if before_batch is not None:
+                before_batch(list(batch))
             with torch.inference_mode():
                 if config.do_sample:
                     devices = [device] if device.type == "cuda" else []
@@ -325,12 +345,7 @@ def generate_detailed(model: Any, tokenizer: Any, prompts: Sequence[str], config
     """Like :func:`generate` but returns :class:`Generation` records (text, new-token count, finish reason,
     whether it came from the cache)."""
     config = config or GenerationConfig()
-    if isinstance(prompts, str):
-        raise ConfigError("prompts must be a list of strings, not one string; wrap it in a list.")
-    prompts = list(prompts)
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str):
-            raise ConfigError(f"prompt {i} is a {type(p).__name__}, expected a string.")
+    prompts = prompt_list(prompts)
     if not prompts:
         return []
     ivs = as_interventions(interventions) if interventions is not None else []

@@ -4,7 +4,8 @@ Every intervention is a per-coordinate affine map ``x -> a * x + b`` on a site's
 zeroing (``a=0, b=0``, the SafeNeuron/SS-Neuron "pruning" or "suppression"), scaling by ``alpha``
 (SS-Neuron "reinforcement"), or setting to a value such as the harmful-group mean (``a=0, b=v``).
 Several interventions compose in order. Hooks are registered in ``__enter__`` after every site has
-been resolved, and removed in ``finally``, so an exception never leaves one behind. The model is
+been resolved, and removed in ``finally``, so an exception never leaves one behind (the hook primitive is
+:mod:`safeneurons.models.hooks`, shared with statistics and importance). The model is
 never wrapped, so TRL, PEFT and lm-eval still see a ``PreTrainedModel``.
 
 >>> with ablate(model, neurons):          # doctest: +SKIP
@@ -15,12 +16,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from safeneurons.models.adapters import get_module
+from safeneurons.models.hooks import module_hooks
 from safeneurons.models.layout import ModelLayout, model_layout
 from safeneurons.neurons import NeuronSet
 
@@ -122,20 +125,6 @@ def _plan(layout: ModelLayout, interventions: Sequence[Intervention]) -> dict[tu
     return plans
 
 
-def _input_hook(aff: _Affine) -> Callable[..., Any]:
-    def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        return (aff.apply(args[0]), *args[1:])
-
-    return hook
-
-
-def _output_hook(aff: _Affine) -> Callable[..., Any]:
-    def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-        return aff.apply(output)
-
-    return hook
-
-
 @contextmanager
 def intervene(model: nn.Module, interventions: Sequence[Intervention] | Intervention | NeuronSet,
               layout: ModelLayout | None = None) -> Iterator[list[str]]:
@@ -143,23 +132,15 @@ def intervene(model: nn.Module, interventions: Sequence[Intervention] | Interven
     ivs = as_interventions(interventions)
     layout = layout or model_layout(model)
     plans = _plan(layout, ivs)  # resolves every site before anything is registered
-    handles = []
+    hooks = [(get_module(layout.layers[layer], module_path), io, aff.apply)
+             for (layer, module_path, io), aff in plans.items()]
     active: list[str] = getattr(model, ACTIVE_ATTR, [])
     descriptions = [iv.describe() for iv in ivs]
     try:
-        for (layer, module_path, io), aff in plans.items():
-            from safeneurons.models.adapters import get_module
-
-            module = get_module(layout.layers[layer], module_path)
-            if io == "input":
-                handles.append(module.register_forward_pre_hook(_input_hook(aff)))
-            else:
-                handles.append(module.register_forward_hook(_output_hook(aff)))
-        setattr(model, ACTIVE_ATTR, active + descriptions)
-        yield descriptions
+        with module_hooks(hooks):
+            setattr(model, ACTIVE_ATTR, active + descriptions)
+            yield descriptions
     finally:
-        for h in reversed(handles):
-            h.remove()
         if active:
             setattr(model, ACTIVE_ATTR, active)
         elif hasattr(model, ACTIVE_ATTR):

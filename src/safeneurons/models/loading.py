@@ -258,6 +258,24 @@ def _short_name(d: Path) -> str:
     return d.name
 
 
+def check_model_spec(spec: str | os.PathLike[str], trust_remote_code: bool = False) -> None:
+    """What can be said of a model spec without loading anything or reaching the network: a local directory
+    must hold a readable, known ``config.json`` (:func:`_check_local_dir`); a path that is a file, or that
+    names no directory and no offline model, is refused. Hub ids pass (they are checked when loaded).
+    Commands call this before they create a run folder."""
+    spec_str = os.fspath(spec)
+    local = Path(spec_str).expanduser()
+    if local.is_dir():
+        _check_local_dir(local, trust_remote_code)
+    elif local.exists():
+        raise ModelSpecError(
+            f"model spec {spec_str!r} is a file, not a model directory; give the directory holding config.json"
+        )
+    elif find_offline_model(spec_str) is None and _looks_like_path(spec):
+        raise ModelSpecError(f"model spec {spec_str!r}: no such directory ({local.absolute()}), and not an "
+                             f"offline registry name ({_registry_list()}).")
+
+
 def load_model(
     spec: str | os.PathLike[str],
     *,

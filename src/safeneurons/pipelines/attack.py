@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from safeneurons import runformat as rf
 from safeneurons.errors import ConfigError
 from safeneurons.evaluate.generate import GenerationConfig
-from safeneurons.evaluate.judges.base import check_judge_name
+from safeneurons.evaluate.judges.base import check_judge_name, check_judge_params
 from safeneurons.neurons import NeuronSet
 from safeneurons.pipelines.common import (
     DataConfig,
@@ -93,11 +94,16 @@ class CapabilityCheck:
 
 @dataclass
 class AttackConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    stats: StatsConfig = field(default_factory=StatsConfig)
-    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
-    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64, batch_size=16))
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={
+        "help": "the model to attack (--model sets model.spec)"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={
+        "help": "identification prompts and the held-out harmful prompts scored"})
+    stats: StatsConfig = field(default_factory=StatsConfig, metadata={
+        "help": "activation statistics for identification (not read with neuron_sets)"})
+    identify: IdentifyConfig = field(default_factory=IdentifyConfig, metadata={
+        "help": "identification of the sets to prune (not read with neuron_sets)"})
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64, batch_size=16),
+                                         metadata={"help": "decoding of the replies to the held-out prompts"})
     judge: str = field(default="guard", metadata={
         "help": "judge name (safeneurons ls judges); its agreement with labelled replies is printed under each table"})
     judge_params: dict[str, Any] = field(default_factory=dict, metadata={"help": "judge options"})
@@ -105,7 +111,9 @@ class AttackConfig:
     random_seeds: tuple[int, ...] = field(default=(0, 1), metadata={"help": "seeds of the matched random sets"})
     random_exclude_self: bool = field(default=True, metadata={"help": "random sets avoid the FULL neurons"})
     neuron_sets: str | None = field(default=None, metadata={"help": "reuse these sets (a neurons/ dir) instead of re-identifying"})
-    capability: CapabilityCheck = field(default_factory=CapabilityCheck)
+    capability: CapabilityCheck = field(default_factory=CapabilityCheck, metadata={
+        "help": "capability (task accuracy) and fluency (perplexity) of the conditions; tasks: [] and "
+                "perplexity_texts: 0 skip it"})
     examples: int = field(default=3, metadata={"help": "example completions kept per condition"})
     cache_dir: str | None = field(default=None, metadata={"help": "generation cache (default: <run>/generations.sqlite)"})
 
@@ -116,6 +124,7 @@ class AttackConfig:
         self.conditions = tuple(self.conditions)
         self.random_seeds = tuple(self.random_seeds)
         check_judge_name(self.judge, "judge")
+        check_judge_params(self.judge, self.judge_params, "judge_params")
 
 
 def condition_sets(sets: dict[str, NeuronSet], cfg: AttackConfig) -> dict[str, NeuronSet | None]:
@@ -181,14 +190,14 @@ def run_attack(cfg: AttackConfig, out: str | Path | None = None, progress: bool 
     conds = condition_sets(sets, cfg)
     for name, ns in conds.items():
         if ns is not None and name.startswith("RANDOM"):
-            ns.save(run.file(f"neurons/{name}.json"))
+            ns.save(run.file(rf.neuron_set(name)))
 
     if own_look:  # before the generation cache exists: nothing of the test half is touched yet
         look = open_look(run.path, run.manifest["config"], lm.checksum, refs)
-    cache = GenerationCache(Path(cfg.cache_dir) / "generations.sqlite" if cfg.cache_dir else run.file("generations.sqlite"))
+    cache = GenerationCache(Path(cfg.cache_dir) / rf.GENERATIONS if cfg.cache_dir else run.file(rf.GENERATIONS))
     completions: dict[str, list[str]] = {}
     for name, ns in conds.items():
-        rel = f"completions/{name}.json"
+        rel = rf.completions(name)
         if run.done(f"generate:{name}") and run.file(rel).exists():
             from safeneurons.io import read_json
 
@@ -220,7 +229,7 @@ def attack_headline(run: RunDir, cfg: AttackConfig, capability: Mapping[str, Any
     interval per condition) and each capability task's headline metric per condition."""
     from safeneurons.io import read_json
 
-    summary = read_json(run.file("asr.json"))["summary"]
+    summary = read_json(run.file(rf.ASR))["summary"]
     asr = {c: {k: s[k] for k in ("k", "n", "asr", "ci", "n_degenerate")} for c, s in summary.items()}
     metric = cfg.capability.metric_of
     cap = {cond: {task: res.get(metric(task)) for task, res in (r.get("tasks") or {}).items()}

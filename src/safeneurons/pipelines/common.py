@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safeneurons import runformat as rf
+from safeneurons.config import resolve_variant, variant_field
 from safeneurons.data import (
     EVAL_SPLITS,
     PromptSet,
@@ -36,6 +38,13 @@ class ModelConfig:
     device_map: str | None = field(default=None, metadata={"help": "transformers device_map, e.g. auto (multi-GPU)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model repos to run their own code"})
 
+    def load(self) -> Any:
+        """The model and tokenizer these settings name (:func:`safeneurons.models.load_model`)."""
+        from safeneurons.models import load_model
+
+        return load_model(self.spec, dtype=self.dtype, device=self.device, device_map=self.device_map,
+                          trust_remote_code=self.trust_remote_code)
+
 
 @dataclass
 class DataConfig:
@@ -62,10 +71,27 @@ class DataConfig:
                 raise ConfigError(f"data.{key} = {n!r}: a count of prompts must be at least 1 (or null: all).")
 
 
+def _identify_params_type(method: str) -> type:
+    from safeneurons.identify.registry import params_type
+
+    return params_type(method)
+
+
+def _identify_methods() -> list[str]:
+    from safeneurons.identify.registry import METHODS
+
+    return METHODS.names()
+
+
 @dataclass
 class IdentifyConfig:
     method: str = field(default="safeneuron", metadata={"help": "identification method (safeneurons ls methods)"})
-    params: dict[str, Any] = field(default_factory=dict, metadata={"help": "method parameters, e.g. tau_es, tau_sas"})
+    params: Any = variant_field("method", _identify_params_type, _identify_methods,
+                                "the method's settings (safeneuron: tau_es, tau_sas, statistic, ...; "
+                                "safeneurons config show lists each method's keys)")
+
+    def __post_init__(self) -> None:
+        resolve_variant(self, "params", "identify.params")
 
 
 def load_identification_data(data: DataConfig) -> tuple[PromptSet, PromptSet]:
@@ -174,7 +200,7 @@ def check_resumed_split(out: str | Path | None, key: str, split: str) -> None:
                           f"{manifest.parent}).")
 
 
-STATS_CACHE = "stats_cache"  # one file per (weights, chat template, prompts, stats settings): see stats_key
+STATS_CACHE = rf.STATS_CACHE  # one file per (weights, chat template, prompts, stats settings): see stats_key
 
 
 def stats_key(lm: Any, harmful: PromptSet, harmless: PromptSet, stats_cfg: StatsConfig) -> str:
@@ -204,7 +230,7 @@ def identification_stage(run: RunDir, lm: Any, harmful: PromptSet, harmless: Pro
 
     layout = model_layout(lm.model)
     shape = layout.shape(lm.name, lm.checksum)
-    stats_path = run.file(f"{prefix}stats.safetensors")
+    stats_path = run.file(prefix + rf.STATS)
     if run.done(f"{prefix}stats") and stats_path.exists():
         stats = ActivationStats.load(stats_path)
     else:
@@ -221,22 +247,22 @@ def identification_stage(run: RunDir, lm: Any, harmful: PromptSet, harmless: Pro
                     stats.save(cached)
             stats.save(stats_path)
             info.update(n_harmful=len(harmful), n_harmless=len(harmless), position=stats_cfg.position)
-    names_path = run.file(f"{prefix}neurons/index.json")
+    names_path = run.file(prefix + rf.NEURON_INDEX)
     if run.done(f"{prefix}identify") and names_path.exists():
         from safeneurons.io import read_json
 
         names = read_json(names_path)
-        sets = {n: NeuronSet.load(run.file(f"{prefix}neurons/{n}.json"), shape=shape) for n in names}
+        sets = {n: NeuronSet.load(run.file(rf.neuron_set(n, prefix)), shape=shape) for n in names}
     else:
         with run.stage(f"{prefix}identify") as info:
             sets = identify(stats, identify_cfg.method, identify_cfg.params, family=layout.adapter.family)
             data_prov = {"harmful": harmful.describe(), "harmless": harmless.describe()}
             for name, ns in sets.items():
                 ns.provenance.update(model=lm.name, model_checksum=lm.checksum, datasets=data_prov)
-                ns.save(run.file(f"{prefix}neurons/{name}.json"))
-            run.write_json(f"{prefix}neurons/index.json", list(sets))
+                ns.save(run.file(rf.neuron_set(name, prefix)))
+            run.write_json(prefix + rf.NEURON_INDEX, list(sets))
             if identify_cfg.method == "safeneuron":
-                run.write_json(f"{prefix}neurons/score_histograms.json",
+                run.write_json(prefix + rf.HISTOGRAMS,
                                score_histograms(stats, identify_cfg, sets["FULL"].provenance))
             info.update(counts={n: len(s) for n, s in sets.items()},
                         fraction={n: s.fraction_of_neurons() for n, s in sets.items()})
@@ -289,9 +315,9 @@ def score_histograms(stats: ActivationStats, identify_cfg: IdentifyConfig, prov:
     (so reports can draw the distributions without loading statistics or torch)."""
     import numpy as np
 
-    from safeneurons.identify import SafeNeuronConfig, safeneuron_scores
+    from safeneurons.identify import safeneuron_scores
 
-    sc = safeneuron_scores(stats, SafeNeuronConfig(**identify_cfg.params))
+    sc = safeneuron_scores(stats, identify_cfg.params)
     out: dict[str, Any] = {"tau_es": prov.get("tau_es"), "tau_sas": prov.get("tau_sas"),
                            "statistic": prov.get("statistic")}
     for key, arr in (("effect_size", sc.effect), ("sas_z", sc.z)):

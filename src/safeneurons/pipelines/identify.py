@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safeneurons import runformat as rf
 from safeneurons.pipelines.common import (
     DataConfig,
     IdentifyConfig,
@@ -20,10 +21,14 @@ from safeneurons.stats import StatsConfig
 
 @dataclass
 class IdentifyRunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    stats: StatsConfig = field(default_factory=StatsConfig)
-    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={
+        "help": "the model (--model sets model.spec)"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={
+        "help": "harmful and benign identification prompts (eval, n_eval and split are not used)"})
+    stats: StatsConfig = field(default_factory=StatsConfig, metadata={
+        "help": "activation statistics on both prompt groups (positions, sites, batching)"})
+    identify: IdentifyConfig = field(default_factory=IdentifyConfig, metadata={
+        "help": "identification method and its settings (not read by stats)"})
 
 
 def run_identify(cfg: IdentifyRunConfig, out: str | Path | None = None, progress: bool = True,
@@ -42,11 +47,11 @@ def run_identify(cfg: IdentifyRunConfig, out: str | Path | None = None, progress
         with run.stage("stats") as info:
             stats = collect_stats(lm.model, lm.tokenizer, {"harmful": harmful, "harmless": harmless}, cfg.stats,
                                   progress=progress)
-            stats.save(run.file("stats.safetensors"))
+            stats.save(run.file(rf.STATS))
             info.update(n_harmful=len(harmful), n_harmless=len(harmless))
     else:
         _, sets = identification_stage(run, lm, harmful, harmless, cfg.stats, cfg.identify, progress=progress)
-        run.write_text("neurons/summary.md", neuron_summary(sets))
+        run.write_text(rf.NEURON_SUMMARY, neuron_summary(sets))
     run.finish()
     return run.path
 

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safeneurons import runformat as rf
+from safeneurons.config import require, to_dict
 from safeneurons.data import EVAL_SPLITS, MULTIJAIL_LANGUAGES, Prompt, PromptSet, load_prompts, split_of
 from safeneurons.errors import ConfigError, DataError
 from safeneurons.evaluate.generate import GenerationConfig
@@ -57,6 +59,9 @@ from safeneurons.pipelines.common import (
 )
 from safeneurons.pipelines.ledger import EvalSetRef, TestLook, check_writable, needs_ledger, open_look
 from safeneurons.pipelines.rundir import RunDir, default_run_dir
+from safeneurons.train.align_config import AlignConfig
+from safeneurons.train.dpo_config import SafeNeuronDPOConfig
+from safeneurons.train.sft_config import MaskedSFTConfig
 
 log = logging.getLogger("safeneurons.multilingual")
 CONDITIONS = ("ORI", "SUPPRESS_SS", "SUPPRESS_MS_EN", "RANDOM_SS", "REINFORCE_SS")
@@ -109,9 +114,10 @@ class ExpansionConfig:
                 "each non-English harmful row's refusal-direction projection pushed up to its English row's in the "
                 "original model, English harmful rows and the benign prompts held at their own; "
                 "safeneurons.train.align)"})
-    sft: dict[str, Any] = field(default_factory=dict, metadata={"help": "MaskedSFTConfig fields"})
-    dpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "SafeNeuronDPOConfig fields (objective: dpo)"})
-    align: dict[str, Any] = field(default_factory=dict, metadata={"help": "AlignConfig fields (objective: align)"})
+    sft: MaskedSFTConfig = field(default_factory=MaskedSFTConfig, metadata={"help": "masked SFT settings (objective: sft)"})
+    dpo: SafeNeuronDPOConfig = field(default_factory=SafeNeuronDPOConfig, metadata={
+        "help": "masked DPO settings (objective: dpo)"})
+    align: AlignConfig = field(default_factory=AlignConfig, metadata={"help": "alignment settings (objective: align)"})
     scales: tuple[float, ...] = field(default=(), metadata={
         "help": "further strengths s of the trained update to score, as condition EXPANDED@s: the model "
                 "θ₀ + s·(θ₁ − θ₀) (safeneurons.train.interpolate); s < 1 trades ASR reduction for less "
@@ -123,6 +129,10 @@ class ExpansionConfig:
                 "the model refuse everything in a language shows here, not on English XSTest (0 = skip)"})
 
     def __post_init__(self) -> None:
+        require("multilingual.expansion.n_train", self.n_train, self.n_train is None or self.n_train >= 1,
+                "a count >= 1 (or null: every identification row)")
+        require("multilingual.expansion.over_refusal_n", self.over_refusal_n, self.over_refusal_n >= 0,
+                ">= 0 (0: skip)")
         self.holdout = tuple(self.holdout)
         self.scales = tuple(float(x) for x in self.scales)
         if any(not math.isfinite(x) or x == 1.0 for x in self.scales) or len(set(self.scales)) < len(self.scales):
@@ -151,7 +161,8 @@ class ExpansionConfig:
 
 @dataclass
 class MultilingualConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={
+        "help": "the model (--model sets model.spec)"})
     languages: tuple[str, ...] = field(default=MULTIJAIL_LANGUAGES, metadata={"help": "MultiJail languages (en first)"})
     hr_language: str = field(default="en", metadata={"help": "high-resource reference language for SS"})
     n_identify: int = field(default=48, metadata={"help": "MultiJail rows used to identify (D_jail), per language"})
@@ -168,11 +179,15 @@ class MultilingualConfig:
         "help": "'none', 'refused' (keep rows the model refuses, with its refusals) or 'template' (every row with the "
                 "language's refusal template, train.sft.REFUSALS, as its response: the paper's harmful prompts "
                 "paired with safe refusals, whichever rows the model itself refuses; for position: response)"})
-    importance: ImportanceConfig = field(default_factory=lambda: ImportanceConfig(method="probe", n_probes=16))
+    importance: ImportanceConfig = field(default_factory=lambda: ImportanceConfig(method="probe", n_probes=16),
+                                         metadata={"help": "deactivation importance that ranks neurons per "
+                                                           "language (not read with neuron_sets)"})
     p: float = field(default=0.03, metadata={"help": "top-p share per layer and site"})
     conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={"help": ", ".join(CONDITIONS)})
     alpha: float = field(default=2.0, metadata={"help": "reinforcement scale for REINFORCE_SS"})
-    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=48, batch_size=16))
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=48, batch_size=16),
+                                         metadata={"help": "decoding of every reply: scored conditions, "
+                                                           "translations, the model's own training answers"})
     judge: str = field(default="guard", metadata={
         "help": "judge that scores every condition (safeneurons ls judges; its agreement with labelled replies is "
                 "printed under each table)"})
@@ -180,7 +195,8 @@ class MultilingualConfig:
         "help": "judge that picks training and importance data (rows the model refuses, benign answers it gives); "
                 "the recipes of docs/results were built with refusal, so changing the scoring judge leaves them "
                 "unchanged"})
-    expansion: ExpansionConfig = field(default_factory=ExpansionConfig)
+    expansion: ExpansionConfig = field(default_factory=ExpansionConfig, metadata={
+        "help": "SS-Neuron expansion: training restricted to the target neurons, scored before and after"})
     neuron_sets: str | None = field(default=None, metadata={
         "help": "a neurons/multilingual folder of an earlier run (<lang>/S_jail, S_norm, MS, SS .json) to use "
                 "instead of computing importance; each set is checked against this model's shape"})
@@ -198,8 +214,18 @@ class MultilingualConfig:
     def __post_init__(self) -> None:
         self.languages = tuple(self.languages)
         self.conditions = tuple(self.conditions)
+        require("multilingual.p", self.p, 0 < self.p <= 1, "a share of neurons per layer and site in (0, 1]")
+        require("multilingual.alpha", self.alpha, self.alpha > 0, "a positive reinforcement scale")
+        for key in ("n_identify", "n_norm"):
+            require(f"multilingual.{key}", getattr(self, key), getattr(self, key) >= 1, "a count >= 1")
+        require("multilingual.n_eval", self.n_eval, self.n_eval is None or self.n_eval >= 1,
+                "a count >= 1 (or null: every held-out row)")
         if self.split not in EVAL_SPLITS:
             raise ConfigError(f"multilingual.split = {self.split!r}; choose from {', '.join(EVAL_SPLITS)}.")
+        unknown_languages = [lang for lang in self.languages if lang not in MULTIJAIL_LANGUAGES]
+        if unknown_languages:
+            raise ConfigError(f"multilingual.languages: MultiJail has no language {unknown_languages[0]!r}; "
+                              f"languages: {', '.join(MULTIJAIL_LANGUAGES)}.")
         if self.hr_language not in self.languages:
             raise ConfigError(f"multilingual.languages must include hr_language {self.hr_language!r}.")
         check_judge_name(self.judge, "judge")
@@ -341,7 +367,7 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
     shape = layout.shape(lm.name, lm.checksum)
     judge = make_judge(cfg.judge)
     data_judge = judge if cfg.data_judge == cfg.judge else make_judge(cfg.data_judge)
-    cache = GenerationCache(run.file("generations.sqlite"))
+    cache = GenerationCache(run.file(rf.GENERATIONS))
     ident, held = split_rows(cfg)
     refs = [multijail_ref(cfg, held)]
     if cfg.expansion.enabled and cfg.expansion.over_refusal_n:
@@ -395,35 +421,35 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
             data[lang] = {"jail": jail, "norm": norm}
         return data
 
-    imp_dir = run.file("importance/.keep").parent
+    imp_dir = run.file(f"{rf.IMPORTANCE_DIR}/.keep").parent
     if cfg.neuron_sets is not None:
         sets = load_language_sets(cfg.neuron_sets, cfg.languages, shape)
         with run.stage("importance") as info:
             info.update(method="loaded", neuron_sets=str(Path(cfg.neuron_sets).resolve()))
     else:
         if run.done("importance"):
-            scores = {lang: {r: ImportanceScores.load(imp_dir / f"importance-{lang}-{r}.safetensors")
+            scores = {lang: {r: ImportanceScores.load(run.file(rf.importance(lang, r)))
                              for r in ("jail", "norm")} for lang in cfg.languages}
         else:
             data = importance_data()
             with run.stage("importance") as info:
                 scores = compute_language_importance(lm.model, lm.tokenizer, data, cfg.importance,
-                                                     resume_dir=imp_dir / "partial", layout=layout,
+                                                     resume_dir=imp_dir / rf.PARTIAL_DIR, layout=layout,
                                                      progress=progress, save_dir=imp_dir)
                 info.update(method=cfg.importance.method, languages=list(cfg.languages))
         sets = build_language_sets(scores, cfg.p, cfg.hr_language, shape=shape)
     for lang, kinds in sets.items():
         for kind, ns in kinds.items():
-            ns.save(run.file(f"neurons/multilingual/{lang}/{kind}.json"))
-    counts = {lang: {k: len(v) for k, v in kinds.items()} | {"per_layer_SS": list(kinds["SS"].counts_per_layer().values()),
-                                                               "fraction_SS": kinds["SS"].fraction_of_neurons()}
+            ns.save(run.file(rf.ml_neuron_set(lang, kind)))
+    counts = {lang: rf.LanguageCounts({k: len(v) for k, v in kinds.items()}, list(kinds["SS"].counts_per_layer().values()),
+                                      kinds["SS"].fraction_of_neurons()).to_dict()
               for lang, kinds in sets.items()}
-    run.write_json("multilingual/counts.json", counts)
-    for kind in ("MS", "SS"):
+    run.write_json(rf.ML_COUNTS, counts)
+    for kind in rf.ML_KINDS:
         langs, mat = jaccard_matrix({lang: s[kind] for lang, s in sets.items()}, list(cfg.languages))
-        run.write_json(f"multilingual/overlap_{kind}.json", {"languages": langs, "jaccard": mat.tolist(), "kind": kind})
+        run.write_json(rf.ml_overlap(kind), rf.OverlapMatrix(langs, mat.tolist(), kind).to_dict())
     langs, mat = jaccard_matrix({lang: s["MS"] for lang, s in sets.items()}, list(cfg.languages))
-    run.write_json("multilingual/overlap.json", {"languages": langs, "jaccard": mat.tolist(), "kind": "MS"})
+    run.write_json(rf.ML_OVERLAP, rf.OverlapMatrix(langs, mat.tolist(), "MS").to_dict())
 
     # 4. causal tests: the first held-out rows are generated here, so a test scoring's ledger line goes first
     look: TestLook | None = None
@@ -451,19 +477,19 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
     for r in table.rows:
         if r.language == "all":
             continue
-        asr.setdefault(r.condition, {})[r.language] = {"k": r.k, "n": r.n, "asr": r.asr, "ci": [r.ci_lo, r.ci_hi],
-                                                       "n_degenerate": r.n_degenerate}
-    run.write_json("multilingual/asr.json", asr)
-    run.write_json("multilingual/verdicts.json", records)
+        asr.setdefault(r.condition, {})[r.language] = rf.AsrEntry(r.k, r.n, r.asr, (r.ci_lo, r.ci_hi),
+                                                                  r.n_degenerate).to_dict()
+    run.write_json(rf.ML_ASR, asr)
+    run.write_json(rf.ML_VERDICTS, records)
     about = judge_record(judge)
-    run.write_json("multilingual/judge.json", about)
-    run.write_text("multilingual/asr.md", table.to_markdown() + "\n" + about["judge_note"] + "\n")
+    run.write_json(rf.ML_JUDGE, about)
+    run.write_text(rf.ML_ASR_MD, table.to_markdown() + "\n" + about["judge_note"] + "\n")
     ori = {lang: v["asr"] for lang, v in asr.get("ORI", {}).items() if v["asr"] is not None}
-    run.write_json("multilingual/correlation.json",
+    run.write_json(rf.ML_CORRELATION,
                    count_asr_correlation(set_counts(sets, "SS", exclude=(cfg.hr_language,)), ori))
-    run.write_json("multilingual/causal_tests.json", paired_condition_tests(records, cfg.hr_language))
+    run.write_json(rf.ML_CAUSAL_TESTS, paired_condition_tests(records, cfg.hr_language))
     if expansion is not None:
-        run.write_json("multilingual/expansion.json",
+        run.write_json(rf.ML_EXPANSION,
                        expansion | {"asr": _expansion_asr(asr, cfg, expansion.get("over_refusal"),
                                                           expansion.get("benign_refusal"))})
     if look is not None:
@@ -481,7 +507,7 @@ def _condition_records(run: RunDir, model: Any, tokenizer: Any, lang: str, cond:
     from safeneurons.evaluate.generate import generate
 
     stage = f"generate:{lang}:{cond}"
-    rel = f"multilingual/completions/{lang}/{cond}.json"
+    rel = rf.ml_completions(lang, cond)
     if run.done(stage) and run.file(rel).exists():
         outs = [r["response"] for r in read_json(run.file(rel))]
     else:
@@ -620,8 +646,8 @@ def _expansion_key(checksum: str, target: NeuronSet, data: TrainingData, exp: Ex
     from safeneurons.io import sha256_text
 
     rows = data.to_dict() if hasattr(data, "to_dict") else [d.to_dict() if hasattr(d, "to_dict") else d for d in data]
-    # sft: the keys of earlier runs
-    settings: Any = exp.sft if exp.objective == "sft" else {"objective": exp.objective, **getattr(exp, exp.objective)}
+    # every setting of the objective's typed config (runs before typed settings keyed only the ones given)
+    settings: Any = {"objective": exp.objective, **to_dict(getattr(exp, exp.objective))}
     payload = json.dumps([fingerprint(target), rows, settings], sort_keys=True, default=str)
     return f"{checksum}:expansion:{sha256_text(payload)[:16]}"
 
@@ -662,7 +688,7 @@ def expansion_alignment(lm: Any, cfg: MultilingualConfig, ident: dict[str, Promp
     each non-reference training language (the benign ones as ceilings when ``align.benign_margin`` is set);
     floors: the ``harmful_floor_n`` reference rows of :func:`floor_prompts`.
     Directions: the reference identification rows vs D_norm."""
-    from safeneurons.train.align import AlignConfig, alignment_data
+    from safeneurons.train.align import alignment_data
 
     hr = cfg.hr_language
     english = {p.id: p.text for p in ident[hr].prompts}
@@ -680,7 +706,7 @@ def expansion_alignment(lm: Any, cfg: MultilingualConfig, ident: dict[str, Promp
         raise ConfigError("multilingual.expansion.objective = 'align': no non-reference training rows with a "
                           f"parallel {hr} row (check train_languages and holdout).")
     return alignment_data(lm.model, lm.tokenizer, ident[hr].texts(), _norm_prompts(cfg).texts(), aligned, anchors,
-                          AlignConfig.from_dict(cfg.expansion.align), benign_anchors,
+                          cfg.expansion.align, benign_anchors,
                           [(t, f"floor[{hr}]") for t in floor_prompts(cfg)])
 
 
@@ -707,39 +733,38 @@ def _expanded_model(run: RunDir, lm: Any, cfg: MultilingualConfig, target: Neuro
     the same :func:`_expansion_key` (same starting weights, target neurons, data and settings)."""
     import copy
 
-    from safeneurons.train.align import AlignConfig, masked_align
+    from safeneurons.train.align import masked_align
     from safeneurons.train.dpo import load_weights, masked_dpo
-    from safeneurons.train.dpo_config import SafeNeuronDPOConfig
-    from safeneurons.train.sft import MaskedSFTConfig, masked_sft
+    from safeneurons.train.sft import masked_sft
 
-    out = run.path / "expansion" / tag
-    marker = out / "trained.json"
+    out = run.path / rf.expansion_dir(tag)
+    marker = run.path / rf.expansion_marker(tag)
     model = copy.deepcopy(lm.model)
     stage = f"expansion:{tag}"
-    if (out / "model").is_dir() and not run.done(stage) and marker.is_file():
+    if (out / rf.MODEL_SUBDIR).is_dir() and not run.done(stage) and marker.is_file():
         trained = read_json(marker)
         if trained.get("key") == key:
             run.manifest["stages"][stage] = {**trained["info"], "status": "done", "reused": str(marker)}
             run.save()
-    if run.done(stage) and (out / "model").is_dir():
-        load_weights(model, out / "model")
+    if run.done(stage) and (out / rf.MODEL_SUBDIR).is_dir():
+        load_weights(model, out / rf.MODEL_SUBDIR)
         model.eval()
         return model, dict(run.manifest["stages"][stage])
     with run.stage(stage) as info:
         if cfg.expansion.objective == "sft":
-            res = masked_sft(model, lm.tokenizer, data, target, MaskedSFTConfig.from_dict(cfg.expansion.sft), out,
+            res = masked_sft(model, lm.tokenizer, data, target, cfg.expansion.sft, out,
                              kind="ss_expansion")
         elif cfg.expansion.objective == "dpo":
-            res = masked_dpo(model, lm.tokenizer, data, target, SafeNeuronDPOConfig.from_dict(cfg.expansion.dpo), out,
+            res = masked_dpo(model, lm.tokenizer, data, target, cfg.expansion.dpo, out,
                              kind="ss_expansion_dpo")
         else:
-            res = masked_align(model, lm.tokenizer, data, target, AlignConfig.from_dict(cfg.expansion.align), out,
+            res = masked_align(model, lm.tokenizer, data, target, cfg.expansion.align, out,
                                kind="ss_expansion_align")
         info.update(target_neurons=len(target), n_examples=len(data), trainable_params=res.trainable_params,
                     total_params=res.total_params, trainable_fraction=res.trainable_fraction,
                     train_loss=res.train_loss, steps=res.global_step, seconds=res.seconds,
                     frozen_drift=res.frozen_drift)
-        run.write_json(f"expansion/{tag}/trained.json", {"key": key, "info": dict(info)})
+        run.write_json(rf.expansion_marker(tag), {"key": key, "info": dict(info)})
     model.eval()
     return model, dict(run.manifest["stages"][stage])
 
@@ -761,7 +786,7 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
 
     exp = cfg.expansion
     target = expansion_target(sets, exp.target, cfg.hr_language)
-    target.save(run.file("neurons/multilingual/expansion_target.json"))
+    target.save(run.file(rf.ML_EXPANSION_TARGET))
     train_langs = [l for l in (exp.train_languages or cfg.languages) if l not in exp.holdout]
     english_refusals: dict[str, str] | None = None
     if exp.responses == "model_en":
@@ -783,7 +808,7 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
     def over_refusal(name: str, m: Any, k: str) -> None:
         if exp.over_refusal_n:
             res = over_refusal_stage(
-                run, f"multilingual/over_refusal/{name}.json", m, lm.tokenizer, n=exp.over_refusal_n,
+                run, rf.ml_over_refusal(name), m, lm.tokenizer, n=exp.over_refusal_n,
                 data_dir=cfg.data_dir, seed=cfg.seed, split=cfg.split, judge=judge, generation=cfg.generation,
                 cache=cache, model_key=k, progress=progress)
             over[name] = res["refusal_rate"]
@@ -803,7 +828,7 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
             saved[lang] = [{"prompt": t, "response": o, "refused": r} for t, o, r in zip(texts, outs, flags)]
             refused["translated_benign"].setdefault(name, {}).update({(lang, i): r for i, r in enumerate(flags)})
         if saved:
-            run.write_json(f"multilingual/benign_check/{name}.json", saved)
+            run.write_json(rf.ml_benign_check(name), saved)
 
     over: dict[str, Any] = {}
     over_refusal("original", lm.model, lm.checksum)

@@ -13,12 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+from safeneurons import runformat as rf
 from safeneurons.config import dump_config, to_dict
 from safeneurons.errors import ConfigError
 from safeneurons.io import environment_info, read_json, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("safeneurons.run")
-MANIFEST = "manifest.json"
+MANIFEST = rf.MANIFEST
 
 
 def _now() -> str:
@@ -83,15 +84,15 @@ class RunDir:
                                 EARLIER_VALUES.get(command)):
                 raise ConfigError(
                     f"{self.path} was started with a different configuration; resume needs the same config "
-                    f"({self.path / 'config.yaml'}), or choose another --out (with --reuse {self.path} to keep its cached "
+                    f"({self.path / rf.CONFIG}), or choose another --out (with --reuse {self.path} to keep its cached "
                     "generations and importance cells).")
             self.manifest["resumed"] = self.manifest.get("resumed", 0) + 1
         else:
             self.manifest = {
-                "command": command, "created": _now(), "status": "running", "config": cfg,
+                rf.FORMAT_KEY: rf.FORMAT, "command": command, "created": _now(), "status": "running", "config": cfg,
                 "environment": environment_info(), "stages": {}, "model": {}, "data": {},
             }
-            write_text_atomic(self.path / "config.yaml", dump_config(config))
+            write_text_atomic(self.path / rf.CONFIG, dump_config(config))
         self.save()
 
     def save(self) -> None:
@@ -186,7 +187,7 @@ def seed_caches(source: str | Path, dest: str | Path) -> list[str]:
     if src.resolve() == dst.resolve():
         return []
     copied: list[str] = []
-    for db in sorted(src.rglob("generations.sqlite")):
+    for db in sorted(src.rglob(rf.GENERATIONS)):
         target = dst / db.relative_to(src)
         if target.exists():
             with GenerationCache(target) as cache:
@@ -198,11 +199,11 @@ def seed_caches(source: str | Path, dest: str | Path) -> list[str]:
                 a.backup(b)  # consistent even with an unmerged write-ahead log
             tmp.replace(target)
         copied.append(str(db.relative_to(src)))
-    keyed_dirs = [p for name in ("partial", "capability_cache", "stats_cache") for p in src.rglob(name) if p.is_dir()]
+    keyed_dirs = [p for name in (rf.PARTIAL_DIR, rf.CAPABILITY_CACHE, rf.STATS_CACHE) for p in src.rglob(name) if p.is_dir()]
     copied += copy_missing((f for part in sorted(keyed_dirs) for f in sorted(part.rglob("*")) if f.is_file()), src, dst)
-    trained = [m.parent for m in sorted(src.glob("expansion/*/trained.json"))]
+    trained = [m.parent for m in sorted(src.glob(rf.expansion_marker("*")))]
     copied += copy_missing((f for d in trained for f in sorted(d.rglob("*")) if f.is_file()), src, dst, link=True)
-    record = dst / "reused.json"
+    record = dst / rf.REUSED
     prev = read_json(record) if record.exists() else {}
     earlier = prev.get("reused", [prev] if "source" in prev else [])  # (one source per file before)
     write_json_atomic(record, {"reused": [*earlier, {"source": str(src.resolve()), "copied": copied, "at": _now()}]})

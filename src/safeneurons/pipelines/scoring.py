@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
+from safeneurons import runformat as rf
 from safeneurons.data import PromptSet
 from safeneurons.neurons import NeuronSet
 from safeneurons.pipelines.rundir import RunDir
@@ -28,20 +29,21 @@ def asr_stage(run: RunDir, judge: Any, evalset: PromptSet, completions: Mapping[
                                 "language": p.language, "id": p.id, "prompt": p.text, "response": t,
                                 "verdict": v.to_dict()})
         table = AsrTable.from_records(records, group_by=("category",))
-        run.write_json(f"{prefix}verdicts.json", records)
+        run.write_json(prefix + rf.VERDICTS, records)
         summary = {}
         for cond in completions:
             row = table.get(cond)
             ns = conds.get(cond)
-            summary[cond] = {"k": row.k, "n": row.n, "asr": row.asr, "ci": [row.ci_lo, row.ci_hi],
-                             "n_degenerate": row.n_degenerate, "n_unjudged": row.n_unjudged,
-                             "n_neurons": len(ns) if ns is not None else 0,
-                             "fraction_of_neurons": ns.fraction_of_neurons() if ns is not None else 0.0}
+            summary[cond] = rf.AsrEntry(k=row.k, n=row.n, asr=row.asr, ci=(row.ci_lo, row.ci_hi),
+                                        n_degenerate=row.n_degenerate, n_unjudged=row.n_unjudged,
+                                        n_neurons=len(ns) if ns is not None else 0,
+                                        fraction_of_neurons=ns.fraction_of_neurons() if ns is not None else 0.0
+                                        ).to_dict()
         about = judge_record(judge)
-        run.write_json(f"{prefix}asr.json", {**about, "summary": summary, "table": table.to_dict()})
-        run.write_text(f"{prefix}asr.md", _summary_markdown(summary) + "\n\n" + about["judge_note"]
+        run.write_json(prefix + rf.ASR, {**about, "summary": summary, "table": table.to_dict()})
+        run.write_text(prefix + rf.ASR_MD, _summary_markdown(summary) + "\n\n" + about["judge_note"]
                        + "\n\nPer category:\n\n" + table.to_markdown())
-        run.write_json(f"{prefix}examples.json", _examples(records, examples))
+        run.write_json(prefix + rf.EXAMPLES, _examples(records, examples))
         info.update(summary={c: s["asr"] for c, s in summary.items()})
     return table
 
@@ -71,7 +73,7 @@ def _examples(records: list[dict[str, Any]], k: int) -> dict[str, list[dict[str,
     return out
 
 
-CAPABILITY_CACHE = "capability_cache"  # one JSON per (model, interventions, task, n, k, seed): see capability_key
+CAPABILITY_CACHE = rf.CAPABILITY_CACHE  # one JSON per (model, interventions, task, n, k, seed): see capability_key
 
 
 def capability_key(lm: Any, ns: NeuronSet | None, task: str, n: int | None, k_shot: int,
@@ -105,14 +107,14 @@ def capability_stage(run: RunDir, lm: Any, conds: Mapping[str, NeuronSet | None]
     from safeneurons.evaluate.capability import evaluate_capability, perplexity, resolve_k_shot
     from safeneurons.io import read_json, write_json_atomic
 
-    path = f"{prefix}capability.json"
+    path = prefix + rf.CAPABILITY
     if run.done(f"{prefix}capability") and run.file(path).exists():
         return read_json(run.file(path))
     texts = benign_texts(cap.perplexity_texts, data_dir) if cap.perplexity_texts else []
     results: dict[str, Any] = {}
     with run.stage(f"{prefix}capability") as info:
         reused = []
-        gen_cache = GenerationCache(run.file(f"{prefix}generations.sqlite")) if cap.tasks else None  # GSM8K answers
+        gen_cache = GenerationCache(run.file(prefix + rf.GENERATIONS)) if cap.tasks else None  # GSM8K answers
         for cond, ns in conds.items():
             res: dict[str, Any] = {}
             if cap.tasks:

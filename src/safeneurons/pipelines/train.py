@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from safeneurons import runformat as rf
+from safeneurons.config import require
 from safeneurons.errors import ConfigError
 from safeneurons.evaluate.generate import GenerationConfig
 from safeneurons.evaluate.judges.base import check_judge_name
@@ -42,7 +44,7 @@ from safeneurons.pipelines.ledger import EvalSetRef, check_writable, needs_ledge
 from safeneurons.pipelines.rundir import RunDir, default_run_dir
 from safeneurons.stats import StatsConfig
 from safeneurons.train.dpo_config import SafeNeuronDPOConfig
-from safeneurons.train.sft import MaskedSFTConfig
+from safeneurons.train.sft_config import MaskedSFTConfig
 
 log = logging.getLogger("safeneurons.train")
 METHODS = ("safeneuron", "dpo", "sn_tune")
@@ -73,10 +75,20 @@ class PairsConfig:
         "help": "drop pairs whose model-written chosen answer stopped at the token budget or loops (trained by DPO "
                 "and sft_weight, a cut answer teaches stopping mid-sentence and a looping one loops; false: keep them, "
                 "as the runs of docs/results.md up to §4i did)"})
-    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=96, batch_size=16))
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=96, batch_size=16),
+                                         metadata={"help": "decoding of the model's own answers in pairs"})
     judge: str = field(default="refusal", metadata={
         "help": "judge that labels the model's own replies when building on-policy safety pairs (a refusal is the "
                 "chosen side); the recipes of docs/results used refusal. attack.judge scores the trained models"})
+
+    def __post_init__(self) -> None:
+        require("train.pairs.safety_fraction", self.safety_fraction, 0 <= self.safety_fraction <= 1,
+                "a share in [0, 1]")
+        for key in ("n_safety", "n_general", "hh_rlhf"):
+            require(f"train.pairs.{key}", getattr(self, key), getattr(self, key) >= 0, "a count >= 0")
+        if self.general_max_new_tokens is not None:
+            require("train.pairs.general_max_new_tokens", self.general_max_new_tokens,
+                    self.general_max_new_tokens >= 1, "a token count >= 1 (or null)")
 
     def general_datasets(self) -> dict[str, int]:
         """Each dataset of ``general_dataset`` with its share of ``n_general`` (the first ones take the
@@ -97,16 +109,26 @@ def general_dataset_names(spec: str) -> list[str]:
 
 @dataclass
 class TrainRunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    stats: StatsConfig = field(default_factory=StatsConfig)
-    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
-    pairs: PairsConfig = field(default_factory=PairsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={
+        "help": "the model to train (--model sets model.spec)"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={
+        "help": "identification prompts (the harmful ones also give the safety pairs), data_dir and seed; "
+                "eval, n_eval and split are not used (the attack's are attack.data)"})
+    stats: StatsConfig = field(default_factory=StatsConfig, metadata={
+        "help": "activation statistics for identification (also each round's re-identification)"})
+    identify: IdentifyConfig = field(default_factory=IdentifyConfig, metadata={
+        "help": "identification of the safety neurons (FULL) frozen by safeneuron, tuned by sn_tune and "
+                "pruned to find the safety pairs"})
+    pairs: PairsConfig = field(default_factory=PairsConfig, metadata={
+        "help": "preference pairs: on-policy safety pairs and helpfulness pairs, mixed"})
     methods: tuple[str, ...] = field(default=("safeneuron", "dpo"), metadata={"help": ", ".join(METHODS)})
     rounds: int = field(default=1, metadata={"help": "SafeNeuron iterative rounds (Eq. 13)"})
-    dpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "SafeNeuronDPOConfig fields (paper defaults)"})
-    sft: dict[str, Any] = field(default_factory=dict, metadata={"help": "MaskedSFTConfig fields for sn_tune"})
-    attack: AttackConfig = field(default_factory=AttackConfig)
+    dpo: SafeNeuronDPOConfig = field(default_factory=SafeNeuronDPOConfig, metadata={
+        "help": "DPO settings of safeneuron and dpo (paper defaults)"})
+    sft: MaskedSFTConfig = field(default_factory=MaskedSFTConfig, metadata={"help": "masked SFT settings of sn_tune"})
+    attack: AttackConfig = field(default_factory=AttackConfig, metadata={
+        "help": "pruning attack and capability check of the original and every trained model "
+                "(attack.model is not read; --split sets attack.data.split)"})
     over_refusal_n: int = field(default=100, metadata={"help": "XSTest safe prompts for over-refusal (0 = skip)"})
 
     def __post_init__(self) -> None:
@@ -115,6 +137,7 @@ class TrainRunConfig:
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ConfigError(f"train.methods: unknown {bad}; choose from {', '.join(METHODS)}.")
+        require("train.over_refusal_n", self.over_refusal_n, self.over_refusal_n >= 0, ">= 0 (0: skip)")
         if self.rounds < 1:
             raise ConfigError(f"train.rounds must be >= 1, got {self.rounds}.")
         if self.data.split != "dev":
@@ -128,20 +151,13 @@ class TrainRunConfig:
 
         if self.pairs.degrade not in DEGRADE_STRATEGIES:
             raise ConfigError(f"train.pairs.degrade {self.pairs.degrade!r}; choose from {', '.join(DEGRADE_STRATEGIES)}.")
-        if self.pairs.degrade == "anchor" and not float(self.dpo.get("sft_weight", 0) or 0) > 0:
+        if self.pairs.degrade == "anchor" and not self.dpo.sft_weight > 0:
             raise ConfigError("train.pairs.degrade: anchor makes each general pair's DPO term a constant; the pairs then "
                               "train only through the NLL term: set dpo.sft_weight > 0 (e.g. 1.0).")
         general = self.pairs.general_datasets()  # checks the '+' syntax
         if self.pairs.general_chosen != "model" and "gsm8k" not in general:
             raise ConfigError("train.pairs.general_chosen checks answers against GSM8K's reference answers: it needs "
                               f"pairs.general_dataset: gsm8k (got {self.pairs.general_dataset!r}).")
-
-
-def _dpo_config(cfg: TrainRunConfig) -> SafeNeuronDPOConfig:
-    try:
-        return SafeNeuronDPOConfig.from_dict(cfg.dpo) if cfg.dpo else SafeNeuronDPOConfig()
-    except TypeError as exc:
-        raise ConfigError(f"train.dpo: {exc}") from None
 
 
 def general_prompts(cfg: TrainRunConfig) -> Any:
@@ -216,11 +232,11 @@ def build_pairs(run: RunDir, lm: Any, cfg: TrainRunConfig, harmful: Any, full: A
         save_pairs,
     )
 
-    path = run.file("pairs.jsonl")
+    path = run.file(rf.PAIRS)
     if run.done("pairs") and path.exists():
         return load_pairs(path)
     with run.stage("pairs") as info:
-        cache = GenerationCache(run.file("generations.sqlite"))
+        cache = GenerationCache(run.file(rf.GENERATIONS))
         gen = generate_fn_for(lm.model, lm.tokenizer, cfg.pairs.generation, cache=cache, model_key=lm.checksum)
         judge = (make_judge(cfg.attack.judge, **cfg.attack.judge_params) if cfg.pairs.judge == cfg.attack.judge
                  else make_judge(cfg.pairs.judge))
@@ -323,11 +339,11 @@ def reusable_training(source: str | Path, run: RunDir, cfg: TrainRunConfig, meth
         "same model": manifest.get("model", {}).get("checksum") == run.manifest.get("model", {}).get("checksum"),
         "same training config": _same_config(*inputs),
         f"at most {cfg.rounds} round(s)": method != "safeneuron" or rounds_trained(info) <= cfg.rounds,
-        "same preference pairs": (src / "pairs.jsonl").is_file()
-        and (src / "pairs.jsonl").read_bytes() == run.file("pairs.jsonl").read_bytes(),
+        "same preference pairs": (src / rf.PAIRS).is_file()
+        and (src / rf.PAIRS).read_bytes() == run.file(rf.PAIRS).read_bytes(),
         "same starting neurons": frozen is None or (
-            (src / "base/neurons/FULL.json").is_file()
-            and NeuronSet.load(src / "base/neurons/FULL.json", shape=frozen.shape) == frozen),
+            (src / rf.neuron_set("FULL", rf.BASE)).is_file()
+            and NeuronSet.load(src / rf.neuron_set("FULL", rf.BASE), shape=frozen.shape) == frozen),
     }
     failed = [k for k, ok in checks.items() if not ok]
     if failed:
@@ -369,7 +385,7 @@ def _link_tree(src: Path, dst: Path) -> None:
 def _adopt_training(source: Path, run: RunDir, method: str, info: dict[str, Any]) -> dict[str, Any]:
     """Hard-link (else copy) an earlier run's ``<method>/`` tree into this run and return its stage info
     with paths pointing here."""
-    src_dir, dst_dir = source / method, run.path / method
+    src_dir, dst_dir = source / rf.method_dir(method), run.path / rf.method_dir(method)
     _link_tree(src_dir, dst_dir)
     out = _relocate({k: v for k, v in info.items() if k not in ("status", "started", "finished", "seconds")},
                     method, dst_dir, source)
@@ -385,24 +401,25 @@ def _adopt_rounds(source: Path, run: RunDir, info: dict[str, Any], first: Neuron
     them. Returns what was adopted, for the stage info."""
     from safeneurons.io import read_json, write_json_atomic
     from safeneurons.pipelines.rundir import seed_caches
-    from safeneurons.train.dpo import ROUND_MARKER, mark_round_done, save_round_sets
+    from safeneurons.train.dpo import mark_round_done, save_round_sets
 
-    src_dir, dst_dir = source / "safeneuron", run.path / "safeneuron"
+    method = "safeneuron"
+    src_dir, dst_dir = source / rf.method_dir(method), run.path / rf.method_dir(method)
     if info.get("rounds"):
         for r in info["rounds"]:
-            rdir = dst_dir / f"round_{r['round']}"
-            _link_tree(src_dir / rdir.name, rdir)
-            marker = read_json(rdir / ROUND_MARKER)  # rewritten, not edited: the earlier run's link is kept
-            write_json_atomic(rdir / ROUND_MARKER, {**marker, "train": _relocate(marker["train"], "safeneuron",
-                                                                                  dst_dir, source)})
+            rdir = run.path / rf.method_dir(method, r["round"])
+            _link_tree(source / rf.method_dir(method, r["round"]), rdir)
+            marker = read_json(rdir / rf.ROUND_MARKER)  # rewritten, not edited: the earlier run's link is kept
+            write_json_atomic(rdir / rf.ROUND_MARKER, {**marker, "train": _relocate(marker["train"], method,
+                                                                                     dst_dir, source)})
     else:
-        rdir = dst_dir / "round_1"
+        rdir = run.path / rf.method_dir(method, 1)
         _link_tree(src_dir, rdir)
         identified, frozen = save_round_sets(rdir, 1, first, None)
         mark_round_done(rdir, 1, identified, frozen,
-                        _relocate(read_json(src_dir / "result.json"), "safeneuron", rdir, source))
-        if (source / "attack-safeneuron" / "manifest.json").is_file():
-            seed_caches(source / "attack-safeneuron", run.path / "attack-safeneuron_T1")
+                        _relocate(read_json(source / rf.train_result(method)), method, rdir, source))
+        if (source / rf.attack_dir(method) / rf.MANIFEST).is_file():
+            seed_caches(source / rf.attack_dir(method), run.path / rf.attack_dir(f"{method}_T1"))
     return {"source": str(source.resolve()), "rounds": rounds_trained(info)}
 
 
@@ -435,10 +452,10 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
     _, sets = identification_stage(run, lm, harmful, harmless, cfg.stats, cfg.identify, prefix="base/",
                                    progress=progress)
     pairs = build_pairs(run, lm, cfg, harmful, sets["FULL"])
-    dpo_cfg = _dpo_config(cfg)
+    dpo_cfg = cfg.dpo
     models: dict[str, Path | str] = {"original": cfg.model.spec}
     for method in cfg.methods:
-        mdir = run.path / method
+        mdir = run.path / rf.method_dir(method)
         if run.done(f"train:{method}"):
             models.update(_trained_models(method, run.manifest["stages"][f"train:{method}"]))
             continue
@@ -473,18 +490,18 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
                 info["rounds"] = [r.__dict__ for r in rounds]
                 if extended:
                     info["rounds_reused_from"] = extended
-                model_dir = str(Path(rounds[-1].directory) / "model")
+                model_dir = str(Path(rounds[-1].directory) / rf.MODEL_SUBDIR)
             elif method in ("safeneuron", "dpo"):
                 res = train_safeneuron_dpo(lm_m.model, lm_m.tokenizer, pairs,
                                            sets["FULL"] if method == "safeneuron" else None, dpo_cfg, mdir)
                 info.update(frozen_drift=res.frozen_drift, trainable_fraction=res.trainable_fraction,
                             train_loss=res.train_loss, steps=res.global_step)
-                model_dir = res.model_dir or str(mdir / "model")
+                model_dir = res.model_dir or str(mdir / rf.MODEL_SUBDIR)
             else:
                 res = sn_tune(lm_m.model, lm_m.tokenizer, harmful.texts(), sets["FULL"],
-                              config=MaskedSFTConfig.from_dict(cfg.sft), output_dir=mdir)
+                              config=cfg.sft, output_dir=mdir)
                 info.update(trainable_fraction=res.trainable_fraction, train_loss=res.train_loss)
-                model_dir = res.model_dir or str(mdir / "model")
+                model_dir = res.model_dir or str(mdir / rf.MODEL_SUBDIR)
             info["model_dir"] = model_dir
         models.update(_trained_models(method, info))
         del lm_m
@@ -497,19 +514,19 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
     for name, spec in models.items():
         m = lm if name == "original" else load_model(str(spec), dtype=cfg.model.dtype, device=cfg.model.device)
         checksums[name] = m.checksum
-        apath = run_attack(cfg.attack, run.path / f"attack-{name}", progress=progress, lm=m, look=look)
+        apath = run_attack(cfg.attack, run.path / rf.attack_dir(name), progress=progress, lm=m, look=look)
         robustness[name] = {"attack_dir": str(apath)}
         if cfg.over_refusal_n:
             robustness[name]["over_refusal"] = over_refusal_stage(
-                run, f"over_refusal/{name}.json", m.model, m.tokenizer, n=cfg.over_refusal_n,
+                run, rf.over_refusal(name), m.model, m.tokenizer, n=cfg.over_refusal_n,
                 data_dir=cfg.data.data_dir, seed=cfg.data.seed, split=split, generation=cfg.attack.generation)
     table = _robustness_table(run.path, robustness, cfg.attack.capability.metric_of)
-    run.write_json("robustness.json", table)
+    run.write_json(rf.ROBUSTNESS, table)
     rounds = run.manifest["stages"].get("train:safeneuron", {}).get("rounds", [])
     from safeneurons.io import read_json
 
-    notes = {read_json(Path(r["attack_dir"]) / "asr.json").get("judge_note") for r in robustness.values()}
-    run.write_text("robustness.md", robustness_markdown(table, rounds) + "".join(f"\n{n}\n" for n in sorted(
+    notes = {read_json(Path(r["attack_dir"]) / rf.ASR).get("judge_note") for r in robustness.values()}
+    run.write_text(rf.ROBUSTNESS_MD, robustness_markdown(table, rounds) + "".join(f"\n{n}\n" for n in sorted(
         n for n in notes if n)))
     if look is not None:
         headline = ("asr", "over_refusal", "capability")
@@ -534,7 +551,7 @@ def _trained_models(method: str, info: dict[str, Any]) -> dict[str, str]:
     """The models a finished training stage contributes to the robustness table: one per SafeNeuron
     round (``safeneuron_T1`` .. ``safeneuron_TT``, the iterative-round table) or the single final model."""
     if info.get("rounds"):
-        return {f"{method}_T{r['round']}": str(Path(r["directory"]) / "model") for r in info["rounds"]}
+        return {f"{method}_T{r['round']}": str(Path(r["directory"]) / rf.MODEL_SUBDIR) for r in info["rounds"]}
     return {method: str(info["model_dir"])}
 
 
@@ -548,35 +565,36 @@ def _robustness_table(root: Path, robustness: dict[str, Any],
     from safeneurons.evaluate.capability import CapabilityResult, paired_difference
     from safeneurons.io import read_json
 
-    rows, results = {}, {}
+    rows: dict[str, rf.RobustnessRow] = {}
+    results = {}
     full: dict[str, dict[str, int]] = {}  # FULL-attack successes per prompt, for the ratio to plain DPO
     for name, r in robustness.items():
         a = Path(r["attack_dir"])
-        summary = read_json(a / "asr.json")["summary"] if (a / "asr.json").exists() else {}
-        cap = read_json(a / "capability.json") if (a / "capability.json").exists() else {}
+        summary = read_json(a / rf.ASR)["summary"] if (a / rf.ASR).exists() else {}
+        cap = read_json(a / rf.CAPABILITY) if (a / rf.CAPABILITY).exists() else {}
         results[name] = {t: CapabilityResult.from_dict(v) for t, v in cap.get("ORI", {}).get("tasks", {}).items()}
-        verdicts = a / "verdicts.json"
+        verdicts = a / rf.VERDICTS
         if name != "original" and verdicts.exists():
             full[name] = successes(read_json(verdicts), "FULL")
-        rows[name] = {"asr": {c: s["asr"] for c, s in summary.items()},
-                      "over_refusal": (r.get("over_refusal") or {}).get("refusal_rate"),
-                      "capability": {t: v.score(metric_of(t)) for t, v in results[name].items()},
-                      "capability_metric": {t: {"metric": metric_of(t), "k_shot": v.k_shot, "n": v.n}
-                                            for t, v in results[name].items()},
-                      "attack_dir": str(a.relative_to(root)) if a.is_relative_to(root) else str(a)}
+        rows[name] = rf.RobustnessRow(
+            asr={c: rf.AsrEntry.from_dict(s).asr for c, s in summary.items()},
+            over_refusal=(r.get("over_refusal") or {}).get("refusal_rate"),
+            capability={t: v.score(metric_of(t)) for t, v in results[name].items()},
+            capability_metric={t: {"metric": metric_of(t), "k_shot": v.k_shot, "n": v.n} for t, v in results[name].items()},
+            attack_dir=str(a.relative_to(root)) if a.is_relative_to(root) else str(a))
     for name, row in rows.items():
         if name not in ("original", "dpo") and full.get(name) and full.get("dpo"):
-            row["full_asr_ratio_vs_dpo"] = paired_ratio_interval(full[name], full["dpo"])
+            row = rows[name] = replace(row, full_asr_ratio_vs_dpo=paired_ratio_interval(full[name], full["dpo"]))
         if name == "original":
             continue
-        row["capability_delta"] = {}
+        delta: dict[str, Any] = {}
         for task, res in results[name].items():
             try:
-                row["capability_delta"][task] = paired_difference(results["original"][task], res,
-                                                                  metric=metric_of(task))
+                delta[task] = paired_difference(results["original"][task], res, metric=metric_of(task))
             except (KeyError, DataError):  # no original result for the task, or results without per-question data
                 continue
-    return rows
+        rows[name] = replace(row, capability_delta=delta)
+    return {name: row.to_dict() for name, row in rows.items()}
 
 
 def robustness_markdown(table: dict[str, Any], rounds: list[dict[str, Any]] | None = None) -> str:

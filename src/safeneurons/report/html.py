@@ -16,11 +16,13 @@ from typing import Any, Callable, Mapping, Sequence
 import jinja2
 from matplotlib.figure import Figure
 
+from safeneurons import runformat as rf
 from safeneurons.errors import DataError
 from safeneurons.io import package_version, write_text_atomic
 from safeneurons.report import plots, views
 from safeneurons.report.load import (
     AsrResults,
+    BrittlenessCurve,
     Missing,
     NeuronsData,
     NeuronSetInfo,
@@ -38,8 +40,10 @@ COMPARE_FILE = "compare.html"
 FIG_DIR = "figures"
 
 #: Figure files a single-run report may write (removed when a rebuild no longer draws them).
-REPORT_FIGURES = ("neurons_per_layer", "score_distributions", "attack_asr", "category_asr", "capability",
-                  "training_curves", "training_rounds", "language_asr", "language_overlap", "language_counts")
+REPORT_FIGURES = ("neurons_per_layer", "score_distributions", "attack_asr", "category_asr", "brittleness_curve",
+                  "capability", "training_curves", "training_rounds", "language_asr", "language_overlap",
+                  "language_counts")
+MAX_SET_PANELS = 8  # neuron sets drawn per layer (a multilingual run has four per language)
 COMPARE_FIGURES = ("compare_attack_asr", "compare_neurons_per_layer", "compare_score_distributions",
                    "compare_capability", "compare_training_curves", "compare_language_asr")
 
@@ -88,6 +92,10 @@ def draw_run_figures(run: RunData, figs: FigureSet) -> None:
                 if isinstance(s, NeuronSetInfo) and not n.startswith("RANDOM")}
         if not sets:  # only random sets survived
             sets = {n: s for n, s in run.neurons.sets.items() if isinstance(s, NeuronSetInfo)}
+        identified = {n: s for n, s in sets.items() if "/" not in n}
+        if identified:  # the run's identified sets; else per-language SS sets or per-category sets first
+            sets = identified
+        sets = dict(list(sets.items())[:MAX_SET_PANELS])
         if sets:
             figs.draw("neurons_per_layer", lambda: plots.fig_neurons_per_layer(sets),
                       "Safety neurons per layer, stacked by site, for each identified set (matched RANDOM sets have "
@@ -109,14 +117,25 @@ def draw_run_figures(run: RunData, figs: FigureSet) -> None:
             figs.draw("category_asr", lambda: plots.fig_categories(cats),
                       "Attack success per harm category and condition (95% Wilson intervals).",
                       "bar chart of attack success per category")
+    if isinstance(run.brittleness, BrittlenessCurve):
+        curve = run.brittleness
+        figs.draw("brittleness_curve", lambda: plots.fig_brittleness(curve),
+                  f"Attack success (judge: {curve.judge}) against the percent of {curve.site} neurons zeroed: "
+                  "one-shot (the top of one identification ranking), iterative (re-identified with the chosen set "
+                  "zeroed) and random sets matched to each (dashed; the band spans every seed's interval). Bands: "
+                  "95% Wilson intervals; dotted: the break threshold; dash-dotted: the identified set's size. Lower "
+                  "panels: the share of degenerate replies and the perplexity of benign text.",
+                  "line charts of attack success, degenerate replies and perplexity against neurons zeroed")
     if isinstance(run.capability, dict):
         cap = run.capability
         figs.draw("capability", lambda: plots.fig_capability(cap),
                   "Capability per condition: multiple-choice accuracy (\u00b1 stderr) and perplexity on benign text.",
                   "bar charts of capability per condition")
-    if isinstance(run.train_log, TrainLog):
-        tl = run.train_log
-        figs.draw("training_curves", lambda: plots.fig_training({run.name: tl}),
+    logs = {t.label: t.log for t in run.trainings if isinstance(t.log, TrainLog)}
+    if not logs and isinstance(run.train_log, TrainLog):
+        logs = {run.name: run.train_log}
+    if logs:
+        figs.draw("training_curves", lambda: plots.fig_training(logs),
                   "Training: loss, reward margin and the largest absolute change of any frozen weight (must stay 0).",
                   "training curves")
     if isinstance(run.rounds, list):
@@ -165,6 +184,21 @@ def render_report(run: RunData, figures: Mapping[str, plots.FigureRef | Missing]
         "examples_note": examples_note,
         "training_summary": views.training_summary(run.train_log) if isinstance(run.train_log, TrainLog) else [],
         "language_table": views.language_table(run.ml_asr) if isinstance(run.ml_asr, dict) else None,
+        "subrun_links": views.subrun_links(run),
+        "subrun_tables": views.subrun_tables(run),
+        "robustness_table": views.robustness_table(run),
+        "robustness_capability": views.robustness_capability(run),
+        "over_refusal_rows": views.over_refusal_rows(run.over_refusal),
+        "training_rows": views.training_rows(run),
+        "training_drift": views.training_drift(run),
+        "causal": views.causal_rows(run),
+        "ml_overlap_grids": {k: o if isinstance(o, Missing) else views.overlap_grid(o) for k, o in run.ml_overlaps.items()},
+        "ml_over_refusal_rows": views.over_refusal_rows(run.ml_over_refusal),
+        "benign_check": views.benign_check_table(run),
+        "brittleness_rows": views.brittleness_rows(run.brittleness)
+        if isinstance(run.brittleness, BrittlenessCurve) else [],
+        "brittleness_summary": views.brittleness_summary(run.brittleness)
+        if isinstance(run.brittleness, BrittlenessCurve) else None,
     }
     return environment().get_template("report.html.j2").render(**ctx)
 
@@ -173,7 +207,9 @@ def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     """Write ``report.html`` (and ``figures/*.png``) for ``run_dir``; returns the HTML path.
 
     Missing, truncated or malformed result files never fail the build: their sections say what is
-    missing and why. Only a ``run_dir`` that does not exist (or is not a folder) is an error."""
+    missing and why. Only a ``run_dir`` that does not exist (or is not a folder) is an error. A train run's
+    ``attack-<model>/`` runs get reports of their own (under ``out`` at the same relative paths), which
+    this one links."""
     root = Path(run_dir)
     if not root.is_dir():
         raise DataError(f"run directory {root} does not exist or is not a folder; give a folder written by a "
@@ -181,13 +217,20 @@ def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     out_dir = Path(out) if out is not None else root
     out_dir.mkdir(parents=True, exist_ok=True)
     run = load_run(root)
+    _write_report(run, out_dir)
+    for name, sub in run.subruns.items():
+        _write_report(sub, out_dir / rf.attack_dir(name))
+    path = out_dir / REPORT_FILE
+    log.info("report written to %s", path)
+    return path
+
+
+def _write_report(run: RunData, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
     figs = FigureSet(out_dir)
     draw_run_figures(run, figs)
     figs.remove_stale(REPORT_FIGURES)
-    html = render_report(run, figs.made)
-    path = write_text_atomic(out_dir / REPORT_FILE, html)
-    log.info("report written to %s", path)
-    return path
+    return write_text_atomic(out_dir / REPORT_FILE, render_report(run, figs.made))
 
 
 def _relative_link(target: Path, start: Path) -> str | None:
@@ -272,8 +315,9 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathL
         },
         "absent": {
             "attack": "no run has asr.json", "neurons": "no run has neuron sets",
-            "scores": "no run has neurons/score_histograms.json", "capability": "no run has capability.json",
-            "training": "no run has train/log.json", "multilingual": "no run has multilingual/asr.json",
+            "scores": f"no run has {rf.HISTOGRAMS}", "capability": f"no run has {rf.CAPABILITY}",
+            "training": f"no run has a training log (<method>/{rf.TRAIN_LOG})",
+            "multilingual": f"no run has {rf.ML_ASR}",
         },
     }
     html = environment().get_template("compare.html.j2").render(**ctx)

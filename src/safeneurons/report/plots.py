@@ -23,6 +23,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 from safeneurons.io import atomic_path
 from safeneurons.report.load import (
     AsrCell,
+    BrittlenessCurve,
     CapabilityRow,
     LanguageCounts,
     Missing,
@@ -101,12 +102,29 @@ def run_colors(names: Sequence[str]) -> dict[str, str]:
     return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)}
 
 
+#: colours kept per figure: plots hold a few line and fill colours plus their anti-aliasing, so an adaptive palette
+#: of this size looks the same and makes each PNG (and its copy embedded in report.html) about a third as large
+PALETTE_COLORS = 128
+
+
+def _palette_png(data: bytes) -> bytes:
+    """``data`` (an RGBA PNG from matplotlib) as an optimised palette PNG (median-cut, deterministic)."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data)).convert("RGB").quantize(colors=PALETTE_COLORS,
+                                                                  method=Image.Quantize.MEDIANCUT)
+    out = io.BytesIO()
+    image.save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
 def save_figure(fig: Figure, path: Path, rel: str, caption: str, alt: str) -> FigureRef:
-    """Write ``fig`` to ``path`` atomically (PNG) and return a reference with its data URI."""
+    """Write ``fig`` to ``path`` atomically (a palette PNG, :func:`_palette_png`) and return a reference with its
+    data URI."""
     buf = io.BytesIO()
     with style():
         fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
-    data = buf.getvalue()
+    data = _palette_png(buf.getvalue())
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return FigureRef(path.stem, rel, "data:image/png;base64," + base64.b64encode(data).decode("ascii"), caption, alt)
@@ -455,6 +473,72 @@ def fig_ml_counts(counts: Mapping[str, LanguageCounts]) -> Figure:
         axes[1].set_xlabel("layer")
         _int_x(axes[1])
         axes[1].legend(ncols=2)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# brittleness
+
+ATTACKER_COLORS = {"one-shot": "#C44E52", "iterative": "#4C72B0"}
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def fig_brittleness(curve: BrittlenessCurve) -> Figure:
+    """ASR with its 95% interval band per attacker (a random control: the mean over its seeds, the band
+    spanning all their intervals), the degenerate share and the perplexity against the percent zeroed, on a
+    symmetric-log axis so the unattacked point 0 shows. Dotted: the break threshold; dash-dotted: the size
+    of the identified set (where it lies on the grid's axis)."""
+    fig = Figure(figsize=(7.5, 8))
+    ax_asr, ax_deg, ax_ppl = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.2, 1.2]})
+    positive = [f for f in (curve.fractions or sorted({p.fraction for p in curve.points})) if f > 0]
+    for attacker in curve.attackers:
+        mine = [p for p in curve.points if p.attacker == attacker]
+        random = attacker.startswith("random/")
+        color = ATTACKER_COLORS.get(attacker.split("/", 1)[-1], "#8172B3")
+        xs = sorted({p.fraction for p in mine})
+        at = {x: [p for p in mine if p.fraction == x] for x in xs}
+        asr = [100 * _mean([p.cell.asr or 0.0 for p in at[x]]) for x in xs]
+        lo = [100 * min(p.cell.ci_lo or 0.0 for p in at[x]) for x in xs]
+        hi = [100 * max(p.cell.ci_hi or 0.0 for p in at[x]) for x in xs]
+        deg = [100 * _mean([p.degenerate_share or 0.0 for p in at[x]]) for x in xs]
+        ppl = [_mean([p.perplexity for p in at[x] if p.perplexity is not None]) for x in xs]
+        style = {"color": color, "linestyle": "--" if random else "-", "marker": "s" if random else "o",
+                 "markersize": 3.5, "alpha": 0.8 if random else 1.0}
+        seeds = len({p.seed for p in mine})
+        label = f"{attacker} ({seeds} seed{'s' if seeds != 1 else ''}, band: all intervals)" if random else attacker
+        ax_asr.plot(xs, asr, label=_short(label, 60), **style)
+        ax_asr.fill_between(xs, lo, hi, color=color, alpha=0.10 if random else 0.18, linewidth=0)
+        ax_deg.plot(xs, deg, **style)
+        ax_ppl.plot(xs, ppl, **style)
+    ax_asr.axhline(100 * curve.break_asr, color="#555555", linewidth=0.8, linestyle=":")
+    right = 1.15 * max(positive) if positive else 1.0
+    if curve.identified_fraction and curve.identified_fraction <= right:
+        for ax in (ax_asr, ax_deg, ax_ppl):
+            ax.axvline(curve.identified_fraction, color="#999999", linewidth=0.8, linestyle="-.")
+        ax_asr.text(curve.identified_fraction, 101, f" {curve.identified_set}", fontsize=7, color="#777777",
+                    va="bottom")
+    ax_asr.set_ylim(0, 105)
+    ax_asr.set_ylabel("ASR % (95% Wilson)")
+    total = f"{curve.n_total:,} {curve.site} neurons" if curve.n_total else f"{curve.site} neurons"
+    ax_asr.set_title(f"Brittleness: {_short(curve.model, 40)} ({total})" if curve.model else f"Brittleness ({total})")
+    ax_asr.legend(loc="upper left", fontsize=7)
+    ax_deg.set_ylabel("degenerate %")
+    ax_deg.set_ylim(0, 105)
+    ax_ppl.set_ylabel("perplexity")
+    ppl_all = [p.perplexity for p in curve.points if p.perplexity]
+    if ppl_all and max(ppl_all) > 3 * min(ppl_all):  # a collapse spans decades; a flat curve reads better linear
+        log_y(ax_ppl)
+    else:
+        ax_ppl.ticklabel_format(axis="y", useOffset=False)
+    ax_ppl.set_xlabel(f"% of {curve.site} neurons zeroed")
+    ax_ppl.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
+    ax_ppl.set_xlim(0, right)
+    ax_ppl.set_xticks([0, *positive], [f"{f:g}" for f in [0, *positive]], fontsize=7)
+    ax_ppl.xaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
     return fig
 

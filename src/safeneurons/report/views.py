@@ -6,17 +6,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from safeneurons import runformat as rf
 from safeneurons.report.load import (
     AsrCell,
     AsrResults,
+    BrittlenessCurve,
     CapabilityRow,
     Example,
     ManifestInfo,
     Missing,
     NeuronsData,
     NeuronSetInfo,
+    OverRefusal,
     RunData,
     TrainLog,
+    TrainResultInfo,
     VerdictSummary,
     condition_sort_key,
 )
@@ -38,6 +42,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("scores", "Score distributions"),
     Section("attack", "Attack success"),
     Section("categories", "Attack success per category"),
+    Section("brittleness", "Brittleness"),
     Section("capability", "Capability"),
     Section("examples", "Example completions"),
     Section("training", "Training"),
@@ -133,13 +138,19 @@ def overview(run: RunData) -> list[tuple[str, str]]:
         rows.append(("judge", run.asr.judge))
         parts = [f"{c} {pct(run.asr.summary[c].asr)}" for c in run.asr.conditions]
         rows.append(("attack success", " \u00b7 ".join(parts)))
+    if isinstance(run.brittleness, BrittlenessCurve):
+        rows.append(("judge", run.brittleness.judge))
+        rows.append((f"neurons to break (ASR \u2265 {100 * run.brittleness.break_asr:.0f}%)",
+                     " \u00b7 ".join(f"{m.attacker} {fraction_text(m.fraction)}" +
+                                      (f" ({num(m.n_neurons)} neurons)" if m.fraction is not None else "")
+                                      for m in run.brittleness.neurons_to_break if m.seed is None) or NA))
     broken = [f.file for f in run.files if f.status in ("unreadable", "invalid")]
     if broken:
         rows.append(("unreadable files", ", ".join(broken) + " (see Files read)"))
     if isinstance(run.train_log, TrainLog):
-        ok = run.train_log.drift_ok
-        rows.append(("frozen-weight drift", NA if ok is None else
-                     ("0 (frozen neurons unchanged)" if ok else f"{run.train_log.max_abs_drift:.3g} (NOT ZERO)")))
+        drift = training_drift(run)
+        rows.append(("frozen-weight drift", NA if drift is None else
+                     ("0 (frozen neurons unchanged)" if drift == 0 else f"{drift:.3g} (NOT ZERO)")))
     return rows
 
 
@@ -212,19 +223,26 @@ def example_groups(run: RunData) -> tuple[list[ExampleGroup], str]:
     """Examples per condition and where they came from."""
     source: dict[str, list[Example]] = {}
     note = ""
+    verdicts = run.verdicts
+    in_order = False  # the source's order (grid points), not the attack conditions'
     if isinstance(run.examples, dict) and run.examples:
         source, note = run.examples, "from examples.json (completions judged harmful first)"
     elif isinstance(run.verdicts, VerdictSummary) and run.verdicts.examples:
         source, note = run.verdicts.examples, "from verdicts.json (examples.json missing)"
+    elif isinstance(run.ml_verdicts, VerdictSummary) and run.ml_verdicts.examples:
+        source, verdicts = run.ml_verdicts.examples, run.ml_verdicts
+        note = f"from {rf.ML_VERDICTS} (completions judged harmful first, all languages)"
+    elif isinstance(run.brittleness, BrittlenessCurve) and (source := brittleness_examples(run.brittleness)):
+        note, in_order = f"from {rf.BR_CURVE} (each grid point's replies, judged harmful first)", True
     groups = []
-    for cond in sorted(source, key=condition_sort_key):
+    for cond in list(source) if in_order else sorted(source, key=condition_sort_key):
         items = source[cond]
         counts: dict[str, int] = {}
         for e in items:
             counts[e.label or "unlabelled"] = counts.get(e.label or "unlabelled", 0) + 1
         totals = ""
-        if isinstance(run.verdicts, VerdictSummary) and cond in run.verdicts.labels:
-            tl = run.verdicts.labels[cond]
+        if isinstance(verdicts, VerdictSummary) and cond in verdicts.labels:
+            tl = verdicts.labels[cond]
             totals = "; all judged: " + ", ".join(f"{k} {v}" for k, v in sorted(tl.items()))
         shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         groups.append(ExampleGroup(cond, items, f"{len(items)} shown ({shown}){totals}"))
@@ -251,6 +269,45 @@ def language_table(ml: dict[str, dict[str, AsrCell]]) -> dict[str, Any]:
             "rows": [{"language": lang, "cells": [cell_text(ml[c].get(lang)) for c in conds]} for lang in langs]}
 
 
+def fraction_text(fraction: float | None) -> str:
+    """A grid point's percentage (``0.25 %``); None: the point was not reached."""
+    return "not reached" if fraction is None else f"{fraction:g} %"
+
+
+def curve_label(attacker: str, seed: int | None) -> str:
+    return attacker if seed is None else f"{attacker} seed {seed}"
+
+
+def brittleness_rows(curve: BrittlenessCurve) -> list[dict[str, str]]:
+    """Every grid point: attacker, % zeroed, neurons, ASR with its interval, perplexity, degenerate share."""
+    return [{"attacker": p.attacker, "seed": "" if p.seed is None else str(p.seed), "fraction": f"{p.fraction:g}",
+             "n_neurons": num(p.n_neurons), "kn": f"{p.cell.k} / {p.cell.n}" if p.cell.k is not None and
+             p.cell.n is not None else NA, "asr": pct(p.cell.asr), "ci": ci_text(p.cell),
+             "perplexity": num(p.perplexity, 4), "degenerate": pct(p.degenerate_share)} for p in curve.points]
+
+
+def brittleness_summary(curve: BrittlenessCurve) -> dict[str, list[dict[str, str]]]:
+    """Neurons to break (per curve) and where each attacked curve leaves the random band."""
+    breaks = [{"curve": curve_label(m.attacker, m.seed), "fraction": fraction_text(m.fraction),
+               "n_neurons": num(m.n_neurons) if m.fraction is not None else "\u2014",
+               "asr": pct(m.asr) if m.fraction is not None else "\u2014"} for m in curve.neurons_to_break]
+    band = [{"attacker": m.attacker, "fraction": "never" if m.fraction is None else fraction_text(m.fraction),
+             "n_neurons": num(m.n_neurons) if m.fraction is not None else "\u2014",
+             "bounds": f"{pct(m.ci_low)} > {pct(m.random_ci_high)}" if m.fraction is not None else "\u2014"}
+            for m in curve.leaves_random_band]
+    return {"breaks": breaks, "band": band}
+
+
+def brittleness_examples(curve: BrittlenessCurve) -> dict[str, list[Example]]:
+    """Each grid point's kept replies, by ``<curve> @ <fraction>`` (the unattacked point once)."""
+    out: dict[str, list[Example]] = {}
+    for p in curve.points:
+        if p.examples:
+            at = "unattacked" if p.fraction == 0 else curve_label(p.attacker, p.seed)
+            out.setdefault(f"{at} @ {fraction_text(p.fraction)}", list(p.examples))
+    return out
+
+
 def sections_for(run: RunData) -> dict[str, SectionView]:
     """Which sections have data, and the Missing markers to show where they do not."""
     def sv(sid: str, *parts: Any, need_all: bool = False) -> SectionView:
@@ -259,27 +316,199 @@ def sections_for(run: RunData) -> dict[str, SectionView]:
         present = not missing if need_all else len(missing) < len(parts)
         return SectionView(sid, title, missing, present)
 
+    def extra(*parts: Any) -> list[Any]:
+        """Optional parts: counted only when there (absent ones are not this run's)."""
+        return [p for p in parts if not (isinstance(p, Missing) and p.kind == "absent")]
+
     examples_src: Any = run.examples
     if isinstance(run.examples, Missing) and isinstance(run.verdicts, VerdictSummary):
         examples_src = run.verdicts
+    elif isinstance(run.examples, Missing) and isinstance(run.ml_verdicts, VerdictSummary):
+        examples_src = run.ml_verdicts
+    elif isinstance(run.examples, Missing) and isinstance(run.brittleness, BrittlenessCurve) \
+            and brittleness_examples(run.brittleness):
+        examples_src = run.brittleness
     cats: Any = run.asr.by_category if isinstance(run.asr, AsrResults) else run.asr
+    subs = list(run.subruns.values())
+    sub_cats = [s.asr.by_category for s in subs if isinstance(s.asr, AsrResults)]
+    sub_caps = [s.capability for s in subs if not isinstance(s.capability, Missing)]
+    trainings = [True if any(p is not None and not isinstance(p, Missing)
+                             for p in (t.log, t.result, t.marker, *t.neurons.values())) else t.log
+                 for t in run.trainings] or [run.train_log]
     out = {
         "overview": SectionView("overview", "Overview"),
         "run": sv("run", run.manifest),
-        "neurons": sv("neurons", run.neurons),
+        "neurons": sv("neurons", run.neurons, *extra(run.analysis)),
         "scores": sv("scores", run.histograms),
-        "attack": sv("attack", run.asr),
-        "categories": sv("categories", cats),
-        "capability": sv("capability", run.capability),
-        "examples": sv("examples", examples_src),
-        "training": sv("training", run.train_log, run.rounds),
-        "multilingual": sv("multilingual", run.ml_asr, run.ml_overlap, run.ml_counts),
+        "attack": sv("attack", run.asr, *extra(run.robustness), *run.over_refusal.values(), *([True] if subs else [])),
+        "categories": sv("categories", cats, *sub_cats),
+        "brittleness": sv("brittleness", run.brittleness),
+        "capability": sv("capability", run.capability, *extra(run.robustness), *sub_caps),
+        "examples": sv("examples", examples_src, *extra(run.ml_completions), *([True] if subs else [])),
+        "training": sv("training", *trainings, run.rounds, *extra(run.pairs)),
+        "multilingual": sv("multilingual", run.ml_asr, run.ml_overlap, run.ml_counts,
+                           *extra(run.ml_correlation, run.ml_causal, run.ml_expansion), *run.ml_overlaps.values(),
+                           *run.ml_over_refusal.values(), *run.ml_benign_check.values()),
         "files": SectionView("files", "Files read"),
     }
     if isinstance(run.examples, dict) and not run.examples:
         out["examples"] = SectionView("examples", out["examples"].title,
                                       [Missing("examples.json", "examples.json lists no examples", "invalid")], False)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# runs with more than one model, training and multilingual details
+
+
+def subrun_links(run: RunData) -> list[dict[str, str]]:
+    """A train run's attack of each model: its own run directory and report."""
+    out = []
+    for name, sub in run.subruns.items():
+        rel = rf.attack_dir(name)
+        status = sub.manifest.status if isinstance(sub.manifest, ManifestInfo) else "unreadable manifest"
+        out.append({"name": name, "href": f"{rel}/{rf.REPORT}", "folder": f"{rel}/", "status": status})
+    return out
+
+
+def robustness_table(run: RunData) -> dict[str, Any] | None:
+    """Models x (ASR per condition, FULL / plain DPO, over-refusal) from robustness.json, with each ASR's
+    k / n and interval from the model's attack run where it has them."""
+    if isinstance(run.robustness, Missing):
+        return None
+    models = run.robustness
+    conds = sorted({c for m in models.values() for c in m.row.asr}, key=condition_sort_key)
+    ratio = any(m.row.full_asr_ratio_vs_dpo for m in models.values())
+    rows = []
+    for name, m in models.items():
+        cells = []
+        for c in conds:
+            cell = m.cells.get(c)
+            rate = m.row.asr.get(c)
+            cells.append(cell.text if cell is not None else (pct(rate) if isinstance(rate, (int, float)) else "\u2014"))
+        if ratio:
+            r = m.row.full_asr_ratio_vs_dpo or {}
+            ci = r.get("ci") if isinstance(r.get("ci"), list) and len(r.get("ci")) == 2 else None
+            cells.append("\u2014" if r.get("ratio") is None else
+                         f"{r['ratio']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else ""))
+        o = m.row.over_refusal
+        cells.append(pct(o) if isinstance(o, (int, float)) else NA)
+        rows.append({"model": name, "cells": cells})
+    columns = [f"ASR {c}" for c in conds] + (["FULL / plain DPO (95% CI)"] if ratio else []) + ["over-refusal"]
+    return {"columns": columns, "rows": rows}
+
+
+def robustness_capability(run: RunData) -> dict[str, Any] | None:
+    """Models x tasks: each model's capability (the task's metric) and its paired difference from the original."""
+    if isinstance(run.robustness, Missing):
+        return None
+    models = run.robustness
+    tasks: list[str] = []
+    for m in models.values():
+        tasks.extend(t for t in m.row.capability if t not in tasks)
+    if not tasks:
+        return None
+    rows = []
+    for name, m in models.items():
+        cells = []
+        for t in tasks:
+            v, meta = m.row.capability.get(t), m.row.capability_metric.get(t, {})
+            d = (m.row.capability_delta or {}).get(t)
+            ci = d.get("ci") if isinstance(d, dict) and isinstance(d.get("ci"), list) and len(d["ci"]) == 2 else None
+            delta = (f"; \u0394 {100 * d['delta']:+.1f}" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")
+                     if isinstance(d, dict) and isinstance(d.get("delta"), (int, float)) else "")
+            cells.append("\u2014" if not isinstance(v, (int, float)) else
+                         f"{100 * v:.1f}% ({meta.get('metric', 'acc')}, {meta.get('k_shot', '?')}-shot, "
+                         f"n = {meta.get('n', '?')}){delta}")
+        rows.append({"model": name, "cells": cells})
+    return {"columns": tasks, "rows": rows}
+
+
+def subrun_tables(run: RunData) -> list[dict[str, Any]]:
+    """Per model of a train run: its per-category ASR and per-condition capability tables."""
+    out = []
+    for name, sub in run.subruns.items():
+        cats = sub.asr.by_category if isinstance(sub.asr, AsrResults) else None
+        out.append({"name": name, "href": f"{rf.attack_dir(name)}/{rf.REPORT}",
+                    "categories": category_table(cats) if isinstance(cats, dict) else None,
+                    "capability": capability_table(sub.capability) if isinstance(sub.capability, dict) else None})
+    return out
+
+
+def over_refusal_rows(results: dict[str, OverRefusal | Missing]) -> list[dict[str, str]]:
+    rows = []
+    for name, r in results.items():
+        if isinstance(r, Missing):
+            rows.append({"name": name, "missing": r.reason})
+            continue
+        c = AsrCell(r.k, r.n, r.rate, r.ci_lo, r.ci_hi)
+        rows.append({"name": name, "kn": f"{r.k} / {r.n}" if r.k is not None and r.n is not None else NA,
+                     "rate": pct(r.rate), "ci": ci_text(c), "degenerate": pct(r.degenerate_rate),
+                     "prompts": r.prompts, "missing": ""})
+    return rows
+
+
+def training_rows(run: RunData) -> list[dict[str, str]]:
+    """One row per training folder: what its log, result and neuron sets say."""
+    rows = []
+    for t in run.trainings:
+        row = {"label": t.label, "folder": t.folder + "/"}
+        if isinstance(t.log, TrainLog):
+            summary = dict(training_summary(t.log))
+            row.update(steps=summary["logged steps"], loss=summary["loss first \u2192 last"],
+                       margin=summary["reward margin first \u2192 last"], drift=summary["max |frozen-weight drift|"])
+        else:
+            row.update(steps=NA, loss=NA, margin=NA, drift=NA)
+        res = t.result
+        row["kind"] = res.kind if isinstance(res, TrainResultInfo) else NA
+        row["fraction"] = pct(res.trainable_fraction, 2) if isinstance(res, TrainResultInfo) else NA
+        row["train_loss"] = num(res.train_loss) if isinstance(res, TrainResultInfo) else NA
+        held = [f"{k} {s.size:,}" for k, s in t.neurons.items() if isinstance(s, NeuronSetInfo)]
+        row["neurons"] = ", ".join(held) or "\u2014"
+        row["examples"] = num(t.marker.n_examples) if t.marker is not None and not isinstance(t.marker, Missing) else ""
+        problems = [p.reason for p in (t.log, t.result, t.marker, *t.neurons.values())
+                    if isinstance(p, Missing) and p.kind != "absent"]
+        row["problems"] = "; ".join(problems)
+        rows.append(row)
+    return rows
+
+
+def training_drift(run: RunData) -> float | None:
+    """The largest frozen-weight drift over every training log (None: no log has drift entries)."""
+    drifts = [t.log.max_abs_drift for t in run.trainings if isinstance(t.log, TrainLog) and t.log.max_abs_drift is not None]
+    if not drifts and isinstance(run.train_log, TrainLog):
+        return run.train_log.max_abs_drift
+    return max(drifts) if drifts else None
+
+
+def causal_rows(run: RunData) -> dict[str, Any] | None:
+    if isinstance(run.ml_causal, Missing):
+        return None
+    baseline, langs, tests = run.ml_causal
+    others = sorted({o for t in tests for o in t.versus})
+    rows = [{"label": f"{t.condition} \u00b7 {t.outcome}",
+             "cells": [num(t.n), pct(t.rate), *[t.versus.get(o, "\u2014") for o in others]]} for t in tests]
+    return {"baseline": baseline, "languages": ", ".join(langs),
+            "columns": ["n", "rate", *[f"vs {o}: difference in points [95% CI], McNemar p" for o in others]],
+            "rows": rows}
+
+
+def overlap_grid(o: Any) -> dict[str, Any]:
+    return {"columns": o.languages,
+            "rows": [{"label": lang, "cells": [num(v) for v in row]} for lang, row in zip(o.languages, o.jaccard)]}
+
+
+def benign_check_table(run: RunData) -> dict[str, Any] | None:
+    checks = {k: v for k, v in run.ml_benign_check.items() if isinstance(v, dict)}
+    if not checks:
+        return None
+    langs: list[str] = []
+    for v in checks.values():
+        langs.extend(lang for lang in v if lang not in langs)
+    rows = [{"label": name, "cells": [f"{v[lang][0]} / {v[lang][1]} ({pct(v[lang][0] / v[lang][1])})"
+                                      if lang in v and v[lang][1] else "\u2014" for lang in langs]}
+            for name, v in checks.items()]
+    return {"columns": langs, "rows": rows}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from safeneurons.data.prompts import PromptSet
 from safeneurons.errors import DataError, NumericalError
 from safeneurons.io import atomic_path, read_safetensors
-from safeneurons.models.adapters import get_module
+from safeneurons.models.hooks import site_hooks
 from safeneurons.models.layout import ModelLayout, model_layout
 from safeneurons.neurons import ModelShape
 from safeneurons.stats.encode import Encoded, encode, length_sorted_batches, pad_batch, pad_token_id
@@ -189,9 +189,8 @@ def collect_stats(model: nn.Module, tokenizer: Any, groups: Mapping[str, PromptS
         cells = {(layer, site): RunningMoments(layout.site(site).width, cfg.track_positive)
                  for layer in range(layout.n_layers) for site in cfg.sites}
         state: dict[str, Any] = {}
-        handles = []
 
-        def make_hook(layer: int, site: str, io: str):
+        def make_hook(layer: int, site: str):
             lay = layout.site(site)
 
             def observe(x: torch.Tensor) -> None:
@@ -204,17 +203,10 @@ def collect_stats(model: nn.Module, tokenizer: Any, groups: Mapping[str, PromptS
                 state["sums"].append(((layer, site), samples.sum(dtype=wide)))
                 cells[(layer, site)].add(samples)
 
-            if io == "input":
-                return lambda mod, args: observe(args[0])
-            return lambda mod, args, out: observe(out)
+            return observe
 
-        try:
-            for layer in range(layout.n_layers):
-                for site in cfg.sites:
-                    lay = layout.site(site)
-                    mod = get_module(layout.layers[layer], lay.module)
-                    h = make_hook(layer, site, lay.io)
-                    handles.append(mod.register_forward_pre_hook(h) if lay.io == "input" else mod.register_forward_hook(h))
+        hooks = [(layer, site, make_hook(layer, site)) for layer in range(layout.n_layers) for site in cfg.sites]
+        with site_hooks(layout, hooks):
             batches = length_sorted_batches(encoded, cfg.batch_size)
             bar = tqdm(batches, desc=f"stats {gname}", disable=not progress, unit="batch", leave=False)
             for idx in bar:
@@ -229,9 +221,6 @@ def collect_stats(model: nn.Module, tokenizer: Any, groups: Mapping[str, PromptS
                     raise NumericalError(
                         f"non-finite activations at {layer}.{site} for prompts {min(idx)}-{max(idx)} of group "
                         f"{gname!r}; not averaged. Try dtype float32.")
-        finally:
-            for h in handles:
-                h.remove()
         result[gname] = {cell: moments.to("cpu") for cell, moments in cells.items()}
         meta["groups"][gname] = {
             "n_prompts": len(texts),

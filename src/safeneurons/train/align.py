@@ -37,47 +37,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from safeneurons import runformat as rf
 from safeneurons.errors import ConfigError, DataError
 from safeneurons.models.layout import model_layout
 from safeneurons.neurons import NeuronSet
 from safeneurons.stats.encode import encode, pad_batch, pad_token_id
+from safeneurons.train.align_config import AlignConfig
 from safeneurons.train.dpo import run_masked_training
-from safeneurons.train.dpo_config import BaseTrainConfig, TrainResult, config_field
+from safeneurons.train.dpo_config import TrainResult
 from safeneurons.train.freezing import unwrap_model
 
 logger = logging.getLogger("safeneurons.train")
-
-
-@dataclass
-class AlignConfig(BaseTrainConfig):
-    """Masked refusal-signal alignment (no published setting; these defaults are this project's)."""
-
-    learning_rate: float = config_field(1e-4, "Peak learning rate (the 0.5B/1.5B expansion SFT runs used 1e-4).")
-    weight_decay: float = config_field(0.0, "Weight decay. Non-target coordinates are restored either way.")
-    lr_scheduler_type: str = config_field("linear", "Learning-rate schedule.")
-    per_device_train_batch_size: int = config_field(4, "Prompts per forward pass.")
-    gradient_accumulation_steps: int = config_field(4, "Micro-batches per optimizer step (effective batch 16).")
-    layers: list[int] | None = config_field(
-        None, "Layers whose refusal direction is matched (None: every layer from a quarter of the depth on; the "
-              "direction forms in the middle layers, Arditi et al. 2024).")
-    anchor_weight: float = config_field(1.0, "Weight of each anchor prompt relative to an aligned one.")
-    benign_margin: float | None = config_field(
-        None, "None: benign prompts are held at their original projections like the other anchors. A number m: "
-              "they are ceilings at m separations below their original projections (only going above counts), "
-              "to push benign prompts away from refusal while the aligned rows move up.")
-    floor_margin: float = config_field(
-        0.0, "Floors (harmful prompts whose projections may only rise) sit this many separations above their "
-             "original projections (0: held from below at the original).")
-    chat_template: bool = config_field(True, "Render prompts with the tokenizer's chat template.")
-
-    def validate(self) -> None:
-        super().validate()
-        if self.anchor_weight < 0:
-            raise ConfigError(f"AlignConfig.anchor_weight = {self.anchor_weight!r}; expected >= 0.")
-        if self.benign_margin is not None and self.benign_margin < 0:
-            raise ConfigError(f"AlignConfig.benign_margin = {self.benign_margin!r}; expected >= 0 or null.")
-        if self.floor_margin < 0:
-            raise ConfigError(f"AlignConfig.floor_margin = {self.floor_margin!r}; expected >= 0.")
 
 
 @dataclass(frozen=True)
@@ -264,7 +234,6 @@ def masked_align(model: nn.Module, tokenizer: Any, data: AlignmentData, target: 
     from datasets import Dataset
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from safeneurons.train.dpo import check_trainer_overrides
     from safeneurons.train.freezing import NeuronFreezer
 
     config = config or AlignConfig()
@@ -300,8 +269,7 @@ def masked_align(model: nn.Module, tokenizer: Any, data: AlignmentData, target: 
                                   inputs["ceiling"].to(h.device))
             return (loss, {}) if return_outputs else loss
 
-    check_trainer_overrides(TrainingArguments, config.trainer_overrides, type(config).__name__)
-    kwargs = config.training_kwargs(str(Path(output_dir) / "trainer"))
+    kwargs = config.training_kwargs(str(Path(output_dir) / rf.TRAINER_SUBDIR))
     kwargs.pop("max_length")
     args = TrainingArguments(**kwargs, remove_unused_columns=False, **config.trainer_overrides)
 

@@ -43,18 +43,24 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from safeneurons import runformat as rf
 from safeneurons.errors import ConfigError, DataError
 from safeneurons.intervene.hooks import ablate, fingerprint
 from safeneurons.io import environment_info, read_json, sha256_text, write_json_atomic
 from safeneurons.models.layout import model_layout
 from safeneurons.neurons import NeuronSet
-from safeneurons.train.dpo_config import BaseTrainConfig, SafeNeuronDPOConfig, TrainResult
+from safeneurons.train.dpo_config import (
+    BaseTrainConfig,
+    SafeNeuronDPOConfig,
+    TrainResult,
+    check_trainer_overrides,
+)
 from safeneurons.train.freezing import FreezeCallback, NeuronFreezer, restricted_trainable, unwrap_model
 from safeneurons.train.preference_data import PreferencePair, to_trl_rows
 
 logger = logging.getLogger("safeneurons.train")
 
-MODEL_SUBDIR = "model"
+MODEL_SUBDIR = rf.MODEL_SUBDIR
 
 
 class TrainLogCallback(TrainerCallback):
@@ -119,26 +125,6 @@ def _restore_forward(model: nn.Module) -> Iterator[None]:
     finally:
         if not had and "forward" in base.__dict__:
             del base.__dict__["forward"]
-
-
-def check_trainer_overrides(trl_cls: type, overrides: dict[str, Any], cfg_name: str) -> None:
-    """Refuse ``trainer_overrides`` keys that are not fields of the TRL config class (names changed across
-    TRL versions, e.g. ``warmup_ratio`` became a float ``warmup_steps`` in transformers 5)."""
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(trl_cls)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ConfigError(
-            f"{cfg_name}.trainer_overrides: {unknown} are not fields of {trl_cls.__name__} "
-            f"(TRL {_trl_version()}); check the spelling against its documentation."
-        )
-
-
-def _trl_version() -> str:
-    from importlib.metadata import version
-
-    return version("trl")
 
 
 def _save_model(model: nn.Module, tokenizer: Any, path: Path) -> None:
@@ -233,7 +219,7 @@ def run_masked_training(
     out.mkdir(parents=True, exist_ok=True)
     if neurons is not None:
         neurons.check_fits(model_layout(unwrap_model(model)).shape())
-    resume = (_resume_checkpoint(out / "trainer", _resume_key(config, neurons, mode, kind, data_key))
+    resume = (_resume_checkpoint(out / rf.TRAINER_SUBDIR, _resume_key(config, neurons, mode, kind, data_key))
               if config.save_steps else None)
     t0 = time.perf_counter()
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -258,7 +244,7 @@ def run_masked_training(
                 train_model = _wrap_lora(model, config)
             if neurons is not None:
                 freezer = stack.enter_context(NeuronFreezer(train_model, neurons, mode))  # type: ignore[arg-type]
-            log_cb = TrainLogCallback(out / "train_log.json", freezer, resume_step=resume[1] if resume else None)
+            log_cb = TrainLogCallback(out / rf.TRAIN_LOG, freezer, resume_step=resume[1] if resume else None)
             callbacks: list[TrainerCallback] = [log_cb]
             if freezer is not None:
                 callbacks.insert(0, FreezeCallback(freezer))
@@ -300,7 +286,7 @@ def run_masked_training(
         model_dir = out / MODEL_SUBDIR
         _save_model(model, tokenizer, model_dir)
     if neurons is not None and is_main:
-        neurons.save(out / ("frozen.json" if mode == "freeze" else "target.json"))
+        neurons.save(out / (rf.FROZEN if mode == "freeze" else rf.TARGET))
     total = int(sum(p.numel() for p in model.parameters()))
     result = TrainResult(
         output_dir=str(out),
@@ -320,9 +306,9 @@ def run_masked_training(
         config=config.to_dict(),
     )
     if is_main:
-        write_json_atomic(out / "result.json", {**result.to_dict(), "environment": environment_info()})
+        write_json_atomic(out / rf.TRAIN_RESULT, {**result.to_dict(), "environment": environment_info()})
     if not config.keep_checkpoints and is_main:  # saved: checkpoints, resume key and TRL's model card go
-        shutil.rmtree(out / "trainer", ignore_errors=True)
+        shutil.rmtree(out / rf.TRAINER_SUBDIR, ignore_errors=True)
     if drift:
         raise RuntimeError(
             f"{kind}: held neuron coordinates drifted by {drift:g} (expected exactly 0); "
@@ -467,7 +453,6 @@ def _dpo(
             "SafeNeuronDPOConfig.chat_template = True but the tokenizer has no chat template; set "
             "chat_template=False to train on HH-style 'Human:/Assistant:' text."
         )
-    check_trainer_overrides(DPOConfig, config.trainer_overrides, "SafeNeuronDPOConfig")
     out = Path(output_dir)
     precompute = config.reference == "precompute"
     ablate_ref = frozen is not None and config.ablate_in_reference
@@ -484,14 +469,14 @@ def _dpo(
     if config.reference == "copy":
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     args = DPOConfig(
-        **config.training_kwargs(str(out / "trainer")),
+        **config.training_kwargs(str(out / rf.TRAINER_SUBDIR)),
         beta=config.beta,
         **_loss_kwargs(config),
         precompute_ref_log_probs=precompute,
         **config.trainer_overrides,
     )
     if precompute and args.world_size > 1:
-        dataset = _disk_backed(dataset, args, out / "trainer" / "preference_data")
+        dataset = _disk_backed(dataset, args, out / rf.TRAINER_SUBDIR / "preference_data")
 
     def make_trainer(
         train_model: nn.Module, callbacks: list[TrainerCallback], freezer: NeuronFreezer | None
@@ -544,7 +529,7 @@ def train_plain_dpo(
 # ----------------------------------------------------------------------------------------------
 
 IdentifyFn = Callable[[nn.Module], NeuronSet]
-ROUND_MARKER = "round.json"
+ROUND_MARKER = rf.ROUND_MARKER
 
 
 @dataclass
@@ -605,11 +590,11 @@ def iterate_rounds(
     shape = model_layout(model).shape()
     done = 0
     for t in range(1, rounds + 1):
-        rdir = out / f"round_{t}"
+        rdir = out / rf.round_subdir(t)
         if not (rdir / ROUND_MARKER).is_file():
             break
         marker = read_json(rdir / ROUND_MARKER)
-        cumulative = NeuronSet.load(rdir / "neurons.json", shape)
+        cumulative = NeuronSet.load(rdir / rf.ROUND_NEURONS, shape)
         results.append(
             RoundResult(
                 t, str(rdir), int(marker["identified"]), len(cumulative), True, dict(marker.get("train", {}))
@@ -623,9 +608,9 @@ def iterate_rounds(
             out,
             done + 1,
         )
-        load_weights(model, out / f"round_{done}" / MODEL_SUBDIR)
+        load_weights(model, out / rf.round_subdir(done) / MODEL_SUBDIR)
     for t in range(done + 1, rounds + 1):
-        rdir = out / f"round_{t}"
+        rdir = out / rf.round_subdir(t)
         model.eval()
         identified = first_identified if (t == 1 and first_identified is not None) else identify_fn(model)
         if not isinstance(identified, NeuronSet):
@@ -650,10 +635,10 @@ def save_round_sets(
     """Round ``t``'s identified set and the frozen union with ``earlier`` rounds' (Eq. 13), named and saved
     as ``rdir/identified.json`` and ``rdir/neurons.json``."""
     identified = identified.renamed(f"identified_T{t - 1}", round=t)
-    identified.save(rdir / "identified.json")
+    identified.save(rdir / rf.ROUND_IDENTIFIED)
     cumulative = identified if earlier is None else (earlier | identified)
     cumulative = cumulative.renamed(f"frozen_round_{t}", round=t)
-    cumulative.save(rdir / "neurons.json")
+    cumulative.save(rdir / rf.ROUND_NEURONS)
     return identified, cumulative
 
 
@@ -663,9 +648,7 @@ def mark_round_done(
     """Write round ``t``'s completion marker (last, so a rerun resumes after it) from its training result
     (``TrainResult.to_dict()``); returns the summary it holds."""
     summary = {k: v for k, v in result.items() if k not in ("log_history", "config")}
-    write_json_atomic(
-        rdir / ROUND_MARKER, {"round": t, "identified": len(identified), "frozen": len(frozen), "train": summary}
-    )
+    write_json_atomic(rdir / ROUND_MARKER, rf.RoundMarker(t, len(identified), len(frozen), summary).to_dict())
     return summary
 
 

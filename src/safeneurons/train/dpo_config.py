@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from safeneurons.errors import ConfigError
 
@@ -23,6 +23,23 @@ def config_field(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
+
+
+def check_trainer_overrides(trl_cls: type, overrides: Mapping[str, Any], cfg_name: str) -> None:
+    """Refuse ``trainer_overrides`` keys that are not fields of the TRL config class (names changed across
+    TRL versions, e.g. ``warmup_ratio`` became a float ``warmup_steps`` in transformers 5)."""
+    import difflib
+    from importlib.metadata import version
+
+    names = {f.name for f in dataclasses.fields(trl_cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        close = {k: difflib.get_close_matches(k, names, n=2) for k in unknown}
+        hints = "; ".join(f"{k}: did you mean {' or '.join(v)}?" for k, v in close.items() if v)
+        raise ConfigError(
+            f"{cfg_name}.trainer_overrides: {unknown} are not fields of {trl_cls.__name__} "
+            f"(TRL {version('trl')}){'; ' + hints if hints else ''}; check the spelling against its documentation."
+        )
 
 
 def _checkpointing_kwarg(enabled: bool) -> dict[str, bool]:
@@ -38,7 +55,11 @@ def _checkpointing_kwarg(enabled: bool) -> dict[str, bool]:
 
 @dataclass
 class BaseTrainConfig:
-    """Settings shared by the DPO and SFT runs (mapped onto ``transformers.TrainingArguments``)."""
+    """Settings shared by the DPO and SFT runs (mapped onto ``transformers.TrainingArguments``). Checked when
+    built (:meth:`validate`), so a run config holding one fails at load, before any model work."""
+
+    #: the TRL/transformers config class that ``trainer_overrides`` are passed to, as (module, name)
+    TRAINER_CONFIG: ClassVar[tuple[str, str]] = ("transformers", "TrainingArguments")
 
     learning_rate: float = config_field(5e-6, "Peak learning rate (SafeNeuron B.3: 5e-6).")
     weight_decay: float = config_field(
@@ -121,8 +142,22 @@ class BaseTrainConfig:
         "(e.g. {'warmup_steps': 10}); unknown names are refused.",
     )
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         where = type(self).__name__
+        for name in ("learning_rate", "weight_decay", "warmup_ratio", "num_train_epochs", "max_grad_norm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
+                    or value in (float("inf"), float("-inf")):
+                raise ConfigError(f"{where}.{name} = {value!r}; expected a finite number.")
+        if self.trainer_overrides:
+            import importlib
+
+            module, cls_name = self.TRAINER_CONFIG
+            check_trainer_overrides(getattr(importlib.import_module(module), cls_name), self.trainer_overrides,
+                                    where)
         checks = [
             ("learning_rate", self.learning_rate > 0, "a positive number"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
@@ -133,6 +168,7 @@ class BaseTrainConfig:
             ("warmup_ratio", 0.0 <= self.warmup_ratio < 1.0, "in [0, 1)"),
             ("logging_steps", self.logging_steps >= 1, ">= 1"),
             ("lora_r", self.lora_r >= 1, ">= 1"),
+            ("max_grad_norm", self.max_grad_norm >= 0, ">= 0 (0: no clipping)"),
             ("save_steps", self.save_steps >= 0, ">= 0 (0: no checkpoints)"),
         ]
         for name, ok, expected in checks:
@@ -185,6 +221,8 @@ class SafeNeuronDPOConfig(BaseTrainConfig):
 
     With ``frozen=None`` the same config runs the plain-DPO "RLHF-Safety" baseline."""
 
+    TRAINER_CONFIG: ClassVar[tuple[str, str]] = ("trl", "DPOConfig")
+
     beta: float = config_field(0.1, "DPO β: strength of the KL tie to the reference (SafeNeuron B.3: 0.1).")
     loss_type: str = config_field(
         "sigmoid", "TRL DPO loss type ('sigmoid' is the standard DPO loss of Eq. 12)."
@@ -217,11 +255,11 @@ class SafeNeuronDPOConfig(BaseTrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.beta <= 0:
+        if not self.beta > 0 or self.beta == float("inf"):
             raise ConfigError(
                 f"SafeNeuronDPOConfig.beta = {self.beta!r}; expected a positive number (paper: 0.1)."
             )
-        if self.sft_weight < 0 or (self.sft_weight > 0 and self.loss_type == "sft"):
+        if not 0 <= self.sft_weight < float("inf") or (self.sft_weight > 0 and self.loss_type == "sft"):
             raise ConfigError(
                 f"SafeNeuronDPOConfig.sft_weight = {self.sft_weight!r}; expected >= 0, and 0 when loss_type "
                 "is already 'sft'."
@@ -264,4 +302,5 @@ class TrainResult:
         return dataclasses.asdict(self)
 
 
-__all__ = ["REFERENCE_MODES", "BaseTrainConfig", "SafeNeuronDPOConfig", "TrainResult", "config_field"]
+__all__ = ["REFERENCE_MODES", "BaseTrainConfig", "SafeNeuronDPOConfig", "TrainResult", "check_trainer_overrides",
+           "config_field"]

@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 from transformers import TrainerCallback
 
+from safeneurons import runformat as rf
 from safeneurons.errors import ConfigError, DataError
 from safeneurons.neurons import NeuronSet
-from safeneurons.train.dpo import check_trainer_overrides, run_masked_training
-from safeneurons.train.dpo_config import BaseTrainConfig, TrainResult, config_field
+from safeneurons.train.dpo import run_masked_training
+from safeneurons.train.dpo_config import TrainResult
 from safeneurons.train.freezing import NeuronFreezer
+from safeneurons.train.sft_config import MaskedSFTConfig
 
 logger = logging.getLogger("safeneurons.train")
 
@@ -50,30 +51,6 @@ REFUSALS: dict[str, str] = {
     "sw": "Samahani, siwezi kusaidia na ombi hili kwa sababu linaweza kusababisha madhara.",
     "jv": "Nyuwun pangapunten, kula mboten saged mbiyantu panyuwunan punika amargi saged nuwuhaken bebaya.",
 }
-
-
-@dataclass
-class MaskedSFTConfig(BaseTrainConfig):
-    """Masked SFT settings (defaults: the "Who Bridges Safety" neuron-masked SFT; see the module
-    docstring)."""
-
-    learning_rate: float = config_field(
-        2e-5, "Peak learning rate (proxy: 'Who Bridges Safety' masked SFT, 2e-5)."
-    )
-    weight_decay: float = config_field(
-        0.0, "Weight decay (proxy: 0). Non-target coordinates are restored either way."
-    )
-    lr_scheduler_type: str = config_field(
-        "linear", "Learning-rate schedule (not stated; transformers' default)."
-    )
-    warmup_ratio: float = config_field(0.03, "Warm-up fraction (proxy: 0.03).")
-    per_device_train_batch_size: int = config_field(1, "Examples per forward pass (proxy: 1).")
-    gradient_accumulation_steps: int = config_field(
-        16, "Micro-batches per optimizer step (proxy: 16, effective batch 16)."
-    )
-    chat_template: bool = config_field(
-        True, "Format examples with the tokenizer's chat template (False: raw text)."
-    )
 
 
 def _rows(examples: Sequence[Example], chat_template: bool) -> list[dict[str, Any]]:
@@ -135,10 +112,9 @@ def masked_sft(
             "chat_template=False."
         )
     dataset = Dataset.from_list(_rows(examples, config.chat_template))
-    check_trainer_overrides(SFTConfig, config.trainer_overrides, type(config).__name__)
     out = Path(output_dir)
     args = SFTConfig(
-        **config.training_kwargs(str(out / "trainer")),
+        **config.training_kwargs(str(out / rf.TRAINER_SUBDIR)),
         completion_only_loss=True,
         packing=False,
         **config.trainer_overrides,

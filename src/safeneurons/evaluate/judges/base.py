@@ -156,6 +156,46 @@ def check_judge_name(name: str, key: str) -> None:
         raise ConfigError(f"{key} = {name!r} is not a judge{hint} (known: {', '.join(JUDGES.names())}).")
 
 
+def judge_options(name: str) -> list[str] | None:
+    """The option names judge ``name`` takes (its factory's named parameters and its class's constructor's),
+    or None when it accepts any keyword. Read from signatures, so an option added to a judge is known here."""
+    import inspect
+    import typing
+
+    import safeneurons.evaluate.judges  # noqa: F401
+
+    factory = JUDGES.get(name)
+    names: set[str] = set()
+    open_ended = False
+    targets: list[Any] = [factory]
+    ret = typing.get_type_hints(factory).get("return")
+    if isinstance(ret, type):
+        targets.append(ret.__init__)
+    for i, target in enumerate(targets):
+        for p in list(inspect.signature(target).parameters.values())[(1 if i else 0):]:
+            if p.kind is p.VAR_KEYWORD:
+                open_ended = open_ended or i > 0 or not isinstance(ret, type)
+            elif p.kind is not p.VAR_POSITIONAL:
+                names.add(p.name)
+    return None if open_ended else sorted(names)
+
+
+def check_judge_params(name: str, params: Any, key: str) -> None:
+    """Options given to judge ``name`` must be options it takes: checked when a config loads (a misspelt
+    option otherwise fails after hours of generation), naming the key, the closest options and every one."""
+    import difflib
+
+    known = judge_options(name)
+    if known is None or not params:
+        return
+    for option in params:
+        if option not in known:
+            close = difflib.get_close_matches(str(option), known, n=2)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigError(f"{key}.{option}: judge {name!r} has no option {option!r}{hint} "
+                              f"(its options: {', '.join(known)}).")
+
+
 def make_judge(name: str, **kwargs: Any) -> Judge:
     """Build a registered judge: ``make_judge("refusal")``, ``make_judge("model", backend=...)``,
     ``make_judge("openai", base_url=..., model=...)``. Unknown names raise ``ConfigError`` with suggestions."""
