@@ -418,3 +418,23 @@ def test_a_run_started_before_the_split_resumes_only_with_split_all(tmp_path):
     check_resumed_split(tmp_path / "new", "data.split", "dev")  # a fresh directory: nothing to check
     RunDir(tmp_path / "dev", "attack", AttackConfig())
     check_resumed_split(tmp_path / "dev", "data.split", "dev")  # written with the split: fine
+
+
+@needs_data
+def test_a_test_run_takes_xstest_benign_training_prompts_from_dev_without_the_dev_sample():
+    """The expansion recipe (150 XSTest benign training prompts, 100 scored for over-refusal) runs on the test
+    split: its benign prompts are dev prompts, disjoint from the test half it scores; a dev run, which must skip
+    its own over-refusal sample, has too few dev prompts left and says so."""
+    from safeneurons.config import load_config
+    from safeneurons.pipelines.common import over_refusal_prompts
+    from safeneurons.pipelines.multilingual import MultilingualConfig, _benign_prompts
+
+    recipe = ROOT / "docs/results/multilingual-0.5b-align-floor96-m2/config.yaml"
+    test = load_config(MultilingualConfig, recipe, ["split=test"])
+    benign = _benign_prompts(test)
+    assert len(benign) == test.expansion.benign_n == 150
+    _, scored = over_refusal_prompts(test.expansion.over_refusal_n, test.data_dir, test.seed, "test")
+    assert not set(benign) & set(scored.texts())
+    assert all(split_of(t) == "dev" for t in benign)
+    with pytest.raises(ConfigError, match="benign_n = 150"):
+        _benign_prompts(load_config(MultilingualConfig, recipe, ["split=dev"]))
