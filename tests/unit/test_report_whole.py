@@ -141,6 +141,9 @@ def test_report_shows_everything_the_run_wrote(built):
     html = build_report(run).read_text(encoding="utf-8")
     problems = problems_of(run, html)
     assert not problems, f"{kind} run: {len(problems)} problems:\n" + "\n".join(problems)
+    # sections another command writes are left out, not boxed: a tiny run of one command shows no missing box
+    boxes = re.findall(r"Not in this run\.[^<]{0,160}", html)
+    assert not boxes, f"{kind} run: 'Not in this run' boxes: {boxes}"
     if kind == "brittleness":  # the curve's figure, every point and the neurons-to-break summary
         import json
 

@@ -66,6 +66,23 @@ class SectionView:
     title: str
     missing: list[Missing] = field(default_factory=list)
     present: bool = True
+    foreign: bool = False  # absent, and a run of this command never writes it: hidden instead of marked missing
+
+
+_BASE_SECTIONS = frozenset({"overview", "run", "files"})
+_IDENTIFIED = _BASE_SECTIONS | {"neurons", "scores"}
+#: The sections each command's run can fill. An absent section outside its command's set is hidden, not shown as
+#: "Not in this run"; a command not listed here (or a run without a manifest) shows every section.
+COMMAND_SECTIONS: dict[str, frozenset[str]] = {
+    "stats": _BASE_SECTIONS,
+    "identify": _IDENTIFIED,
+    "attack": _IDENTIFIED | {"attack", "categories", "capability", "examples"},
+    "brittleness": _IDENTIFIED | {"brittleness", "examples"},
+    "train": _IDENTIFIED | {"attack", "categories", "capability", "examples", "training"},
+    # training: only with expansion, shown when written
+    "multilingual": _BASE_SECTIONS | {"neurons", "multilingual", "examples"},
+    "analyze": _BASE_SECTIONS | {"neurons"},
+}
 
 
 def pct(x: float | None, digits: int = 1) -> str:
@@ -354,6 +371,11 @@ def sections_for(run: RunData) -> dict[str, SectionView]:
     if isinstance(run.examples, dict) and not run.examples:
         out["examples"] = SectionView("examples", out["examples"].title,
                                       [Missing("examples.json", "examples.json lists no examples", "invalid")], False)
+    produced = COMMAND_SECTIONS.get(run.command)
+    if produced is not None:
+        for sid, view in out.items():
+            view.foreign = (not view.present and sid not in produced
+                            and all(m.kind == "absent" for m in view.missing))
     return out
 
 
