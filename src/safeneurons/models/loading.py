@@ -262,7 +262,7 @@ def check_model_spec(spec: str | os.PathLike[str], trust_remote_code: bool = Fal
     """What can be said of a model spec without loading anything or reaching the network: a local directory
     must hold a readable, known ``config.json`` (:func:`_check_local_dir`); a path that is a file, or that
     names no directory and no offline model, is refused. Hub ids pass (they are checked when loaded).
-    Commands call this before they create a run folder."""
+    Commands call this before they create a run folder; :func:`load_model` starts with it."""
     spec_str = os.fspath(spec)
     local = Path(spec_str).expanduser()
     if local.is_dir():
@@ -272,8 +272,14 @@ def check_model_spec(spec: str | os.PathLike[str], trust_remote_code: bool = Fal
             f"model spec {spec_str!r} is a file, not a model directory; give the directory holding config.json"
         )
     elif find_offline_model(spec_str) is None and _looks_like_path(spec):
-        raise ModelSpecError(f"model spec {spec_str!r}: no such directory ({local.absolute()}), and not an "
-                             f"offline registry name ({_registry_list()}).")
+        raise _unloadable(spec_str, f"no such directory: {local.absolute()}")
+
+
+def _unloadable(spec_str: str, reason: str) -> ModelSpecError:
+    return ModelSpecError(
+        f"cannot load model {spec_str!r}: it is neither a local model directory, nor an offline registry "
+        f"name ({_registry_list()}), nor a reachable Hugging Face hub id. Reason: {reason}"
+    )
 
 
 def load_model(
@@ -300,32 +306,21 @@ def load_model(
     common = {"torch_dtype": torch_dtype, "device": target, "device_map": device_map,
               "trust_remote_code": trust_remote_code}
 
+    check_model_spec(spec, trust_remote_code)  # a broken folder, a file or a missing path: said before loading
     local = Path(spec_str).expanduser()
     if revision is not None and (local.is_dir() or find_offline_model(spec_str) is not None):
         logger.warning("revision=%r is ignored for %r: it only applies to hub ids", revision, spec_str)
     if local.is_dir():
-        _check_local_dir(local, trust_remote_code)
         return _load_dir(local, spec_str, "local", _short_name(local), common)
-    if local.exists():
-        raise ModelSpecError(
-            f"model spec {spec_str!r} is a file, not a model directory; give the directory holding config.json"
-        )
 
     offline = find_offline_model(spec_str)
     if offline is not None:
         return _load_dir(pull(offline), spec_str, "offline-registry", offline.name, common)
 
-    if _looks_like_path(spec):
-        reason = f"no such directory: {local.absolute()}"
-    else:
-        try:
-            return _load_hub(spec_str, revision, common)
-        except (OSError, ValueError, KeyError) as exc:
-            reason = f"{type(exc).__name__}: {_first_line(exc)}"
-    raise ModelSpecError(
-        f"cannot load model {spec_str!r}: it is neither a local model directory, nor an offline registry "
-        f"name ({_registry_list()}), nor a reachable Hugging Face hub id. Reason: {reason}"
-    )
+    try:
+        return _load_hub(spec_str, revision, common)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _unloadable(spec_str, f"{type(exc).__name__}: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:
