@@ -78,14 +78,13 @@ def run_analyze(cfg: AnalyzeConfig, out: str | Path | None = None, progress: boo
         overlap_curve,
         pairwise_overlap,
     )
-    from safeneurons.models import load_model, model_layout
+    from safeneurons.models import model_layout
     from safeneurons.neurons import NeuronSet
     from safeneurons.stats import ActivationStats, collect_stats
 
     run = RunDir(out or default_run_dir("analyze"), "analyze", cfg)
     if lm is None:
-        lm = load_model(cfg.model.spec, dtype=cfg.model.dtype, device=cfg.model.device,
-                        device_map=cfg.model.device_map, trust_remote_code=cfg.model.trust_remote_code)
+        lm = cfg.model.load()
     record_model(run, lm)
     layout = model_layout(lm.model)
     shape = layout.shape(lm.name, lm.checksum)

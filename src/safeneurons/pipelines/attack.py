@@ -163,7 +163,7 @@ def run_attack(cfg: AttackConfig, out: str | Path | None = None, progress: bool 
     from safeneurons.evaluate.cache import GenerationCache
     from safeneurons.evaluate.generate import generate
     from safeneurons.evaluate.judges import make_judge
-    from safeneurons.models import load_model, model_layout
+    from safeneurons.models import model_layout
     from safeneurons.pipelines.scoring import asr_stage, capability_stage
 
     own_look = look is None and needs_ledger(cfg.data.split)
@@ -172,8 +172,7 @@ def run_attack(cfg: AttackConfig, out: str | Path | None = None, progress: bool 
     check_resumed_split(out, "data.split", cfg.data.split)
     run = RunDir(out or default_run_dir("attack"), "attack", cfg)
     if lm is None:
-        lm = load_model(cfg.model.spec, dtype=cfg.model.dtype, device=cfg.model.device,
-                        device_map=cfg.model.device_map, trust_remote_code=cfg.model.trust_remote_code)
+        lm = cfg.model.load()
     record_model(run, lm)
     harmful, harmless = load_identification_data(cfg.data)
     evalset = load_eval_data(cfg.data, [harmful, harmless], run)

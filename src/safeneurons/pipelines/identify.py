@@ -33,13 +33,11 @@ class IdentifyRunConfig:
 
 def run_identify(cfg: IdentifyRunConfig, out: str | Path | None = None, progress: bool = True,
                  stats_only: bool = False) -> Path:
-    from safeneurons.models import load_model
     from safeneurons.stats import collect_stats
 
     command = "stats" if stats_only else "identify"
     run = RunDir(out or default_run_dir(command), command, cfg)
-    lm = load_model(cfg.model.spec, dtype=cfg.model.dtype, device=cfg.model.device,
-                    device_map=cfg.model.device_map, trust_remote_code=cfg.model.trust_remote_code)
+    lm = cfg.model.load()
     record_model(run, lm)
     harmful, harmless = load_identification_data(cfg.data)
     record_data(run, harmful=harmful, harmless=harmless)

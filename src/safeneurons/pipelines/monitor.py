@@ -31,7 +31,7 @@ class MonitorFitRunConfig:
 def run_monitor_fit(cfg: MonitorFitRunConfig, out: str | Path) -> tuple[Monitor, Path]:
     """Read the neuron set and both prompt groups (each failure before the model loads), load the model, fit,
     and save the monitor into ``out``. Returns the monitor and its folder."""
-    from safeneurons.models import load_model, model_layout
+    from safeneurons.models import model_layout
 
     if not cfg.neurons:
         raise ConfigError("monitor fit needs a neuron set: --neurons FILE.json (or neurons: in the config).")
@@ -40,8 +40,7 @@ def run_monitor_fit(cfg: MonitorFitRunConfig, out: str | Path) -> tuple[Monitor,
     ns = NeuronSet.load(cfg.neurons)
     groups = {name: load_prompts(spec, data_dir=cfg.data_dir, limit=cfg.fit.n, seed=cfg.fit.seed)
               for name, spec in (("harmful", cfg.harmful), ("harmless", cfg.harmless))}
-    lm = load_model(cfg.model.spec, dtype=cfg.model.dtype, device=cfg.model.device,
-                    device_map=cfg.model.device_map, trust_remote_code=cfg.model.trust_remote_code)
+    lm = cfg.model.load()
     ns.check_fits(model_layout(lm.model).shape(lm.name, lm.checksum), source=cfg.neurons)
     monitor = fit_monitor(lm.model, lm.tokenizer, ns, groups["harmful"], groups["harmless"], cfg.fit,
                           model_checksum=lm.checksum, model_name=lm.name)

@@ -353,15 +353,14 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
         load_language_sets,
         set_counts,
     )
-    from safeneurons.models import load_model, model_layout
+    from safeneurons.models import model_layout
 
     if needs_ledger(cfg.split):  # a test scoring: fail on an unwritable ledger before any work
         check_writable()
     check_resumed_split(out, "split", cfg.split)
     run = RunDir(out or default_run_dir("multilingual"), "multilingual", cfg)
     if lm is None:
-        lm = load_model(cfg.model.spec, dtype=cfg.model.dtype, device=cfg.model.device,
-                        device_map=cfg.model.device_map, trust_remote_code=cfg.model.trust_remote_code)
+        lm = cfg.model.load()
     record_model(run, lm)
     layout = model_layout(lm.model)
     shape = layout.shape(lm.name, lm.checksum)

@@ -443,8 +443,7 @@ def run_train(cfg: TrainRunConfig, out: str | Path | None = None, progress: bool
     sources = [] if reuse is None else [reuse] if isinstance(reuse, (str, Path)) else list(reuse)
 
     def fresh() -> Any:
-        return load_model(cfg.model.spec, dtype=cfg.model.dtype, device=cfg.model.device,
-                          device_map=cfg.model.device_map, trust_remote_code=cfg.model.trust_remote_code)
+        return cfg.model.load()
 
     lm = fresh()
     record_model(run, lm)
