@@ -87,10 +87,15 @@ def _donotanswer(paths: list[Path], variant: str | None, lang: str | None) -> It
         yield Prompt(row["prompt"].strip(), id=f"donotanswer-{i - 2}", category=row["risk_area"], source="donotanswer")
 
 
-def _multijail(paths: list[Path], variant: str | None, lang: str | None) -> Iterator[Prompt]:
-    language = lang or variant or "en"
+def check_multijail_language(language: str) -> None:
+    """DataError unless MultiJail has ``language`` (checked when a config loads and again when the file is read)."""
     if language not in MULTIJAIL_LANGUAGES:
         raise DataError(f"MultiJail has no language {language!r}; languages: {', '.join(MULTIJAIL_LANGUAGES)}.")
+
+
+def _multijail(paths: list[Path], variant: str | None, lang: str | None) -> Iterator[Prompt]:
+    language = lang or variant or "en"
+    check_multijail_language(language)
     for i, row in _csv_rows(paths[0]):
         try:
             tags = ast.literal_eval(row["tags"])

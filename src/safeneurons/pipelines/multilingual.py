@@ -40,6 +40,7 @@ from typing import Any
 from safeneurons import runformat as rf
 from safeneurons.config import require, to_dict
 from safeneurons.data import EVAL_SPLITS, MULTIJAIL_LANGUAGES, Prompt, PromptSet, load_prompts, split_of
+from safeneurons.data.datasets import check_multijail_language
 from safeneurons.errors import ConfigError, DataError
 from safeneurons.evaluate.generate import GenerationConfig
 from safeneurons.evaluate.judges.base import check_judge_name
@@ -222,10 +223,11 @@ class MultilingualConfig:
                 "a count >= 1 (or null: every held-out row)")
         if self.split not in EVAL_SPLITS:
             raise ConfigError(f"multilingual.split = {self.split!r}; choose from {', '.join(EVAL_SPLITS)}.")
-        unknown_languages = [lang for lang in self.languages if lang not in MULTIJAIL_LANGUAGES]
-        if unknown_languages:
-            raise ConfigError(f"multilingual.languages: MultiJail has no language {unknown_languages[0]!r}; "
-                              f"languages: {', '.join(MULTIJAIL_LANGUAGES)}.")
+        for lang in self.languages:
+            try:
+                check_multijail_language(lang)
+            except DataError as exc:
+                raise ConfigError(f"multilingual.languages: {exc}") from None
         if self.hr_language not in self.languages:
             raise ConfigError(f"multilingual.languages must include hr_language {self.hr_language!r}.")
         check_judge_name(self.judge, "judge")
