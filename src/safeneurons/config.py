@@ -54,20 +54,25 @@ def variant_of(f: dataclasses.Field) -> tuple[str, Callable[[str], type]] | None
 
 
 def resolve_variant(owner: Any, name: str, where: str) -> None:
-    """Make ``owner.<name>`` an instance of the class its selector names: None means that class's defaults, a
-    mapping is loaded like a config section (unknown keys refused), an instance of another class is refused."""
+    """Make ``owner.<name>`` an instance of the class its selector names (:func:`settings_as`)."""
     f = next(f for f in dataclasses.fields(owner) if f.name == name)
     selector, lookup = variant_of(f)  # type: ignore[misc]
-    cls = lookup(getattr(owner, selector))
-    value = getattr(owner, name)
+    chosen = getattr(owner, selector)
+    setattr(owner, name, settings_as(lookup(chosen), getattr(owner, name), where, f"{selector} = {chosen!r}"))
+
+
+def settings_as(cls: type[C], value: Any, where: str, chosen: str) -> C:
+    """``value`` as an instance of ``cls``, the settings class of what ``chosen`` describes (e.g.
+    ``"method = 'safeneuron'"``): None means its defaults, a mapping is loaded like a config section under the
+    dotted key ``where`` (unknown keys refused), an instance of another class is refused."""
     if value is None:
-        value = cls()
-    elif isinstance(value, Mapping):
-        value = from_dict(cls, value, "config", prefix=f"{where}.")
-    elif type(value) is not cls:
-        raise ConfigError(f"{where}: settings of type {type(value).__name__} given for {selector} = "
-                          f"{getattr(owner, selector)!r}, which takes {cls.__name__}.")
-    setattr(owner, name, value)
+        return cls()
+    if isinstance(value, Mapping):
+        return from_dict(cls, value, "config", prefix=f"{where}.")
+    if type(value) is not cls:
+        raise ConfigError(f"{where}: settings of type {type(value).__name__} given for {chosen}, "
+                          f"which takes {cls.__name__}.")
+    return value
 
 
 def require(where: str, value: Any, ok: bool, expected: str) -> None:

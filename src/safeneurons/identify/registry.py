@@ -8,7 +8,7 @@ Methods that need the model itself (deactivation importance, SS-Neurons) live in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from safeneurons.errors import ConfigError, EmptySelectionError
 from safeneurons.identify.safeneuron import (
@@ -59,17 +59,9 @@ def params_type(method: str) -> type:
 
 def method_params(method: str, params: Any = None) -> Any:
     """``params`` as ``method``'s settings: None gives its defaults, a mapping is checked key by key."""
-    from safeneurons.config import from_dict
+    from safeneurons.config import settings_as
 
-    cls = params_type(method)
-    if params is None:
-        return cls()
-    if isinstance(params, Mapping):
-        return from_dict(cls, params, "identify.params")
-    if type(params) is not cls:
-        raise ConfigError(f"identify.params: {type(params).__name__} given for method {method!r}, "
-                          f"which takes {cls.__name__}.")
-    return params
+    return settings_as(params_type(method), params, "identify.params", f"method {method!r}")
 
 
 def identify(stats: ActivationStats, method: str = "safeneuron", params: Any = None,
