@@ -272,11 +272,14 @@ class NeuronSet:
     def renamed(self, name: str, **provenance: Any) -> "NeuronSet":
         return NeuronSet(self.shape, self._idx, name=name, provenance={**self.provenance, **provenance})
 
-    def random_matched(self, seed: int = 0, exclude_self: bool = True, name: str | None = None) -> "NeuronSet":
+    def random_matched(self, seed: int = 0, exclude_self: bool = True, name: str | None = None,
+                       avoid: "NeuronSet | None" = None) -> "NeuronSet":
         """A random set with the same count in every (layer, site) cell, seeded.
 
         ``exclude_self`` draws only from neurons outside this set (a control that shares no neuron
-        with the set it controls for); it falls back to all neurons of a cell when the cell is too full."""
+        with the set it controls for); it falls back to all neurons of a cell when the cell is too full.
+        ``avoid``: where a cell leaves enough, also outside these neurons (e.g. the ones an attacker was not
+        allowed to pick); with ``avoid`` empty the draw is the same as without it."""
         rng = np.random.default_rng(seed)
         out: dict[tuple[int, str], np.ndarray] = {}
         for (layer, site) in sorted(self._idx):
@@ -285,12 +288,15 @@ class NeuronSet:
             pool = np.arange(size, dtype=np.int64)
             if exclude_self and size - chosen.size >= chosen.size:
                 pool = np.setdiff1d(pool, chosen, assume_unique=True)
+            if avoid is not None:
+                narrower = np.setdiff1d(pool, avoid.indices(layer, site), assume_unique=True)
+                if narrower.size >= chosen.size:
+                    pool = narrower
             out[(layer, site)] = np.sort(rng.choice(pool, size=chosen.size, replace=False))
-        return NeuronSet(
-            self.shape, out, name=name or f"RANDOM({self.name}, seed={seed})",
-            provenance={"method": "random_matched", "matched_to": self.name, "seed": seed,
-                        "exclude_self": exclude_self},
-        )
+        provenance = {"method": "random_matched", "matched_to": self.name, "seed": seed, "exclude_self": exclude_self}
+        if avoid is not None:
+            provenance["avoids"] = avoid.name
+        return NeuronSet(self.shape, out, name=name or f"RANDOM({self.name}, seed={seed})", provenance=provenance)
 
     # validation and I/O -------------------------------------------------------------------
     def check_fits(self, shape: ModelShape, source: str = "") -> None:

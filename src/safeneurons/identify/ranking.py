@@ -199,21 +199,6 @@ def set_to_mask(ns: NeuronSet | None, site: str, shape: tuple[int, int]) -> np.n
 
 
 def matched_random(attacked: NeuronSet, seed: int, avoid: NeuronSet | None = None, name: str = "") -> NeuronSet:
-    """A seeded random set with ``attacked``'s count in every (layer, site) cell, drawn from the neurons
-    outside ``attacked`` (as :meth:`NeuronSet.random_matched` with ``exclude_self``, and the same draw when
-    ``avoid`` is empty) and, where the cell leaves enough, outside ``avoid`` too (the neurons the attacker
-    was not allowed to pick). A cell too full for either falls back to drawing from more neurons."""
-    rng = np.random.default_rng(seed)
-    out: dict[tuple[int, str], np.ndarray] = {}
-    for (layer, site), chosen in sorted(attacked.groups().items()):
-        pool = np.arange(attacked.shape.site_sizes[site], dtype=np.int64)
-        if pool.size - chosen.size >= chosen.size:
-            pool = np.setdiff1d(pool, chosen, assume_unique=True)
-        if avoid is not None:
-            narrower = np.setdiff1d(pool, avoid.indices(layer, site), assume_unique=True)
-            if narrower.size >= chosen.size:
-                pool = narrower
-        out[(layer, site)] = np.sort(rng.choice(pool, size=chosen.size, replace=False))
-    return NeuronSet(attacked.shape, out, name=name or f"RANDOM({attacked.name}, seed={seed})",
-                     provenance={"method": "random_matched", "matched_to": attacked.name, "seed": seed,
-                                 "exclude_self": True, "avoids": avoid.name if avoid is not None else None})
+    """The matched random control of an attacked set: :meth:`NeuronSet.random_matched` with ``exclude_self``,
+    drawn outside ``avoid`` too where a cell leaves enough (the neurons the attacker was not allowed to pick)."""
+    return attacked.random_matched(seed, exclude_self=True, name=name or None, avoid=avoid)
