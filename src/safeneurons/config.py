@@ -77,7 +77,7 @@ def settings_as(cls: type[C], value: Any, where: str, chosen: str) -> C:
 
 def require(where: str, value: Any, ok: bool, expected: str) -> None:
     """A range check of a config value: ``ConfigError("<where> = <value>; expected <expected>.")`` unless
-    ``ok``. Non-finite numbers never reach it (:func:`load_config` refuses them anywhere)."""
+    ``ok``. In a loaded config non-finite numbers never reach it (:func:`load_config` refuses them anywhere)."""
     if not ok:
         raise ConfigError(f"{where} = {value!r}; expected {expected}.")
 

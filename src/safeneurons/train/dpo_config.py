@@ -10,6 +10,7 @@ randomness or device probing happens when one is built.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -149,8 +150,7 @@ class BaseTrainConfig:
         where = type(self).__name__
         for name in ("learning_rate", "weight_decay", "warmup_ratio", "num_train_epochs", "max_grad_norm"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
-                    or value in (float("inf"), float("-inf")):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{where}.{name} = {value!r}; expected a finite number.")
         if self.trainer_overrides:
             import importlib
