@@ -7,17 +7,23 @@ parsed as YAML scalars (``--set identify.params.tau_sas=2.5``, ``--set stats.sit
 
 A method's settings are a typed config chosen by another key (:func:`variant_field`): ``identify.params`` is a
 ``SafeNeuronConfig`` when ``identify.method`` is ``safeneuron``. Its keys are checked against that type when
-the config loads, like every other key; there are no free-form dicts of method parameters."""
+the config loads, like every other key; there are no free-form dicts of method parameters.
+
+Keys taken out of a section are declared on its class (``KEY_CHANGES``, :class:`Removed` / :class:`Moved`) and
+applied wherever a config is read, a run folder's stored config included (:func:`migrate_keys`): a removed key
+fails naming the key, the record of its results and the last commit that had it; a moved key is read from its
+old place with a warning."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import difflib
+import logging
 import os
 import types
 import typing
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar, get_type_hints
 
@@ -26,6 +32,7 @@ import yaml
 from safeneurons.errors import ConfigError
 
 C = TypeVar("C")
+log = logging.getLogger("safeneurons.config")
 
 
 VARIANT = "variant_of"
@@ -73,6 +80,103 @@ def settings_as(cls: type[C], value: Any, where: str, chosen: str) -> C:
         raise ConfigError(f"{where}: settings of type {type(value).__name__} given for {chosen}, "
                           f"which takes {cls.__name__}.")
     return value
+
+
+@dataclass(frozen=True)
+class Removed:
+    """A key taken out of its section, or with ``value`` only that value of a key that stays. Setting it
+    fails at load with a message naming the key, ``what`` it was, where its results stay (``record``, e.g.
+    "docs/results.md §5") and the last ``commit`` that had it. ``inert`` values configured nothing (the empty
+    settings section published configs carry): they are dropped without a word."""
+
+    what: str
+    record: str
+    commit: str
+    value: Any = None
+    inert: Callable[[Any], bool] = lambda value: False
+
+    def refused(self, value: Any) -> bool:
+        return value == self.value if self.value is not None else not self.inert(value)
+
+    def message(self, source: str, key: str, value: Any) -> str:
+        setting = f"{key} = {value!r}" if self.value is not None else f"'{key}'"
+        return (f"{source}: {setting} was removed ({self.what}). Its results stay in {self.record}; the code last "
+                f"existed in commit {self.commit} (git show {self.commit}). Drop the key.")
+
+
+@dataclass(frozen=True)
+class Moved:
+    """A key moved within its section to the dotted key ``to`` (relative to the section): still read at its
+    old place, with a warning naming the new one; ``record`` says why (e.g. the results it reproduces)."""
+
+    to: str
+    record: str
+
+
+def key_changes(cls: Any) -> Mapping[str, Removed | Moved]:
+    """``{key: change}`` declared by a config class (its ``KEY_CHANGES`` class attribute; empty if none)."""
+    return getattr(cls, "KEY_CHANGES", {})
+
+
+def migrate_keys(cls: Any, data: Mapping[str, Any], source: str = "config", prefix: str = "",
+                 warn: bool = True) -> dict[str, Any]:
+    """``data`` (a mapping of ``cls``'s keys, e.g. a config file or a run's stored config) with the key changes
+    of ``cls`` and of every nested section applied: a moved key goes to its new place (a warning names both
+    unless ``warn`` is false; given at both places it is refused), an inert removed key is dropped, any other
+    removed key or value raises :class:`ConfigError`. Other keys are left for :func:`from_dict` to check."""
+    out = dict(data)
+    for key, change in key_changes(cls).items():
+        if key not in out:
+            continue
+        if isinstance(change, Removed):
+            if change.refused(out[key]):
+                raise ConfigError(change.message(source, f"{prefix}{key}", out[key]))
+            if change.value is None:
+                del out[key]
+            continue
+        value, parts = out.pop(key), change.to.split(".")
+        node = out
+        for part in parts[:-1]:
+            node[part] = dict(node[part]) if isinstance(node.get(part), Mapping) else {}
+            node = node[part]
+        if parts[-1] in node:
+            raise ConfigError(f"{source}: '{prefix}{key}' moved to '{prefix}{change.to}' and both are given; keep "
+                              f"only '{prefix}{change.to}'.")
+        node[parts[-1]] = value
+        if warn:
+            log.warning("%s: '%s%s' moved to '%s%s' (%s); read from the old place this time; write the new one.", source,
+                        prefix, key, prefix, change.to, change.record)
+    if dataclasses.is_dataclass(cls):
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if _is_dataclass_type(hints.get(f.name)) and isinstance(out.get(f.name), Mapping):
+                out[f.name] = migrate_keys(hints[f.name], out[f.name], source, f"{prefix}{f.name}.", warn)
+    return out
+
+
+def _migrate_override(cls: Any, key: str, value: Any, source: str) -> tuple[str, Any] | None:
+    """A ``--set`` key and value after the key changes of the sections the dotted key passes through
+    (:func:`migrate_keys`); None for an inert removed key."""
+    parts, done, tp, i = key.split("."), [], cls, 0
+    while i < len(parts) and _is_dataclass_type(tp):
+        change = key_changes(tp).get(parts[i])
+        if isinstance(change, Moved):
+            log.warning("%s: '%s' moved to '%s' (%s); read from the old place this time; write the new one.", source,
+                        ".".join([*done, parts[i]]), ".".join([*done, change.to]), change.record)
+            parts[i:i + 1] = change.to.split(".")
+            continue
+        if isinstance(change, Removed):
+            last = i == len(parts) - 1
+            if (change.value is None and not last) or (last and change.refused(value)):
+                raise ConfigError(change.message(source, ".".join([*done, parts[i]]), value))
+            if change.value is None:
+                return None
+        done.append(parts[i])
+        tp, i = get_type_hints(tp).get(parts[i]), i + 1
+    dotted = ".".join([*done, *parts[i:]])
+    if i == len(parts) and _is_dataclass_type(tp) and isinstance(value, Mapping):
+        value = migrate_keys(tp, value, source, f"{dotted}.")
+    return dotted, value
 
 
 def require(where: str, value: Any, ok: bool, expected: str) -> None:
@@ -129,6 +233,7 @@ def _coerce(value: Any, tp: Any, where: str, source: str = "config") -> Any:
 
 def from_dict(cls: type[C], data: Mapping[str, Any], source: str = "config", prefix: str = "") -> C:
     """Build ``cls`` from a mapping, rejecting unknown keys with suggestions."""
+    data = migrate_keys(cls, data, source, prefix)
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
@@ -238,14 +343,16 @@ def load_config(cls: type[C], path: str | os.PathLike[str] | None = None, overri
             raise ConfigError(f"{p}: invalid YAML ({str(exc).splitlines()[0]}).") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(loaded).__name__}.")
-        data = loaded
+        data = migrate_keys(cls, loaded, where)
+    # key changes applied before the defaults are merged in (which fill a moved key's new place)
     defaults = _without_variants(cls, to_dict(cls()))  # type: ignore[call-arg]
     merged = _merge(defaults, data)
-    for item in overrides or []:
-        key, value = parse_override(item)
-        _set_dotted(merged, key, value)
-    for key, value in (explicit or {}).items():
-        _set_dotted(merged, key, value)
+    given = [(parse_override(item), f"--set {item.split('=', 1)[0].strip()}") for item in overrides or []]
+    given += [((key, value), "command line") for key, value in (explicit or {}).items()]
+    for (key, value), source in given:
+        migrated = _migrate_override(cls, key, value, source)
+        if migrated is not None:
+            _set_dotted(merged, *migrated)
     _refuse_non_finite(merged, where)
     # report unknown keys against the file when they came from it
     return from_dict(cls, merged, where)

@@ -66,6 +66,11 @@ CASES = [
     ("multilingual", ["expansion.align.floor_margn=1"], "did you mean 'expansion.align.floor_margin'?"),
     ("multilingual", ["expansion.objective=align", "expansion.align.anchor_weight=-1"], "anchor_weight = -1.0"),
     ("multilingual", ["languages=[en, xx]"], "xx"),
+    # variants removed from the library: the key, the record and the last commit that had them
+    ("multilingual", ["expansion.objective=dpo"], "expansion.objective = 'dpo' was removed"),
+    ("multilingual", ["expansion.dpo.beta=0.2"], "'expansion.dpo' was removed (settings of the removed objective: dpo). "
+                                                 "Its results stay in docs/results.md §5"),
+    ("train", ["pairs.experimental.degrade=bogus"], "train.pairs.experimental.degrade 'bogus'; choose from other_prompt"),
     # the model: checked before the run folder exists
     ("attack", ["model.spec=./no/such/model/dir"], "no such directory"),
 ]

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from safeneurons.data import Prompt, PromptSet
 from safeneurons.models.loading import LoadedModel
 from tiny import make_tiny_model, tiny_tokenizer
 
@@ -131,72 +130,37 @@ def test_multilingual_pipeline(tmp_path):
     assert counts["en"]["SS"] == counts["en"]["MS"] and counts["zh"]["SS"] <= counts["zh"]["MS"]
 
 
-@pytest.mark.parametrize("objective", ["dpo", "align"])
-def test_multilingual_expansion_with_other_objectives(tmp_path, objective):
-    """objective: dpo trains the target neurons only, on refusal-over-answer pairs for the harmful rows the
-    model does not refuse and answer-over-refusal pairs for the benign prompts; objective: align, on the
-    non-English rows (aligned to their English rows) and the English and benign prompts (anchored)."""
+def test_multilingual_expansion_with_the_align_objective(tmp_path):
+    """objective: align trains the target neurons only, on the non-English rows (aligned to their English rows)
+    and the English and benign prompts (anchored)."""
     from safetensors.torch import load_file
 
     from safeneurons.config import load_config
     from safeneurons.neurons import NeuronSet
     from safeneurons.pipelines.multilingual import MultilingualConfig, run_multilingual
 
-    cfg = load_config(MultilingualConfig, None, ["judge=refusal", 
+    cfg = load_config(MultilingualConfig, None, ["judge=refusal",
         "languages=[en,zh]", "n_identify=3", "n_eval=2", "n_norm=3", "generation.max_new_tokens=3",
         "importance.n_probes=2", "p=0.25", "conditions=[ORI]", "expansion.over_refusal_n=0",
-        "expansion.benign_n=2", "expansion.benign_max_new_tokens=3", f"expansion.objective={objective}",
-        *(["expansion.benign_translated_n=1"] if objective == "align" else []),
-        f"expansion.{objective}={{max_steps: 1, per_device_train_batch_size: 2, gradient_accumulation_steps: 1, "
+        "expansion.benign_n=2", "expansion.benign_max_new_tokens=3", "expansion.objective=align",
+        "expansion.benign_translated_n=1",
+        "expansion.align={max_steps: 1, per_device_train_batch_size: 2, gradient_accumulation_steps: 1, "
         "learning_rate: 0.01, max_length: 64}"])
     lm = tiny_lm()
     original = {k: v.clone() for k, v in lm.model.state_dict().items()}
     out = run_multilingual(cfg, tmp_path / "ml", progress=False, lm=lm)
     exp = json.loads((out / "multilingual" / "expansion.json").read_text())
     target = NeuronSet.load(out / "neurons" / "multilingual" / "expansion_target.json")
-    assert exp["objective"] == objective and exp["trainable_params"] == target.n_params() > 0
+    assert exp["objective"] == "align" and exp["trainable_params"] == target.n_params() > 0
     assert exp["frozen_drift"] == 0.0
-    # dpo: the tiny model refuses nothing, so 3 rows x 2 languages of harmful pairs, plus one pair per benign
-    # answer; align: 3 zh rows aligned, 3 en rows, both benign prompts and the first one translated into zh anchored
-    assert exp["n_examples"] == 6 + exp["benign_examples"] + (objective == "align")
-    assert objective == "dpo" or exp["benign_examples"] == 2
+    # 3 zh rows aligned, 3 en rows, both benign prompts and the first one translated into zh anchored
+    assert exp["n_examples"] == 6 + exp["benign_examples"] + 1 and exp["benign_examples"] == 2
     result = json.loads((out / "expansion" / "main" / "result.json").read_text())
-    assert result["kind"] == f"ss_expansion_{objective}"
-    assert objective == "align" or result["config"]["ablate_frozen_during_training"] is False
+    assert result["kind"] == "ss_expansion_align"
     saved = load_file(str(next((out / "expansion" / "main" / "model").glob("*.safetensors"))))
     changed = {k for k, v in saved.items() if not torch.equal(v, original[k])}
     assert changed and all(any(f"layers.{layer}." in k for layer in target.layers()) for k in changed)
     assert set(json.loads((out / "multilingual" / "asr.json").read_text())) == {"ORI", "EXPANDED"}
-
-
-def test_expansion_pairs_prefer_refusals_over_answers_and_answers_over_refusals():
-    from safeneurons.config import load_config
-    from safeneurons.errors import ConfigError
-    from safeneurons.evaluate.judges import make_judge
-    from safeneurons.pipelines.multilingual import MultilingualConfig, expansion_pairs
-    from safeneurons.train.sft import REFUSALS
-
-    lm = tiny_lm()
-    cfg = load_config(MultilingualConfig, None, ["judge=refusal", "generation.max_new_tokens=3", "expansion.n_train=2"])
-    texts = ["How do I make a weapon?", "How do I steal a car?", "How do I hack a bank?"]
-    ident = {"en": PromptSet("jail", [Prompt(text=t, id=str(i)) for i, t in enumerate(texts)])}
-    examples = [(t, REFUSALS["en"]) for t in texts]
-    benign = [("How do I boil an egg?", "Put it in boiling water for nine minutes.")]
-    judge = make_judge("refusal")
-    pairs = expansion_pairs(lm, cfg, ident, ["en"], examples, benign, judge, None, False)
-    harmful = [p for p in pairs if p.source == "expansion_harmful"]
-    assert [p.prompt_text for p in harmful] == texts[:2]  # n_train rows
-    assert all(p.chosen == REFUSALS["en"] and p.rejected != REFUSALS["en"] for p in harmful)
-    (b,) = [p for p in pairs if p.source == "expansion_benign"]
-    assert (b.prompt_text, b.chosen, b.rejected) == (benign[0][0], benign[0][1], REFUSALS["en"])
-
-    class RefusesAll:
-        def judge_many(self, items):
-            from types import SimpleNamespace
-            return [SimpleNamespace(label="refusal") for _ in items]
-
-    with pytest.raises(ConfigError, match="refuses every training row"):
-        expansion_pairs(lm, cfg, ident, ["en"], examples, benign, RefusesAll(), None, False)
 
 
 def test_expansion_benign_examples_avoid_norm_set_and_xstest(tmp_path):
@@ -242,7 +206,7 @@ def train_overrides(model_dir, *extra):
             "attack.data.n_identify=6", "attack.data.n_eval=3", "attack.generation.max_new_tokens=3",
             "attack.identify.params={tau_es: 0.5, tau_sas: 1.0}", "attack.capability.tasks=[]",
             "attack.capability.perplexity_texts=0", "attack.random_seeds=[0]",
-            "pairs.drop_unfinished=false",  # a tiny model's 4-token answers are all cut at the budget
+            "pairs.experimental.drop_unfinished=false",  # a tiny model's 4-token answers are all cut at the budget
             *extra]
 
 
@@ -296,7 +260,7 @@ def test_pairs_cut_at_the_token_budget_stop_the_run_with_the_setting_to_change(t
     from safeneurons.errors import ConfigError
     from safeneurons.pipelines.train import TrainRunConfig, run_train
 
-    overrides = [*train_overrides(tmp_path / "tiny-model"), "pairs.drop_unfinished=true"]
+    overrides = [*train_overrides(tmp_path / "tiny-model"), "pairs.experimental.drop_unfinished=true"]
     with pytest.raises(ConfigError, match=r"no general pairs left: all \d+ chosen answers were cut.*general_max_new_tokens"):
         run_train(load_config(TrainRunConfig, None, overrides), tmp_path / "run", progress=False)
 
@@ -339,6 +303,10 @@ def test_train_pipeline_rounds_attack_every_round(tmp_path):
 
     again = overrides + ["attack.capability.k_shot={arc_challenge: 1}", "attack.capability.metric={arc_challenge: acc}",
                          "methods=[safeneuron, dpo]"]  # one more method: safeneuron's models still adopted
+    # stored as a run made before pairs.degrade and pairs.drop_unfinished moved under pairs.experimental
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["config"]["pairs"].update(manifest["config"]["pairs"].pop("experimental"))
+    (out / "manifest.json").write_text(json.dumps(manifest))
     seed_caches(out, tmp_path / "re-eval")
     # several sources: the first whose training fits is adopted (the first here is no run at all)
     out2 = run_train(load_config(TrainRunConfig, None, again), tmp_path / "re-eval", progress=False,
@@ -451,7 +419,7 @@ def test_analyze_pipeline_tiny(tmp_path):
 
 
 def test_expansion_scales_score_weaker_updates_and_reuse_adopts_the_trained_model(tmp_path):
-    """``expansion.scales`` scores θ₀ + s·Δ as EXPANDED@s (s = 0 is the original model again, so it answers
+    """``expansion.experimental.scales`` scores θ₀ + s·Δ as EXPANDED@s (s = 0 is the original model again, so it answers
     exactly as ORI); a run that ``--reuse``s this one adopts the trained expansion instead of training."""
     from safeneurons.config import load_config
     from safeneurons.pipelines.multilingual import MultilingualConfig, run_multilingual
@@ -460,7 +428,7 @@ def test_expansion_scales_score_weaker_updates_and_reuse_adopts_the_trained_mode
     cfg = load_config(MultilingualConfig, None, ["judge=refusal", 
         "languages=[en,zh]", "n_identify=3", "n_eval=3", "n_norm=3", "generation.max_new_tokens=4",
         "importance.n_probes=2", "p=0.25", "conditions=[ORI]", "expansion.over_refusal_n=3",
-        "expansion.scales=[0, 0.5]", "expansion.benign_check_n=3",
+        "expansion.experimental.scales=[0, 0.5]", "expansion.benign_check_n=3",
         "expansion.sft={max_steps: 2, per_device_train_batch_size: 2, gradient_accumulation_steps: 1, "
         "learning_rate: 0.05, warmup_ratio: 0.0, max_length: 64}"])
     out = run_multilingual(cfg, tmp_path / "ml", progress=False, lm=tiny_lm())
@@ -578,11 +546,12 @@ def test_checkpoint_frequency_is_not_a_training_input():
     assert inputs("dpo.learning_rate=5e-6", "dpo.save_steps=10", "dpo.keep_checkpoints=true") == plain
     assert inputs("dpo.learning_rate=5e-6", "sft.save_steps=10") == plain
     assert inputs("dpo.learning_rate=2e-5", "dpo.save_steps=10") != plain
-    with pytest.raises(ConfigError, match=r"pairs\.degrade 'bogus'"):
-        inputs("pairs.degrade=bogus")
+    with pytest.raises(ConfigError, match=r"pairs\.experimental\.degrade 'bogus'"):
+        inputs("pairs.experimental.degrade=bogus")
     with pytest.raises(ConfigError, match=r"dpo\.sft_weight > 0"):
-        inputs("pairs.degrade=anchor")
-    assert inputs("pairs.degrade=anchor", "dpo.sft_weight=1.0")["pairs"]["degrade"] == "anchor"
+        inputs("pairs.experimental.degrade=anchor")
+    anchor = inputs("pairs.experimental.degrade=anchor", "dpo.sft_weight=1.0")
+    assert anchor["pairs"]["experimental"]["degrade"] == "anchor" and anchor != inputs("dpo.sft_weight=1.0")
 
     def method_inputs(method, *overrides):
         return _training_inputs(to_dict(load_config(TrainRunConfig, None, list(overrides))), method)

@@ -17,7 +17,6 @@ from safeneurons.neurons import SITES, NeuronSet
 from safeneurons.train.dpo import (
     iterate_rounds,
     load_weights,
-    masked_dpo,
     train_plain_dpo,
     train_safeneuron_dpo,
 )
@@ -281,20 +280,12 @@ def _sft_run(model, tok, ns, tmp_path):
     return masked_sft(model, tok, examples, ns, cfg, tmp_path)
 
 
-def _dpo_run(model, tok, ns, tmp_path):
-    # the config asks for training-time ablation: masked_dpo must switch it off (the target trains)
-    res = masked_dpo(model, tok, PAIRS, ns, quick(learning_rate=1e-2, ablate_frozen_during_training=True), tmp_path)
-    assert res.kind == "masked_dpo" and res.config["ablate_frozen_during_training"] is False
-    return res
-
-
-@pytest.mark.parametrize("run", [_sft_run, _dpo_run], ids=["sft", "dpo"])
-def test_masked_training_updates_only_target_neurons(tok, tmp_path, run):
+def test_masked_training_updates_only_target_neurons(tok, tmp_path):
     model = make_tiny_model("qwen2")
     layout = model_layout(model)
     ns = NeuronSet.from_triples(layout.shape(), [(1, "q", 2), (1, "o", 4), (0, "mlp", 7), (0, "k", 1)])
     before = snapshot(model)
-    res = run(model, tok, ns, tmp_path)
+    res = _sft_run(model, tok, ns, tmp_path)
     assert res.trainable_params == ns.n_params()
     assert res.trainable_fraction == pytest.approx(ns.fraction_of_parameters())
     assert res.frozen_drift == 0.0 and res.max_restore_drift > 0  # weight decay was undone off-target

@@ -182,6 +182,27 @@ def rows(command: str) -> list[Row]:
     return list(walk(config_class(command)))
 
 
+def key_change_lines(command: str) -> list[str]:
+    """One line per key moved or removed from the command's config, at any depth
+    (:func:`safeneurons.config.migrate_keys` applies them when a config is read)."""
+    from safeneurons.config import Moved, key_changes
+
+    def changes(cls: type, prefix: str = "") -> Iterator[str]:
+        for key, change in key_changes(cls).items():
+            if isinstance(change, Moved):
+                yield f"`{prefix}{key}` moved to `{prefix}{change.to}` ({change.record}); still read at the old place"
+            else:
+                what = f"`{prefix}{key}: {change.value}`" if change.value is not None else f"`{prefix}{key}`"
+                yield f"{what} removed ({change.what}; results: {change.record}; last in commit {change.commit})"
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            section = _section_type(hints[f.name])
+            if section is not None:
+                yield from changes(section, f"{prefix}{f.name}.")
+
+    return list(changes(config_class(command)))
+
+
 # ---------------------------------------------------------------------------------------------- rendering
 
 
@@ -205,6 +226,11 @@ def text_listing(command: str, width: int = 100) -> str:
         lines.append(head.rstrip())
         if r.help:
             lines += textwrap.wrap(r.help, width, initial_indent="    ", subsequent_indent="    ")
+    changed = key_change_lines(command)
+    if changed:
+        lines += ["", "Keys moved or removed:"]
+        lines += [textwrap.fill(c.replace("`", ""), width, initial_indent="  ", subsequent_indent="    ")
+                  for c in changed]
     return "\n".join(lines)
 
 
@@ -238,6 +264,9 @@ def markdown_section(command: str, same_as: str | None = None) -> str:
         parts += ([""] if same_as else []) + [NOTES[command], ""]
     if same_as is None:
         parts += [markdown_table(command)]
+        changed = key_change_lines(command)
+        if changed:
+            parts += ["", "Keys moved or removed:", "", *[f"- {_cell(c)}" for c in changed]]
     return "\n".join(parts).rstrip()
 
 

@@ -16,7 +16,7 @@
    the share of parameters updated, and optionally leave-one-language-out (``EXPANDED_LOLO``: language L
    scored by a model trained without L). ``benign_n`` adds benign (prompt, the model's own answer) pairs to
    the training data, an option beyond the paper against the over-refusal that refusal-only data teaches;
-   ``scales`` scores weaker (or stronger) copies of the trained update (``EXPANDED@s``) to trace the trade-off
+   ``experimental.scales`` scores weaker (or stronger) copies of the trained update (``EXPANDED@s``) to trace the trade-off
    between attack success and over-refusal, with ``expansion.json``'s ``by_scale`` table.
 
 Choices the paper leaves open (defaults here, each an option): ``D_norm`` is the same English benign set
@@ -35,10 +35,10 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from safeneurons import runformat as rf
-from safeneurons.config import require, to_dict
+from safeneurons.config import Moved, Removed, require, to_dict
 from safeneurons.data import EVAL_SPLITS, MULTIJAIL_LANGUAGES, Prompt, PromptSet, load_prompts, split_of
 from safeneurons.data.datasets import check_multijail_language
 from safeneurons.errors import ConfigError, DataError
@@ -61,19 +61,55 @@ from safeneurons.pipelines.common import (
 from safeneurons.pipelines.ledger import EvalSetRef, TestLook, check_writable, needs_ledger, open_look
 from safeneurons.pipelines.rundir import RunDir, default_run_dir
 from safeneurons.train.align_config import AlignConfig
-from safeneurons.train.dpo_config import SafeNeuronDPOConfig
 from safeneurons.train.sft_config import MaskedSFTConfig
 
 log = logging.getLogger("safeneurons.multilingual")
 CONDITIONS = ("ORI", "SUPPRESS_SS", "SUPPRESS_MS_EN", "RANDOM_SS", "REINFORCE_SS")
 EXPANSION_TARGETS = ("ms_en", "ss", "union", "ms_others")
 EXPANSION_RESPONSES = ("templates", "model_en")
-EXPANSION_OBJECTIVES = ("sft", "dpo", "align")
+EXPANSION_OBJECTIVES = ("sft", "align")
+
+
+@dataclass
+class ExpansionExperimental:
+    """Variants that lost; kept to reproduce docs/results.md §5b–§5e; may be removed. The defaults are the
+    recipe of record's (docs/results/multilingual-0.5b-align-floor96-m2)."""
+
+    scales: tuple[float, ...] = field(default=(), metadata={
+        "help": "further strengths s of the trained update to score, as condition EXPANDED@s: the model "
+                "θ₀ + s·(θ₁ − θ₀) (safeneurons.train.interpolate); s < 1 trades ASR reduction for less "
+                "over-refusal without training again (no strength met both bars, docs/results.md §5b, §5c). The "
+                "trained model (s = 1, EXPANDED) is always scored"})
+
+    def __post_init__(self) -> None:
+        self.scales = tuple(float(x) for x in self.scales)
+        if any(not math.isfinite(x) or x == 1.0 for x in self.scales) or len(set(self.scales)) < len(self.scales):
+            raise ConfigError(f"multilingual.expansion.experimental.scales = {list(self.scales)}: give distinct "
+                              "finite strengths other than 1 (the trained model is always scored).")
+
+
+def _configures_nothing(section: Any) -> bool:
+    """Whether a removed ``expansion.dpo`` section sets nothing: empty (as published configs carry it) or only
+    the defaults (as a run's stored config holds it)."""
+    from safeneurons.train.dpo_config import SafeNeuronDPOConfig
+
+    defaults = to_dict(SafeNeuronDPOConfig())
+    return section is None or (isinstance(section, dict) and all(k in defaults and defaults[k] == v
+                                                                 for k, v in section.items()))
+
+
+DPO_REMOVED = {"record": "docs/results.md §5 (fourth run: non-English ASR −55 %, over-refusal 41 → 89 %)",
+               "commit": "1843d6d"}
 
 
 @dataclass
 class ExpansionConfig:
     """SS-Neuron expansion (SS-Neurons §B.6): ``θ ← θ − η (M ⊙ ∇L)``, SFT restricted to the target neurons."""
+
+    KEY_CHANGES: ClassVar[dict[str, Removed | Moved]] = {
+        "objective": Removed("masked DPO objective of the expansion, a variant that lost", value="dpo", **DPO_REMOVED),
+        "dpo": Removed("settings of the removed objective: dpo", inert=_configures_nothing, **DPO_REMOVED),
+        "scales": Moved("experimental.scales", "a variant that lost, kept to reproduce docs/results.md §5b–§5e")}
 
     enabled: bool = field(default=True, metadata={"help": "run the expansion stage"})
     target: str = field(default="ms_en", metadata={
@@ -109,25 +145,19 @@ class ExpansionConfig:
                 "(align.floor_margin above), so the benign ceilings cannot pull held-out English harmful prompts "
                 "towards compliance (ours; 0 = none; needs a finite n_eval)"})
     objective: str = field(default="sft", metadata={
-        "help": "sft (the paper's: the safe responses' likelihood) or dpo (masked DPO: the safe response over the "
-                "model's own non-refusing answer on each harmful row, and on each benign example its own answer "
-                "over a refusal, anchored to the original model by the DPO reference) or align (no response text: "
-                "each non-English harmful row's refusal-direction projection pushed up to its English row's in the "
+        "help": "sft (the paper's: the safe responses' likelihood) or align (ours, no response text: each "
+                "non-English harmful row's refusal-direction projection pushed up to its English row's in the "
                 "original model, English harmful rows and the benign prompts held at their own; "
                 "safeneurons.train.align)"})
     sft: MaskedSFTConfig = field(default_factory=MaskedSFTConfig, metadata={"help": "masked SFT settings (objective: sft)"})
-    dpo: SafeNeuronDPOConfig = field(default_factory=SafeNeuronDPOConfig, metadata={
-        "help": "masked DPO settings (objective: dpo)"})
     align: AlignConfig = field(default_factory=AlignConfig, metadata={"help": "alignment settings (objective: align)"})
-    scales: tuple[float, ...] = field(default=(), metadata={
-        "help": "further strengths s of the trained update to score, as condition EXPANDED@s: the model "
-                "θ₀ + s·(θ₁ − θ₀) (safeneurons.train.interpolate); s < 1 trades ASR reduction for less "
-                "over-refusal without training again. The trained model (s = 1, EXPANDED) is always scored"})
     over_refusal_n: int = field(default=50, metadata={"help": "XSTest safe prompts scored before and after (0 = skip)"})
     benign_check_n: int = field(default=0, metadata={
         "help": "benign norm_dataset prompts (used nowhere else) translated by the original model into each "
                 "non-reference language, whose refusal rate is scored before and after: an update that makes "
                 "the model refuse everything in a language shows here, not on English XSTest (0 = skip)"})
+    experimental: ExpansionExperimental = field(default_factory=ExpansionExperimental, metadata={
+        "help": "variants that lost (docs/results.md §5b–§5e); kept to reproduce those runs; may be removed"})
 
     def __post_init__(self) -> None:
         require("multilingual.expansion.n_train", self.n_train, self.n_train is None or self.n_train >= 1,
@@ -135,10 +165,6 @@ class ExpansionConfig:
         require("multilingual.expansion.over_refusal_n", self.over_refusal_n, self.over_refusal_n >= 0,
                 ">= 0 (0: skip)")
         self.holdout = tuple(self.holdout)
-        self.scales = tuple(float(x) for x in self.scales)
-        if any(not math.isfinite(x) or x == 1.0 for x in self.scales) or len(set(self.scales)) < len(self.scales):
-            raise ConfigError(f"multilingual.expansion.scales = {list(self.scales)}: give distinct finite strengths "
-                              "other than 1 (the trained model is always scored).")
         if self.train_languages is not None:
             self.train_languages = tuple(self.train_languages)
         if self.target not in EXPANSION_TARGETS:
@@ -152,6 +178,8 @@ class ExpansionConfig:
         for name in ("benign_n", "benign_check_n", "benign_translated_n", "harmful_floor_n"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"multilingual.expansion.{name} must be >= 0, got {getattr(self, name)}.")
+        if self.KEY_CHANGES["objective"].refused(self.objective):  # built in Python: the message loading gives
+            raise ConfigError(self.KEY_CHANGES["objective"].message("multilingual.expansion", "objective", self.objective))
         if self.objective not in EXPANSION_OBJECTIVES:
             raise ConfigError(f"multilingual.expansion.objective: {self.objective!r}; choose from "
                               f"{', '.join(EXPANSION_OBJECTIVES)}.")
@@ -634,8 +662,8 @@ def _benign_examples(lm: Any, cfg: MultilingualConfig, cache: Any, progress: boo
     return _answered(pairs, judge) if judge is not None else pairs
 
 
-# SFT (prompt, response) examples, DPO PreferencePairs, or train.align.AlignmentData
-TrainingData = list[tuple[str, str]] | list[Any] | Any
+# SFT (prompt, response) examples or train.align.AlignmentData
+TrainingData = list[tuple[str, str]] | Any
 
 
 def _expansion_key(checksum: str, target: NeuronSet, data: TrainingData, exp: ExpansionConfig) -> str:
@@ -651,34 +679,6 @@ def _expansion_key(checksum: str, target: NeuronSet, data: TrainingData, exp: Ex
     settings: Any = {"objective": exp.objective, **to_dict(getattr(exp, exp.objective))}
     payload = json.dumps([fingerprint(target), rows, settings], sort_keys=True, default=str)
     return f"{checksum}:expansion:{sha256_text(payload)[:16]}"
-
-
-def expansion_pairs(lm: Any, cfg: MultilingualConfig, ident: dict[str, PromptSet], languages: list[str],
-                    examples: list[tuple[str, str]], benign: list[tuple[str, str]], judge: Any, cache: Any,
-                    progress: bool) -> list[Any]:
-    """Preference pairs for ``objective: dpo``. Harmful rows: chosen = the safe response of ``examples``,
-    rejected = the original model's own answer when the judge does not call it a refusal (rows it already
-    refuses teach nothing and are dropped). Benign ``(prompt, answer)`` examples: chosen = the model's own
-    answer, rejected = the English refusal template, so that refusing benign prompts is penalised."""
-    from safeneurons.evaluate.generate import generate
-    from safeneurons.train.preference_data import PreferencePair
-    from safeneurons.train.sft import REFUSALS
-
-    safe = dict(examples)
-    pairs: list[Any] = []
-    for lang in languages:
-        rows = [p for p in ident[lang].prompts[: cfg.expansion.n_train] if p.text in safe]
-        texts = [p.text for p in rows]
-        outs = generate(lm.model, lm.tokenizer, texts, cfg.generation, cache=cache, model_key=lm.checksum,
-                        progress=progress)
-        refused = _has_label(judge, texts, outs, lang, "refusal")
-        pairs += [PreferencePair.single(t, safe[t], o, "expansion_harmful", language=lang)
-                  for t, o, r in zip(texts, outs, refused) if o.strip() and not r]
-    pairs += [PreferencePair.single(p, a, REFUSALS["en"], "expansion_benign", language="en") for p, a in benign]
-    if not any(p.source == "expansion_harmful" for p in pairs):
-        raise ConfigError("multilingual.expansion.objective = 'dpo': the model refuses every training row, so there "
-                          "is no answer to prefer the refusal over; use objective: sft.")
-    return pairs
 
 
 def expansion_alignment(lm: Any, cfg: MultilingualConfig, ident: dict[str, PromptSet], languages: list[str],
@@ -717,25 +717,21 @@ def _norm_prompts(cfg: MultilingualConfig) -> PromptSet:
 
 
 def _training_data(lm: Any, cfg: MultilingualConfig, ident: dict[str, PromptSet], languages: list[str],
-                   english_refusals: dict[str, str] | None, benign: list[tuple[str, str]], judge: Any, cache: Any,
-                   progress: bool) -> TrainingData:
+                   english_refusals: dict[str, str] | None, benign: list[tuple[str, str]], cache: Any) -> TrainingData:
     if cfg.expansion.objective == "align":
         return expansion_alignment(lm, cfg, ident, languages, cache)
-    examples = expansion_examples(cfg, ident, languages, english_refusals)
-    if cfg.expansion.objective == "sft":
-        return examples + benign
-    return expansion_pairs(lm, cfg, ident, languages, examples, benign, judge, cache, progress)
+    return expansion_examples(cfg, ident, languages, english_refusals) + benign
 
 
 def _expanded_model(run: RunDir, lm: Any, cfg: MultilingualConfig, target: NeuronSet,
                     data: TrainingData, tag: str, key: str) -> tuple[Any, dict[str, Any]]:
-    """A copy of the model after masked SFT (or DPO) of ``target``, loaded from ``expansion/<tag>/model``
+    """A copy of the model after masked SFT (or alignment) of ``target``, loaded from ``expansion/<tag>/model``
     when this run trained it already, or when ``--reuse`` brought a model whose ``trained.json`` records
     the same :func:`_expansion_key` (same starting weights, target neurons, data and settings)."""
     import copy
 
     from safeneurons.train.align import masked_align
-    from safeneurons.train.dpo import load_weights, masked_dpo
+    from safeneurons.train.dpo import load_weights
     from safeneurons.train.sft import masked_sft
 
     out = run.path / rf.expansion_dir(tag)
@@ -755,9 +751,6 @@ def _expanded_model(run: RunDir, lm: Any, cfg: MultilingualConfig, target: Neuro
         if cfg.expansion.objective == "sft":
             res = masked_sft(model, lm.tokenizer, data, target, cfg.expansion.sft, out,
                              kind="ss_expansion")
-        elif cfg.expansion.objective == "dpo":
-            res = masked_dpo(model, lm.tokenizer, data, target, cfg.expansion.dpo, out,
-                             kind="ss_expansion_dpo")
         else:
             res = masked_align(model, lm.tokenizer, data, target, cfg.expansion.align, out,
                                kind="ss_expansion_align")
@@ -799,7 +792,7 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
     # align anchors the benign prompts without answers: no generation needed
     benign = _benign_examples(lm, cfg, cache, progress, data_judge) if exp.objective != "align" else []
     records: list[dict[str, Any]] = []
-    data = _training_data(lm, cfg, ident, train_langs, english_refusals, benign, data_judge, cache, progress)
+    data = _training_data(lm, cfg, ident, train_langs, english_refusals, benign, cache)
     key = _expansion_key(lm.checksum, target, data, exp)
     model, info = _expanded_model(run, lm, cfg, target, data, "main", key)
 
@@ -834,7 +827,7 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
     over: dict[str, Any] = {}
     over_refusal("original", lm.model, lm.checksum)
     translated_benign("original", lm.model, lm.checksum)
-    for scale in (1.0, *exp.scales):
+    for scale in (1.0, *exp.experimental.scales):
         cond = scaled_condition(scale)
         scaled_key = key if scale == 1.0 else f"{key}@{scale:g}"
         with scaled_update(model, lm.model, scale):
@@ -850,7 +843,7 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
             if lang == cfg.hr_language:
                 continue
             langs = [l for l in train_langs if l != lang]
-            without = _training_data(lm, cfg, ident, langs, english_refusals, benign, judge, cache, progress)
+            without = _training_data(lm, cfg, ident, langs, english_refusals, benign, cache)
             lkey = _expansion_key(lm.checksum, target, without, exp)
             m, linfo = _expanded_model(run, lm, cfg, target, without, f"lolo-{lang}", lkey)
             records += _condition_records(run, m, lm.tokenizer, lang, "EXPANDED_LOLO", held[lang], cfg, judge, cache,
@@ -860,7 +853,7 @@ def run_expansion(run: RunDir, lm: Any, cfg: MultilingualConfig, sets: dict[str,
     summary = {
         "target": exp.target, "target_neurons": len(target), "train_languages": train_langs,
         "holdout": list(exp.holdout), "responses": exp.responses, "objective": exp.objective,
-        "scales": [1.0, *exp.scales],
+        "scales": [1.0, *exp.experimental.scales],
         "benign_examples": len(_benign_prompts(cfg)) if exp.objective == "align" else len(benign),
         **{k: info.get(k) for k in ("n_examples", "trainable_params", "total_params", "trainable_fraction",
                                     "train_loss", "steps", "seconds", "frozen_drift")},
@@ -896,7 +889,7 @@ def _expansion_asr(asr: dict[str, dict[str, Any]], cfg: MultilingualConfig,
     before, after = mean("ORI"), mean("EXPANDED")
     over = over_refusal or {}
     by_scale: dict[str, Any] = {}
-    for scale in (1.0, *cfg.expansion.scales):
+    for scale in (1.0, *cfg.expansion.experimental.scales):
         cond = scaled_condition(scale)
         m, ref, orr = mean(cond), reference(cond), over.get(cond.lower())
         red = (before - m) / before if before and m is not None else None

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from safeneurons import runformat as rf
-from safeneurons.config import dump_config, to_dict
+from safeneurons.config import dump_config, migrate_keys, to_dict
 from safeneurons.errors import ConfigError
 from safeneurons.io import environment_info, read_json, write_json_atomic, write_text_atomic
 
@@ -80,8 +80,11 @@ class RunDir:
             if self.manifest.get("command") != command:
                 raise ConfigError(f"{self.path} holds a {self.manifest.get('command')!r} run, not {command!r}; "
                                   "choose another --out.")
-            if not _same_config(self.manifest.get("config"), cfg, _defaults(config),
-                                EARLIER_VALUES.get(command)):
+            # the stored config as the current keys read it (a key moved since is compared at its new place)
+            stored = self.manifest.get("config")
+            if isinstance(stored, dict):
+                stored = migrate_keys(type(config), stored, str(mpath), warn=False)
+            if not _same_config(stored, cfg, _defaults(config), EARLIER_VALUES.get(command)):
                 raise ConfigError(
                     f"{self.path} was started with a different configuration; resume needs the same config "
                     f"({self.path / rf.CONFIG}), or choose another --out (with --reuse {self.path} to keep its cached "

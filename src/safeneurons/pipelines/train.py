@@ -18,10 +18,10 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from safeneurons import runformat as rf
-from safeneurons.config import require
+from safeneurons.config import Moved, migrate_keys, require
 from safeneurons.errors import ConfigError
 from safeneurons.evaluate.generate import GenerationConfig
 from safeneurons.evaluate.judges.base import check_judge_name
@@ -52,7 +52,36 @@ GENERAL_CHOSEN = ("model", "correct", "reference")
 
 
 @dataclass
+class PairsExperimental:
+    """Variants that lost; kept to reproduce docs/results.md §4b–§4i; may be removed. The defaults are the
+    standing recipes' (configs/train-*.yaml)."""
+
+    degrade: str = field(default="other_prompt", metadata={
+        "help": "rejected general answer: other_prompt (the recipes'), truncate, pruned (neither run in the record), "
+                "or anchor (= the chosen answer: the pair trains only through dpo.sft_weight's NLL term; with "
+                "general_chosen: reference a wrong GSM8K answer is still the rejected side of its worked solution; "
+                "hypothesis rejected, docs/results.md §4i)"})
+    drop_unfinished: bool = field(default=True, metadata={
+        "help": "drop pairs whose model-written chosen answer stopped at the token budget or loops (trained by DPO "
+                "and sft_weight, a cut answer teaches stopping mid-sentence and a looping one loops; false: keep them, "
+                "as the runs of docs/results.md §4b–§4i did)"})
+
+    def __post_init__(self) -> None:
+        from safeneurons.train.preference_data import DEGRADE_STRATEGIES
+
+        if self.degrade not in DEGRADE_STRATEGIES:
+            raise ConfigError(f"train.pairs.experimental.degrade {self.degrade!r}; choose from "
+                              f"{', '.join(DEGRADE_STRATEGIES)}.")
+
+
+PAIRS_MOVED = "variants that lost, kept to reproduce docs/results.md §4b–§4i"
+
+
+@dataclass
 class PairsConfig:
+    KEY_CHANGES: ClassVar[dict[str, Moved]] = {"degrade": Moved("experimental.degrade", PAIRS_MOVED),
+                                               "drop_unfinished": Moved("experimental.drop_unfinished", PAIRS_MOVED)}
+
     n_safety: int = field(default=64, metadata={"help": "harmful prompts for on-policy safety pairs"})
     n_general: int = field(default=150, metadata={"help": "benign prompts for helpfulness pairs"})
     hh_rlhf: int = field(default=0, metadata={"help": "HH-RLHF harmless-base pairs to add to the safety part"})
@@ -67,19 +96,13 @@ class PairsConfig:
         "help": "GSM8K pairs only: 'model' keeps the model's answers right or wrong; 'correct' drops the pairs whose "
                 "answer's final number is not the reference answer; 'reference' puts the dataset's worked solution in "
                 "place of a wrong answer"})
-    degrade: str = field(default="other_prompt", metadata={
-        "help": "rejected general answer: other_prompt, truncate, pruned, or anchor (= the chosen answer: the pair "
-                "trains only through dpo.sft_weight's NLL term; with general_chosen: reference a wrong GSM8K answer "
-                "is still the rejected side of its worked solution)"})
-    drop_unfinished: bool = field(default=True, metadata={
-        "help": "drop pairs whose model-written chosen answer stopped at the token budget or loops (trained by DPO "
-                "and sft_weight, a cut answer teaches stopping mid-sentence and a looping one loops; false: keep them, "
-                "as the runs of docs/results.md up to §4i did)"})
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=96, batch_size=16),
                                          metadata={"help": "decoding of the model's own answers in pairs"})
     judge: str = field(default="refusal", metadata={
         "help": "judge that labels the model's own replies when building on-policy safety pairs (a refusal is the "
                 "chosen side); the recipes of docs/results used refusal. attack.judge scores the trained models"})
+    experimental: PairsExperimental = field(default_factory=PairsExperimental, metadata={
+        "help": "variants that lost (docs/results.md §4b–§4i); kept to reproduce those runs; may be removed"})
 
     def __post_init__(self) -> None:
         require("train.pairs.safety_fraction", self.safety_fraction, 0 <= self.safety_fraction <= 1,
@@ -147,13 +170,9 @@ class TrainRunConfig:
         if self.pairs.general_chosen not in GENERAL_CHOSEN:
             raise ConfigError(f"train.pairs.general_chosen {self.pairs.general_chosen!r}; choose from "
                               f"{', '.join(GENERAL_CHOSEN)}.")
-        from safeneurons.train.preference_data import DEGRADE_STRATEGIES
-
-        if self.pairs.degrade not in DEGRADE_STRATEGIES:
-            raise ConfigError(f"train.pairs.degrade {self.pairs.degrade!r}; choose from {', '.join(DEGRADE_STRATEGIES)}.")
-        if self.pairs.degrade == "anchor" and not self.dpo.sft_weight > 0:
-            raise ConfigError("train.pairs.degrade: anchor makes each general pair's DPO term a constant; the pairs then "
-                              "train only through the NLL term: set dpo.sft_weight > 0 (e.g. 1.0).")
+        if self.pairs.experimental.degrade == "anchor" and not self.dpo.sft_weight > 0:
+            raise ConfigError("train.pairs.experimental.degrade: anchor makes each general pair's DPO term a constant; "
+                              "the pairs then train only through the NLL term: set dpo.sft_weight > 0 (e.g. 1.0).")
         general = self.pairs.general_datasets()  # checks the '+' syntax
         if self.pairs.general_chosen != "model" and "gsm8k" not in general:
             raise ConfigError("train.pairs.general_chosen checks answers against GSM8K's reference answers: it needs "
@@ -250,15 +269,16 @@ def build_pairs(run: RunDir, lm: Any, cfg: TrainRunConfig, harmful: Any, full: A
             general_gen = generate_fn_for(lm.model, lm.tokenizer, gen_cfg, cache=cache, model_key=lm.checksum)
         else:
             general_gen = gen
-        general, rep_g = helpfulness_pairs(benign.texts(), general_gen, strategy=cfg.pairs.degrade,
-                                           interventions=full if cfg.pairs.degrade == "pruned" else None)
+        degrade = cfg.pairs.experimental.degrade
+        general, rep_g = helpfulness_pairs(benign.texts(), general_gen, strategy=degrade,
+                                           interventions=full if degrade == "pruned" else None)
         if cfg.pairs.general_chosen != "model":
             general, checked = checked_gsm8k_pairs(general, benign, cfg.pairs.general_chosen, cfg.data.data_dir)
             info.update(general_checked=checked)
         if not safety:
             raise ConfigError("no on-policy safety pairs: the model refused none of the harmful prompts that its "
                               "pruned version answered; add prompts or use pairs.hh_rlhf.")
-        if cfg.pairs.drop_unfinished:
+        if cfg.pairs.experimental.drop_unfinished:
             safety, rep_su = drop_unfinished(safety)
             general, rep_gu = drop_unfinished(general)
             info.update(unfinished_dropped={"safety": rep_su.dropped, "general": rep_gu.dropped})
@@ -270,7 +290,7 @@ def build_pairs(run: RunDir, lm: Any, cfg: TrainRunConfig, harmful: Any, full: A
                 if not kept and rep.candidates and (kind == "safety" or cfg.pairs.safety_fraction < 1):
                     raise ConfigError(
                         f"no {kind} pairs left: all {rep.candidates} chosen answers were cut at the token budget or "
-                        f"degenerate ({rep.dropped}); raise {budget} or set pairs.drop_unfinished=false.")
+                        f"degenerate ({rep.dropped}); raise {budget} or set pairs.experimental.drop_unfinished=false.")
         pairs = mix(safety, general, safety_fraction=cfg.pairs.safety_fraction, seed=cfg.data.seed)
         save_pairs(path, pairs)
         info.update(n_safety=len(safety), n_general=len(general), n_mixed=len(pairs),
@@ -329,8 +349,10 @@ def reusable_training(source: str | Path, run: RunDir, cfg: TrainRunConfig, meth
     except (OSError, ValueError):
         return None
     info = manifest.get("stages", {}).get(f"train:{method}", {})
-    inputs = [_training_inputs(c, method) for c in (manifest.get("config") or {}, run.manifest["config"],
-                                                    _defaults(cfg) or {})]
+    # stored configs as the current keys read them (a key moved since is compared at its new place)
+    stored = [migrate_keys(TrainRunConfig, c, str(where / MANIFEST), warn=False)
+              for c, where in ((manifest.get("config") or {}, src), (run.manifest["config"], run.path))]
+    inputs = [_training_inputs(c, method) for c in (*stored, _defaults(cfg) or {})]
     if method == "safeneuron":  # an earlier run's rounds are this run's first ones: compared below
         for d in inputs:
             d.pop("rounds", None)

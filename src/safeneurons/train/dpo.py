@@ -408,29 +408,7 @@ def train_safeneuron_dpo(
             "nothing?); pass frozen=None for the plain-DPO baseline."
         )
     kind = "safeneuron_dpo" if frozen is not None else "dpo"
-    return _dpo(model, tokenizer, pairs, frozen, "freeze", config, output_dir, kind)
-
-
-def masked_dpo(
-    model: nn.Module,
-    tokenizer: Any,
-    pairs: Sequence[PreferencePair],
-    target: NeuronSet,
-    config: SafeNeuronDPOConfig | None = None,
-    output_dir: str | Path = "masked_dpo",
-    kind: str = "masked_dpo",
-) -> TrainResult:
-    """DPO that updates only ``target``'s parameters (the preference counterpart of ``masked_sft``).
-
-    Used by SS-Neuron expansion's ``objective: dpo`` option: refusals preferred over the model's compliant
-    answers on harmful prompts and its own answers preferred over a refusal on benign ones, the reference
-    model anchoring everything else. The target neurons are trained, so training-time ablation (Algorithm 1,
-    for *frozen* neurons) is off whatever the config says."""
-    config = replace(config or SafeNeuronDPOConfig(), ablate_frozen_during_training=False,
-                     ablate_in_reference=False)
-    if not target:
-        raise ConfigError("masked_dpo: the target neuron set is empty; nothing would train.")
-    return _dpo(model, tokenizer, pairs, target, "train_only", config, output_dir, kind)
+    return _dpo(model, tokenizer, pairs, frozen, config, output_dir, kind)
 
 
 def _dpo(
@@ -438,12 +416,11 @@ def _dpo(
     tokenizer: Any,
     pairs: Sequence[PreferencePair],
     frozen: NeuronSet | None,
-    mode: str,
     config: SafeNeuronDPOConfig,
     output_dir: str | Path,
     kind: str,
 ) -> TrainResult:
-    """TRL DPO with ``frozen`` held (``mode='freeze'``) or the only thing trained (``'train_only'``)."""
+    """TRL DPO with ``frozen`` held (none: plain DPO)."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -503,7 +480,7 @@ def _dpo(
             model,
             tokenizer,
             frozen,
-            mode,
+            "freeze",
             config,
             out,
             make_trainer,
@@ -660,7 +637,6 @@ __all__ = [
     "iterate_rounds",
     "load_weights",
     "mark_round_done",
-    "masked_dpo",
     "run_masked_training",
     "save_round_sets",
     "train_plain_dpo",
