@@ -94,6 +94,23 @@ def test_eval_prompts_sample_within_the_split_whatever_the_seed_and_size():
             assert len(got) == n and {p.text for p in got} <= pools["test"]
 
 
+@needs_data
+def test_an_identification_dataset_as_evaluation_set_keeps_its_rows_not_sampled_for_identification():
+    from safeneurons.data import load_prompts, normalise
+    from safeneurons.pipelines.common import DataConfig, load_eval_data, load_identification_data
+
+    data = DataConfig(n_identify=128, eval="advbench")
+    harmful, harmless = load_identification_data(data)
+    held = load_eval_data(data, [harmful, harmless])
+    sampled = {normalise(p.text) for p in harmful}
+    dev = {normalise(p.text) for p in eval_split(load_prompts("advbench"), "dev")}
+    assert {normalise(p.text) for p in held} == dev - sampled  # every dev row but the sampled ones
+    assert 0 < len(held) < len(dev)
+    # another evaluation set still loses every row of the identification datasets, sampled or not
+    other = load_eval_data(DataConfig(n_identify=8, split="all"), [harmful, harmless])
+    assert not {normalise(p.text) for p in other} & {normalise(p.text) for p in load_prompts("advbench")}
+
+
 def _published(name):
     return sorted(RESULTS.rglob(name))
 

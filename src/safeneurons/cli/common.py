@@ -176,7 +176,7 @@ def run_dir_for(command: str, out: str | None, reuse: list[str] | None) -> str |
 
 
 def echo(text: str) -> None:
-    out.print(text, highlight=False, soft_wrap=True)
+    out.print(text, highlight=False, soft_wrap=True, markup=False)  # verbatim: "[...]" in results is not markup
 
 
 def isatty() -> bool:

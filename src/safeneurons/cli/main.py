@@ -221,12 +221,13 @@ def multilingual_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt 
 
 
 def _finish(path, report: bool, tables: bool = True) -> None:
-    md = path / "asr.md"
-    if tables and md.exists():
-        echo(md.read_text().split("\n\nPer category")[0])
-    cap = path / "capability.json"
-    if tables and cap.exists():
-        echo(json.dumps(json.loads(cap.read_text()), indent=1)[:2000])
+    """The end of a run on the terminal: with ``tables``, the short attack-success table and capability lines
+    (:func:`safeneurons.report.terminal.attack_summary`; no raw results file), then the report's path (or the
+    run directory's)."""
+    if tables and (path / rf.ASR).exists():
+        from safeneurons.report.terminal import attack_summary
+
+        echo(attack_summary(path))
     if report:
         try:
             from safeneurons.report import build_report

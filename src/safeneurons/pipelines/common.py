@@ -104,13 +104,18 @@ def load_eval_data(data: DataConfig, identification: list[PromptSet], run: RunDi
                    language: str | None = None) -> PromptSet:
     """Held-out harmful prompts, disjoint from identification: every evaluation prompt that occurs in the
     identification *datasets* (all their rows, not only the sampled ones) is removed, and a warning says how
-    many (StrongREJECT loses its 25 AdvBench rows when AdvBench identifies). Then only the ``data.split`` half
-    is kept (:func:`safeneurons.data.eval_split` by prompt text) and ``n_eval`` prompts are sampled within it
-    with ``seed``, so no setting moves a prompt between dev and test."""
+    many (StrongREJECT loses its 25 AdvBench rows when AdvBench identifies). When ``data.eval`` names one of
+    the identification datasets itself (e.g. AdvBench for both), removing all its rows would leave nothing,
+    so its held-out rows are kept and only the prompts sampled for identification are removed (by normalised
+    text, so a duplicate row of a sampled prompt goes too). Then only the ``data.split`` half is kept
+    (:func:`safeneurons.data.eval_split` by prompt text) and ``n_eval`` prompts are sampled within it with
+    ``seed``, so no setting moves a prompt between dev and test."""
     full = load_prompts(data.eval, data_dir=data.data_dir, language=language)
     removed = 0
     sources = list(identification)
     for spec in (data.harmful, data.harmless):
+        if spec == data.eval:  # held-out rows of the identification dataset: the samples above guard
+            continue
         try:
             sources.append(load_prompts(spec, data_dir=data.data_dir))
         except Exception as exc:  # a file that cannot be re-read unsampled: the samples still guard
@@ -119,8 +124,8 @@ def load_eval_data(data: DataConfig, identification: list[PromptSet], run: RunDi
         full, n = remove_overlap(full, ps)
         removed += n
     if removed:
-        log.warning("removed %d evaluation prompts of %s that also occur in the identification datasets",
-                    removed, data.eval)
+        log.warning("removed %d evaluation prompts of %s that also occur in the identification %s", removed,
+                    data.eval, "prompts" if data.eval in (data.harmful, data.harmless) else "datasets")
     pool = eval_split(full, data.split)
     if not pool.prompts:
         raise ConfigError(f"data.eval = {data.eval!r} has no prompt on the {data.split} split.")
