@@ -445,7 +445,8 @@ def test_bad_settings_fail_at_load():
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200", "SAFENEURONS_LEDGER": str(cwd / "ledger.jsonl")}
+    # one torch thread, as conftest gives the in-process tests: a tiny model on two contended threads is ~100x slower
+    env = {**os.environ, "COLUMNS": "200", "SAFENEURONS_LEDGER": str(cwd / "ledger.jsonl"), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "safeneurons.cli.main", *args], capture_output=True, text=True,
                           timeout=600, cwd=cwd, env=env, check=False)
 
