@@ -231,6 +231,44 @@ def br_step_stats(key: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# monitor evaluation (safeneurons monitor evaluate: readouts compared on held-out prompts)
+
+ME_SCHEMA = "safeneurons.monitor_eval/1"  # monitor_eval.json's "schema"
+ME_RESULT = "monitor_eval.json"  # MonitorEvalRecord: settings, data, fits, rows, ROC curves
+ME_RESULT_MD = "monitor_eval.md"
+ME_ROC_PNG = "roc.png"
+ME_DIR = "monitor_eval"
+FEATURE_CACHE = "feature_cache"  # last-prompt-token features, content-keyed (--reuse carries them)
+ME_PROMPTS = "monitor_eval/prompts.json"  # every prompt with its source, label and part
+ME_TRANSLATIONS = "monitor_eval/translations.json"  # {lang: [benign prompt translated by the model]}
+ME_JUDGE = "monitor_eval/judge.json"  # the judge, its version and validation record (copied into monitor_eval.json)
+ME_REPLIES_DIR = "replies"  # under ME_DIR: raw replies (not published, like completions/)
+ME_SCORES_DIR = "scores"  # under ME_DIR: per-prompt scores (not published)
+ME_MONITORS_DIR = "monitors"  # under ME_DIR: fitted monitors (their tensors are not published; neither are they)
+
+
+def me_feature_shard(key: str, shard: str) -> str:
+    """One shard of cached features: the prompts' activations under one feature key (model, zeroed neurons,
+    columns, rendering)."""
+    return f"{ME_DIR}/{FEATURE_CACHE}/{key}/{shard}.safetensors"
+
+
+def me_replies(condition: str) -> str:
+    """Every reply of one condition with its verdict (the model's own refusal)."""
+    return f"{ME_DIR}/{ME_REPLIES_DIR}/{condition}.json"
+
+
+def me_scores(condition: str) -> str:
+    """Every prompt's score under every readout applied to one condition."""
+    return f"{ME_DIR}/{ME_SCORES_DIR}/{condition}.json"
+
+
+def me_monitor_dir(condition: str, readout: str) -> str:
+    """A fitted monitor (Monitor.save: monitor.json + monitor.safetensors)."""
+    return f"{ME_DIR}/{ME_MONITORS_DIR}/{condition}/{readout}"
+
+
+# ---------------------------------------------------------------------------------------------
 # what shows each file
 
 @dataclass(frozen=True)
@@ -318,6 +356,21 @@ ENTRIES: tuple[Entry, ...] = (
           "per-layer counts are in curve.json)"),
     Entry(f"{BR_STEP_STATS_DIR}/*.safetensors", None,
           "activation statistics of one iterative step with its set zeroed (binary; a cache for resuming)"),
+    # monitor evaluation
+    Entry(ME_RESULT, "monitor"), Entry(ME_RESULT_MD, "monitor", "the Markdown copy of monitor_eval.json"),
+    Entry(ME_JUDGE, "monitor", "the judge record, also in monitor_eval.json"),
+    Entry(ME_ROC_PNG, None, "the run's drawing of monitor_eval.json's ROC curves; the report draws the same figure"),
+    Entry(f"**/{FEATURE_CACHE}/**", None, NOT_SHOWN_CACHE),
+    Entry(ME_PROMPTS, None, "every prompt with its source, label and part (their counts are monitor_eval.json's "
+                            "data table)"),
+    Entry(ME_TRANSLATIONS, None, "the model's translations of benign prompts (the benign side of the MultiJail "
+                                 "AUROC; their count is in monitor_eval.json)"),
+    Entry(me_replies("*"), None, "every reply and verdict of a condition (their counts are monitor_eval.json's "
+                                 "REFUSAL rows)"),
+    Entry(me_scores("*"), None, "every prompt's score under every readout (monitor_eval.json's numbers are "
+                                "computed from them)"),
+    Entry(f"{ME_DIR}/{ME_MONITORS_DIR}/**", None, "the fitted monitors (safeneurons monitor score --monitor <folder>; their "
+                                         "thresholds and validation rates are in monitor_eval.json)"),
     # records other tools add to published folders
     Entry("rejudged-*.json", None, "written by benchmarks/judge_agreement/rejudge.py, not by the run"),
 )
@@ -549,6 +602,139 @@ class BrittlenessPoint:
                    n_total=d.get("n_total", 0), perplexity=d.get("perplexity"),
                    counts_per_layer=list(counts) if isinstance(counts, list) else [], set=d.get("set"),
                    examples=[e for e in examples if isinstance(e, Mapping)] if isinstance(examples, list) else [])
+
+
+def _pair(x: Any) -> tuple[float, float] | None:
+    return (x[0], x[1]) if isinstance(x, (list, tuple)) and len(x) == 2 and None not in x else None
+
+
+@dataclass(frozen=True)
+class MonitorEvalRow:
+    """One readout on one group of held-out prompts in ``monitor_eval.json``: the readout (``FULL``, ``ES``, ``SAS``,
+    ``RANDOM<seed>``, ``PROBE``, ``REFUSAL``) ``fitted_on`` one condition's fit prompts (empty for the model's own
+    refusal, which is not fitted) and applied to ``condition``; ``group`` is a pair of scored sources
+    (``"<harmful> vs <benign>"``), ``all`` or ``multijail:<lang>``. ``n_pos`` harmful and ``n_neg`` benign prompts;
+    the AUROC with its bootstrap interval; ``tpr_at_fpr`` the ROC curve's TPR where its FPR is at most each rate
+    (threshold read off these benign prompts: ``{rate: {threshold, k, n, tpr, ci}}``); ``deployed`` the operating
+    points at the thresholds fixed before scoring (``{rate: {threshold, tp, n_pos, tpr, tpr_ci, fp, n_neg, fpr,
+    fpr_ci}}``; the refusal's own point under ``"refuses"``); ``delta_vs_random`` the AUROC margin over the best
+    matched random set scored on the same prompts (``{delta, ci, against}``)."""
+
+    condition: str
+    readout: str
+    fitted_on: str
+    group: str
+    n_pos: int
+    n_neg: int
+    auroc: float | None
+    auroc_ci: tuple[float, float] | None = None
+    tpr_at_fpr: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deployed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    delta_vs_random: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"condition": self.condition, "readout": self.readout, "fitted_on": self.fitted_on,
+                "group": self.group, "n_pos": self.n_pos, "n_neg": self.n_neg, "auroc": self.auroc,
+                "auroc_ci": list(self.auroc_ci) if self.auroc_ci is not None else None,
+                "tpr_at_fpr": self.tpr_at_fpr, "deployed": self.deployed, "delta_vs_random": self.delta_vs_random}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> MonitorEvalRow:
+        what = "a monitor evaluation row"
+        tpr, dep, delta = d.get("tpr_at_fpr"), d.get("deployed"), d.get("delta_vs_random")
+        return cls(condition=str(_need(d, "condition", what)), readout=str(_need(d, "readout", what)),
+                   fitted_on=str(d.get("fitted_on") or ""), group=str(_need(d, "group", what)),
+                   n_pos=_need(d, "n_pos", what), n_neg=_need(d, "n_neg", what), auroc=d.get("auroc"),
+                   auroc_ci=_pair(d.get("auroc_ci")),
+                   tpr_at_fpr={str(k): v for k, v in tpr.items() if isinstance(v, Mapping)} if isinstance(tpr, Mapping) else {},
+                   deployed={str(k): v for k, v in dep.items() if isinstance(v, Mapping)} if isinstance(dep, Mapping) else {},
+                   delta_vs_random=dict(delta) if isinstance(delta, Mapping) else None)
+
+
+@dataclass(frozen=True)
+class MonitorEvalCurve:
+    """The ROC curve of one row of ``monitor_eval.json`` (pairs of scored sources only): ``fpr`` and ``tpr``
+    from (0, 0) to (1, 1)."""
+
+    condition: str
+    readout: str
+    fitted_on: str
+    group: str
+    fpr: list[float]
+    tpr: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"condition": self.condition, "readout": self.readout, "fitted_on": self.fitted_on, "group": self.group,
+                "fpr": list(self.fpr), "tpr": list(self.tpr)}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> MonitorEvalCurve:
+        what = "a ROC curve"
+        fpr, tpr = _need(d, "fpr", what), _need(d, "tpr", what)
+        if not isinstance(fpr, list) or not isinstance(tpr, list) or len(fpr) != len(tpr) or not fpr:
+            raise RecordError("a ROC curve's fpr and tpr should be lists of one length")
+        return cls(str(_need(d, "condition", what)), str(_need(d, "readout", what)), str(d.get("fitted_on") or ""),
+                   str(_need(d, "group", what)), list(fpr), list(tpr))
+
+
+@dataclass(frozen=True)
+class MonitorEvalRecord:
+    """``monitor_eval.json``: the settings (``model``, ``split``, ``fprs``, ``bootstrap``, the judge), the
+    ``conditions`` (``{name, model, checksum, zeroed}``), the ``readouts`` (``{name, kind, n_features,
+    matched_to?, seed?}``), each condition's ``fits`` (``{condition, readout, thresholds {rate: t},
+    validation {auroc, realised_fpr {rate: r}, n_pos, n_neg}, n_train_pos, n_train_neg, layer?,
+    validation_auroc_by_layer?}``), sets ``skipped`` (``{set, reason}``), the ``data`` table (one entry per
+    source: ``{source, label, train, validation, scored, removed_identification, removed_overlap}``), the
+    ``multijail`` settings, the pair ``groups`` in order, every :class:`MonitorEvalRow` and
+    :class:`MonitorEvalCurve`, and ``notes``."""
+
+    rows: list[MonitorEvalRow]
+    curves: list[MonitorEvalCurve] = field(default_factory=list)
+    model: str = ""
+    model_checksum: str = ""
+    split: str = "dev"
+    fprs: list[float] = field(default_factory=list)
+    bootstrap: int = 0
+    judge: str = ""
+    judge_note: str = ""
+    conditions: list[dict[str, Any]] = field(default_factory=list)
+    readouts: list[dict[str, Any]] = field(default_factory=list)
+    fits: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    data: list[dict[str, Any]] = field(default_factory=list)
+    multijail: dict[str, Any] = field(default_factory=dict)
+    groups: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    _LISTS = ("conditions", "readouts", "fits", "skipped", "data")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": ME_SCHEMA, "model": self.model, "model_checksum": self.model_checksum, "split": self.split,
+                "fprs": list(self.fprs), "bootstrap": self.bootstrap, "judge": self.judge,
+                "judge_note": self.judge_note, "conditions": self.conditions, "readouts": self.readouts,
+                "fits": self.fits, "skipped": self.skipped, "data": self.data, "multijail": self.multijail,
+                "groups": list(self.groups), "notes": list(self.notes),
+                "rows": [r.to_dict() for r in self.rows], "curves": [c.to_dict() for c in self.curves]}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> MonitorEvalRecord:
+        what = "monitor_eval.json"
+        rows = _need(d, "rows", what)
+        if not isinstance(rows, list):
+            raise RecordError("monitor_eval.json's rows should be a list")
+        curves = d.get("curves") if isinstance(d.get("curves"), list) else []
+        lists = {k: [x for x in d.get(k) if isinstance(x, Mapping)] if isinstance(d.get(k), list) else []
+                 for k in cls._LISTS}
+        mj = d.get("multijail")
+        return cls(rows=[MonitorEvalRow.from_dict(r) for r in rows], curves=[MonitorEvalCurve.from_dict(c) for c in curves],
+                   model=str(d.get("model") or ""), model_checksum=str(d.get("model_checksum") or ""),
+                   split=str(d.get("split") or "dev"),
+                   fprs=[f for f in d.get("fprs") or [] if isinstance(f, (int, float)) and not isinstance(f, bool)],
+                   bootstrap=d.get("bootstrap") if isinstance(d.get("bootstrap"), int) else 0,
+                   judge=str(d.get("judge") or ""), judge_note=str(d.get("judge_note") or ""),
+                   multijail=dict(mj) if isinstance(mj, Mapping) else {},
+                   groups=[str(g) for g in d.get("groups") or [] if isinstance(g, str)],
+                   notes=[str(n) for n in d.get("notes") or [] if isinstance(n, str)], **lists)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -172,9 +172,62 @@ def _brittleness(run: RunDir, shape: ModelShape, rng: np.random.Generator, n_eva
     run.write_text(rf.BR_CURVE_MD, curve_markdown(curve))
 
 
+def _monitor_eval(run: RunDir, rng: np.random.Generator, n: int = 30) -> None:
+    """A monitor evaluation (ORI and PRUNED; two scored pairs, all, two MultiJail languages), its rows made by the
+    pipeline's own metric_row from synthetic scores, with its Markdown copy and judge record."""
+    from safeneurons.evaluate.roc import roc_points
+    from safeneurons.pipelines.monitor_eval import MonitorEvalConfig, eval_markdown, metric_row
+
+    cfg = MonitorEvalConfig(neurons="synthetic", bootstrap=200)
+    strength = {"FULL": 2.0, "ES": 1.2, "SAS": 1.8, "RANDOM0": 0.3, "RANDOM1": 0.2, "PROBE": 2.5}
+    groups = ["xstest:unsafe vs xstest:safe", "strongreject vs self_instruct", "all", "multijail:en", "multijail:zh"]
+    rows, curves, fits = [], [], []
+    for cond, fitted in (("ORI", ["ORI"]), ("PRUNED", ["PRUNED", "ORI"])):
+        for fitted_on in fitted:
+            for name, d in strength.items():
+                d = 0.0 if cond == "PRUNED" and name in ("FULL", "ES", "SAS") else d
+                th = {0.01: 0.9, 0.05: 0.8}
+                if cond == fitted_on:
+                    fits.append({"condition": cond, "readout": name, "thresholds": {"0.01": 0.9, "0.05": 0.8},
+                                 "validation": {"auroc": 0.9, "n_pos": 20, "n_neg": 20,
+                                                "realised_fpr": {"0.01": 0.0, "0.05": 0.05}},
+                                 "n_train_pos": 40, "n_train_neg": 40,
+                                 **({"layer": 5, "validation_auroc_by_layer": [0.6, 0.9]} if name == "PROBE" else {})})
+                for g in groups:
+                    from scipy.special import expit
+
+                    pos, neg = expit(rng.normal(d, 1, n)), expit(rng.normal(0, 1, n))
+                    rnd = [] if name.startswith("RANDOM") else [(expit(rng.normal(0.3, 1, n)), neg)]
+                    rows.append(metric_row(cond, name, fitted_on, g, pos, neg, th, cfg, rnd))
+                    if not g.startswith("multijail:"):
+                        f, t = roc_points(pos, neg)
+                        curves.append(rf.MonitorEvalCurve(cond, name, fitted_on, g, f, t))
+        for g in groups:
+            pos, neg = (rng.random(n) < 0.8).astype(float), (rng.random(n) < 0.1).astype(float)
+            rows.append(metric_row(cond, "REFUSAL", "", g, pos, neg, None, cfg))
+    note = "Judge: stub-refusal (stub) on 10 labelled replies: refusal κ 1.00."
+    run.write_json(rf.ME_JUDGE, {"judge": "stub-refusal", "judge_note": note})
+    record = rf.MonitorEvalRecord(
+        rows=rows, curves=curves, model="tiny-qwen", split="dev", fprs=[0.01, 0.05], bootstrap=200,
+        judge="stub-refusal", judge_note=note,
+        conditions=[{"name": "ORI", "model": "tiny-qwen", "checksum": "sha256:x", "zeroed": None},
+                    {"name": "PRUNED", "model": "tiny-qwen", "checksum": "sha256:x", "zeroed": {"n": 40}}],
+        readouts=[{"name": k, "kind": "neurons"} for k in strength] + [{"name": "REFUSAL", "kind": "refusal"}],
+        fits=fits, skipped=[{"set": "XS", "reason": "1 neuron(s), fewer than 2"}],
+        data=[{"source": "xstest:unsafe", "label": "harmful", "train": 30, "validation": 12, "scored": n,
+               "removed_identification": 0, "removed_overlap": 0}],
+        multijail={"languages": ["en", "zh"], "rows": n, "benign": "English scored benign prompts"},
+        groups=groups[:3], notes=["harmful identification prompts of FULL (advbench): 128 drawn again, excluded."])
+    doc = record.to_dict()
+    run.write_json(rf.ME_RESULT, doc)
+    run.write_text(rf.ME_RESULT_MD, eval_markdown(doc))
+
+
 def make_run(path: str | Path, *, seed: int = 0, model_name: str = "tiny-qwen", n_layers: int = 8, width: int = 96,
-             n_eval: int = 16, training: bool = True, multilingual: bool = True, brittleness: bool = True) -> Path:
-    """A finished attack run with every file the report reads (plus training/multilingual/brittleness files)."""
+             n_eval: int = 16, training: bool = True, multilingual: bool = True, brittleness: bool = True,
+             monitor_eval: bool = True) -> Path:
+    """A finished attack run with every file the report reads (plus training/multilingual/brittleness/monitor
+    evaluation files)."""
     rng = np.random.default_rng(seed)
     root = Path(path)
     shape = _shape(model_name, n_layers, width)
@@ -243,6 +296,8 @@ def make_run(path: str | Path, *, seed: int = 0, model_name: str = "tiny-qwen", 
                                       for i, lang in enumerate(LANGUAGES)})
     if brittleness:
         _brittleness(run, shape, rng, n_eval)
+    if monitor_eval:
+        _monitor_eval(run, rng)
     run.finish()
     return root
 
@@ -256,7 +311,7 @@ def make_partial_run(path: str | Path, kind: str) -> Path:
     if kind == "empty_dir":
         root.mkdir(parents=True, exist_ok=True)
         return root
-    make_run(root, training=False, multilingual=False, brittleness=False)
+    make_run(root, training=False, multilingual=False, brittleness=False, monitor_eval=False)
     if kind == "no_capability":
         (root / "capability.json").unlink()
     elif kind == "truncated_asr":

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEADINGS = ["Overview", "Run manifest", "Safety neurons", "Score distributions", "Attack success",
-            "Attack success per category", "Brittleness", "Capability", "Example completions", "Training",
+            "Attack success per category", "Brittleness", "Monitor evaluation", "Capability", "Example completions", "Training",
             "Multilingual", "Files read"]
 
 
@@ -61,7 +61,7 @@ def hidden_sections(html: str) -> list[str]:
 
 
 #: sections an attack run never writes: left out of its report instead of marked missing
-NOT_ATTACK = ["brittleness", "training", "multilingual"]
+NOT_ATTACK = ["brittleness", "monitor", "training", "multilingual"]
 
 
 def missing_boxes(section_html: str) -> list[str]:
@@ -89,8 +89,8 @@ def test_every_section_heading_and_figure(full_run, full_report):
     for s in SECTIONS:
         assert f'<section id="{s.id}">' in html and f"<h2>{s.title}</h2>" in html, s.title
     secs = sections(html)
-    for sid in ("run", "neurons", "scores", "attack", "categories", "brittleness", "capability", "examples",
-                "training", "multilingual"):
+    for sid in ("run", "neurons", "scores", "attack", "categories", "brittleness", "monitor", "capability",
+                "examples", "training", "multilingual"):
         assert missing_boxes(secs[sid]) == [], f"section {sid} unexpectedly marked missing"
     for name in REPORT_FIGURES:
         png = full_run / "figures" / f"{name}.png"
@@ -117,6 +117,12 @@ def test_every_section_heading_and_figure(full_run, full_report):
         assert f"<tr><th>{label}</th><td class=\"num\">{at}</td>" in secs["brittleness"]
     assert "Where the attacked curve leaves the random band" in secs["brittleness"]
     assert "2 re-identifications" in secs["brittleness"] and "stub-refusal" in secs["brittleness"]
+    ev = json.loads((full_run / "monitor_eval.json").read_text())
+    for title in ("ORI: xstest:unsafe vs xstest:safe", "PRUNED: all", "False alarms", "MultiJail AUROC", "Survival: all"):
+        assert title in secs["monitor"], title
+    full = next(r for r in ev["rows"] if r["readout"] == "FULL" and r["group"] == "all" and r["condition"] == "ORI")
+    assert f"{full['auroc']:.3f} [{full['auroc_ci'][0]:.3f}" in secs["monitor"]
+    assert "monitor AUROC" in secs["overview"] and "XS: 1 neuron(s)" in secs["monitor"]
 
 
 def test_figures_embedded_and_page_self_contained(full_run, full_report):
@@ -225,7 +231,7 @@ FILES = ["manifest.json", "asr.json", "capability.json", "examples.json", "verdi
          "neurons/FULL.json", "neurons/score_histograms.json", "safeneuron/round_1/train_log.json",
          "safeneuron/round_1/round.json", "robustness.json",
          "multilingual/asr.json", "multilingual/overlap.json", "multilingual/counts.json", "completions/ORI.json",
-         "brittleness/curve.json", "brittleness/iterative/steps.json"]
+         "brittleness/curve.json", "brittleness/iterative/steps.json", "monitor_eval.json"]
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=12),
@@ -496,7 +502,8 @@ def test_partial_report_and_comparison_render_in_headless_chromium(compared, tmp
     report = base / "partial" / "report.html"
     got = check_in_browser(report, tmp_path, ARTIFACTS / "report-partial.png",
                            expected_images=len(list((base / "partial" / "figures").glob("*.png"))))
-    assert got["headings"] == [h for h in HEADINGS if h not in ("Brittleness", "Training", "Multilingual")]
+    assert got["headings"] == [h for h in HEADINGS if h not in ("Brittleness", "Monitor evaluation", "Training",
+                                                                "Multilingual")]
 
 
 def test_capability_figure_ignores_an_impossible_stderr(tmp_path):

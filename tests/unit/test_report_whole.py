@@ -1,5 +1,5 @@
 """The report shows everything a run writes: each pipeline's tiny run (train with two rounds, attack,
-multilingual with expansion, analyze, brittleness) on a tiny random model, rendered, and every file of its
+multilingual with expansion, analyze, brittleness, monitor evaluate) on a tiny random model, rendered, and every file of its
 folder checked against the page.
 
 What the run produced is read off its folder, not listed here: each file is looked up in the run format
@@ -74,8 +74,29 @@ def _brittleness(root: Path) -> Path:
     return run_brittleness(cfg, root / "run", progress=False, lm=tiny_lm())
 
 
+def _monitor_eval(root: Path) -> Path:
+    """Every readout, MultiJail with translated benign prompts and the PRUNED condition (so every file kind)."""
+    from safeneurons.config import load_config
+    from safeneurons.models import model_layout
+    from safeneurons.neurons import NeuronSet
+    from safeneurons.pipelines.monitor_eval import MonitorEvalConfig, run_monitor_eval
+
+    lm = tiny_lm()
+    shape = model_layout(lm.model).shape()
+    folder = root / "sets"
+    folder.mkdir()
+    for name, idx in (("FULL", range(12)), ("ES", range(4)), ("SAS", range(4, 9))):
+        NeuronSet.from_triples(shape, [(layer, "mlp", i) for layer in range(2) for i in idx], name=name).save(
+            folder / f"{name}.json")
+    cfg = load_config(MonitorEvalConfig, None, [
+        f"neurons={folder}", f"attack_set={folder / 'FULL.json'}", "judge=refusal", "n_fit=10", "n_score=4",
+        "multijail_languages=[en, zh]", "multijail_n=2", "multijail_translate_n=2", "generation.max_new_tokens=3",
+        "bootstrap=100"])
+    return run_monitor_eval(cfg, root / "run", progress=False, lm=lm)
+
+
 RUNS = {"train": _train, "attack": _attack, "multilingual": _multilingual, "analyze": _analyze,
-        "brittleness": _brittleness}
+        "brittleness": _brittleness, "monitor_eval": _monitor_eval}
 
 
 def _sections(html: str) -> dict[str, str]:
@@ -155,6 +176,12 @@ def test_report_shows_everything_the_run_wrote(built):
         assert rows == [(p["attacker"], "" if p["seed"] is None else str(p["seed"]), f"{p['fraction']:g}",
                          str(p["n_neurons"]), str(p["k"]), str(p["n"])) for p in curve["points"]]
         assert "Neurons to break" in section and "leaves the random band" in section
+    if kind == "monitor_eval":  # the ROC figure and a table per condition and scored pair
+        section = _sections(html)["monitor"]
+        assert 'data-file="figures/monitor_roc.png"' in section
+        for title in ("ORI: xstest:unsafe vs xstest:safe", "PRUNED: strongreject vs self_instruct", "Survival: all",
+                      "MultiJail AUROC (harmful rows vs benign prompts translated"):
+            assert title in section, title
 
 
 def test_migration_is_idempotent_and_stamps_the_format(built, tmp_path):

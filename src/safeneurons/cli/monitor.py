@@ -1,4 +1,5 @@
-"""``safeneurons monitor fit`` / ``monitor score``: a safety-neuron monitor (:mod:`safeneurons.evaluate.monitor`).
+"""``safeneurons monitor fit`` / ``monitor score`` / ``monitor evaluate``: a safety-neuron monitor
+(:mod:`safeneurons.evaluate.monitor`) and its evaluation against alternatives (:mod:`safeneurons.pipelines.monitor_eval`).
 
 ``cli/main.py`` adds the ``monitor`` group with ``register(app)``."""
 
@@ -14,8 +15,11 @@ from safeneurons.cli import reference as _reference
 from safeneurons.cli.common import (
     ConfigOpt,
     ModelOpt,
+    OutOpt,
     QuietOpt,
+    ReuseOpt,
     SetOpt,
+    SplitOpt,
     echo,
     explicit,
     friendly_errors,
@@ -116,6 +120,41 @@ def score_cmd(
     if out:
         write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         echo(f"scores written to {out}")
+
+
+@monitor_app.command("evaluate", epilog=_reference.epilog("monitor evaluate"))
+@friendly_errors
+def evaluate_cmd(
+    neurons: Annotated[str | None, typer.Option("--neurons", help="folder of neuron sets, e.g. "
+                                                                  "docs/results/demo/neurons (sets neurons)")] = None,
+    model: ModelOpt = None,
+    attack_set: Annotated[str | None, typer.Option("--attack-set", help="NeuronSet JSON zeroed for the PRUNED "
+                                                                        "condition (sets attack_set)")] = None,
+    trained_model: Annotated[str | None, typer.Option("--trained-model", help="another model of the same shape "
+                                                                              "(sets trained_model)")] = None,
+    report: Annotated[bool, typer.Option(help="write report.html at the end")] = True,
+    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, split: SplitOpt = None,
+    reuse: ReuseOpt = None, quiet: QuietOpt = False,
+) -> None:
+    """Evaluate the monitor against real alternatives on held-out prompts: monitors on FULL / ES / SAS, matched
+    random sets, a residual-stream probe and the model's own refusal (AUROC, TPR at fixed FPR, false alarms on
+    XSTest, MultiJail); with --attack-set / --trained-model, whether it survives the attack."""
+    from safeneurons import runformat as rf
+    from safeneurons.cli.common import load_scoring_config, run_dir_for
+    from safeneurons.pipelines.monitor_eval import COMMAND, MonitorEvalConfig, run_monitor_eval
+
+    setup_logging(quiet)
+    options = explicit(**{"model.spec": model, "neurons": neurons, "attack_set": attack_set,
+                          "trained_model": trained_model})
+    cfg = load_scoring_config(MonitorEvalConfig, config, set_, options, split, "split")
+    path = run_monitor_eval(cfg, run_dir_for(COMMAND, out, reuse), progress=not quiet)
+    echo((path / rf.ME_RESULT_MD).read_text(encoding="utf-8"))
+    if report:
+        from safeneurons.report import build_report
+
+        echo(f"report: {build_report(path)}")
+    else:
+        echo(f"run directory: {path}")
 
 
 def register(app: typer.Typer) -> None:

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "train safeneuron": "safeneurons.pipelines.train:TrainRunConfig",
     "multilingual": "safeneurons.pipelines.multilingual:MultilingualConfig",
     "monitor fit": "safeneurons.pipelines.monitor:MonitorFitRunConfig",
+    "monitor evaluate": "safeneurons.pipelines.monitor_eval:MonitorEvalConfig",
 }
 ALIASES = {"train": "train safeneuron"}
 # the keys each command's --help names (tests check that they exist)
@@ -54,6 +55,8 @@ MAIN_KEYS: dict[str, tuple[str, ...]] = {
                      "conditions", "expansion.enabled"),
     "monitor fit": ("model.spec", "neurons", "harmful", "harmless", "fit.n", "fit.held_out", "fit.l2",
                     "fit.fprs"),
+    "monitor evaluate": ("model.spec", "neurons", "fit_harmful", "score_harmful", "judge", "multijail_n",
+                         "attack_set", "trained_model"),
 }
 NOTES = {
     "demo": "`demo` starts from `src/safeneurons/pipelines/configs/demo.yaml` (`--headline`: "

@@ -59,8 +59,11 @@ import torch
 
 from safeneurons.config import require, to_dict
 from safeneurons.data.prompts import Prompt, PromptSet
-from safeneurons.errors import ConfigError, DataError, NumericalError
+from safeneurons.errors import ConfigError, DataError
+from safeneurons.evaluate.features import Cell, cells_of, model_device, prompt_features, site_order
 from safeneurons.evaluate.generate import Generation, GenerationConfig, _run_batches, prompt_list
+from safeneurons.evaluate.readouts import LinearReadout, fit_readout
+from safeneurons.evaluate.roc import realised_fpr, roc_auc, threshold_for_fpr, tpr_at_fpr
 from safeneurons.io import (
     atomic_path,
     package_version,
@@ -71,10 +74,9 @@ from safeneurons.io import (
     write_json_atomic,
 )
 from safeneurons.models.hooks import site_hooks
-from safeneurons.models.layout import ModelLayout, model_layout
-from safeneurons.neurons import SITES, ModelShape, NeuronSet
-from safeneurons.stats.collect import decoder_of
-from safeneurons.stats.encode import encode, length_sorted_batches, pad_batch, pad_token_id, render_prompt
+from safeneurons.models.layout import model_layout
+from safeneurons.neurons import ModelShape, NeuronSet
+from safeneurons.stats.encode import render_prompt
 
 if TYPE_CHECKING:
     from safeneurons.intervene.hooks import Intervention
@@ -127,144 +129,17 @@ class MonitorConfig:
         require("fit.max_length", self.max_length, self.max_length >= 1, "an integer >= 1")
 
 
-# -- pure score functions -----------------------------------------------------------------------------------
-
-
-def _scores(values: Any, what: str) -> np.ndarray:
-    s = np.asarray(values, dtype=np.float64).reshape(-1)
-    if s.size == 0:
-        raise DataError(f"{what}: no scores.")
-    if not np.isfinite(s).all():
-        raise NumericalError(f"{what}: {int((~np.isfinite(s)).sum())} score(s) are not finite.")
-    return s
-
-
-def threshold_for_fpr(scores_benign: Sequence[float] | np.ndarray, fpr: float) -> float:
-    """The threshold ``t`` (a prompt is flagged when its score is ``> t``) whose false-positive rate on
-    ``scores_benign`` is the largest that does not exceed ``fpr``; among thresholds with that rate, the
-    smallest (it flags the most positives).
-
-    With ``n`` benign scores sorted high to low, ``s₁ ≥ s₂ ≥ … ≥ sₙ``, and ``k`` the largest integer with
-    ``k / n ≤ fpr``, it is ``t = s_{k+1}``. Ties: scores equal to ``t`` are not flagged, so a tie across the
-    cut-off flags fewer than ``k`` benign prompts, and the realised rate is then below ``fpr``; no threshold
-    does better, since any ``t' < s_{k+1}`` flags at least ``k + 1``. ``fpr = 0`` gives the largest benign
-    score (no benign prompt flagged); with fewer than ``1 / fpr`` benign scores that is also the answer,
-    and the realised rate is 0."""
-    s = _scores(scores_benign, "threshold_for_fpr")
-    if isinstance(fpr, bool) or not isinstance(fpr, (int, float)) or not 0 <= fpr < 1:
-        raise ConfigError(f"fpr = {fpr!r}; expected a rate in [0, 1).")
-    n = s.size
-    k = min(math.floor(fpr * n), n - 1)
-    while k + 1 < n and (k + 1) / n <= fpr:  # floor(fpr * n) may round one below or above the exact k
-        k += 1
-    while k > 0 and k / n > fpr:
-        k -= 1
-    return float(np.sort(s)[::-1][k])
-
-
-def realised_fpr(scores_benign: Sequence[float] | np.ndarray, threshold: float) -> float:
-    """The share of ``scores_benign`` strictly above ``threshold``."""
-    s = _scores(scores_benign, "realised_fpr")
-    return float(np.count_nonzero(s > threshold) / s.size)
-
-
-def roc_auc(scores_pos: Sequence[float] | np.ndarray, scores_neg: Sequence[float] | np.ndarray) -> float:
-    """Area under the ROC curve: the probability that a positive scores above a negative, ties counting one
-    half, ``(#{sᵢ⁺ > sⱼ⁻} + ½ #{sᵢ⁺ = sⱼ⁻}) / (n⁺ n⁻)``. Computed from mid-ranks (Mann-Whitney U):
-    ``(R⁺ - n⁺(n⁺+1)/2) / (n⁺ n⁻)`` with ``R⁺`` the sum of the positives' ranks in the pooled scores, tied
-    scores sharing their average rank. It equals the trapezoid area under the ROC curve whose tied scores
-    are joined by straight segments."""
-    from scipy.stats import rankdata
-
-    pos, neg = _scores(scores_pos, "roc_auc positives"), _scores(scores_neg, "roc_auc negatives")
-    ranks = rankdata(np.concatenate([pos, neg]), method="average")
-    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2
-    return float(u / (pos.size * neg.size))
-
-
-def tpr_at_fpr(scores_pos: Sequence[float] | np.ndarray, scores_neg: Sequence[float] | np.ndarray,
-               fpr: float) -> float:
-    """The share of ``scores_pos`` strictly above :func:`threshold_for_fpr` of ``scores_neg`` (a positive tied
-    with the threshold is not flagged, as a negative is not). The threshold is chosen on ``scores_neg``
-    itself, so the rate on those negatives is at most ``fpr``; on fresh negatives it is an estimate."""
-    t = threshold_for_fpr(scores_neg, fpr)
-    pos = _scores(scores_pos, "tpr_at_fpr positives")
-    return float(np.count_nonzero(pos > t) / pos.size)
-
-
 # -- activations --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Cell:
-    """One (layer, site) group of the set: columns in the site module's activation, slice of the features."""
-
-    layer: int
-    site: str
-    cols: torch.Tensor
-    out: slice
-
-
-def _site_order(site: str) -> int:
-    return SITES.index(site) if site in SITES else len(SITES)
-
-
-def _cells(layout: ModelLayout, neurons: NeuronSet, device: torch.device) -> list[_Cell]:
-    """The set's (layer, site) groups in its iteration order, which is the feature order."""
-    cells, start = [], 0
-    for (layer, site), idx in sorted(neurons.groups().items(), key=lambda kv: (kv[0][0], _site_order(kv[0][1]))):
-        cols = torch.as_tensor(idx + layout.site(site).offset, dtype=torch.long, device=device)
-        cells.append(_Cell(layer, site, cols, slice(start, start + idx.size)))
-        start += idx.size
-    return cells
-
-
-class _Stop(Exception):
-    """Raised by the last activation hook of a scoring pass: the layers after it are not needed."""
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
 def neuron_activations(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], neurons: NeuronSet, *,
                        chat_template: bool = True, system_prompt: str | None = None, max_length: int = 512,
                        batch_size: int = 8) -> np.ndarray:
     """``[len(prompts), len(neurons)]`` float64: each neuron's activation at each prompt's last prompt token
     (features in the set's iteration order). Decoder only, right padding, length-sorted batches; the pass
-    stops once the deepest layer of the set has been read."""
-    layout = model_layout(model)
-    cells = _cells(layout, neurons, _device(model))
-    encoded = encode(tokenizer, list(prompts), None, chat_template, system_prompt, max_length)
-    out = np.zeros((len(encoded), len(neurons)), dtype=np.float64)
-    state: dict[str, Any] = {}
-
-    def hook_for(i: int, cell: _Cell) -> Any:
-        def keep(x: torch.Tensor) -> None:
-            state["got"][i] = x[state["rows"], state["last"]].index_select(-1, cell.cols)
-            if len(state["got"]) == len(cells):
-                raise _Stop
-
-        return keep
-
-    pad, device, decoder = pad_token_id(tokenizer), _device(model), decoder_of(model)
-    with site_hooks(layout, [(c.layer, c.site, hook_for(i, c)) for i, c in enumerate(cells)]):
-        for idx in length_sorted_batches(encoded, batch_size):
-            batch = [encoded[i] for i in idx]
-            ids, mask = pad_batch(batch, pad, "right")
-            state.update(got={}, rows=torch.arange(len(batch), device=device),
-                         last=torch.tensor([e.prompt_len - 1 for e in batch], device=device))
-            try:
-                decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-            except _Stop:
-                pass
-            for i, c in enumerate(cells):
-                out[idx, c.out] = state["got"][i].double().cpu().numpy()
-    if not np.isfinite(out).all():
-        raise NumericalError(f"non-finite activations of neuron set {neurons.name!r} for "
-                             f"{int((~np.isfinite(out).all(1)).sum())} prompt(s); try dtype float32.")
-    return out
+    stops once the deepest layer of the set has been read (:func:`safeneurons.evaluate.features.prompt_features`)."""
+    return prompt_features(model, tokenizer, prompts, neurons, chat_template=chat_template,
+                           system_prompt=system_prompt, max_length=max_length, batch_size=batch_size).neurons
 
 
 class PrefillCapture:
@@ -279,11 +154,11 @@ class PrefillCapture:
 
     def __init__(self, model: torch.nn.Module, neurons: NeuronSet) -> None:
         self.layout = model_layout(model)
-        self.cells = _cells(self.layout, neurons, _device(model))
+        self.cells = cells_of(self.layout, neurons, model_device(model))
         self.n_features = len(neurons)
         self._got: dict[int, torch.Tensor] = {}
 
-    def _hook(self, i: int, cell: _Cell) -> Any:
+    def _hook(self, i: int, cell: Cell) -> Any:
         got = self._got
 
         def keep(x: torch.Tensor) -> None:
@@ -319,13 +194,6 @@ def neuron_fingerprint(neurons: NeuronSet) -> str:
     return "sha256:" + sha256_text(json.dumps(neurons.to_dict()["neurons"], sort_keys=True))
 
 
-def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean = x.mean(0)
-    sd = x.std(0)
-    scale = np.where(sd > 1e-12 * np.maximum(1.0, np.abs(mean)), sd, 1.0)
-    return mean, scale
-
-
 @dataclass
 class Monitor:
     """A fitted readout over ``neurons`` (see the module text): ``score = σ(w·(x - mean)/scale + b)``."""
@@ -342,6 +210,12 @@ class Monitor:
     system_prompt: str | None = None
     max_length: int = 512
     info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, neurons: NeuronSet, readout: LinearReadout, **kwargs: Any) -> Monitor:
+        """The monitor over ``neurons`` whose readout is ``readout`` (fitted on their activations in the set's
+        iteration order); ``kwargs``: the other fields (model checksum and shape, prompt rendering, ...)."""
+        return cls(neurons, readout.mean, readout.scale, readout.weight, readout.bias, **kwargs)
 
     def __post_init__(self) -> None:
         n = len(self.neurons)
@@ -460,7 +334,7 @@ class Monitor:
             "mean": torch.from_numpy(self.mean.copy()), "scale": torch.from_numpy(self.scale.copy()),
             "weight": torch.from_numpy(self.weight.copy()), "bias": torch.tensor([self.bias], dtype=torch.float64),
             "layer": torch.tensor([t[0] for t in triples], dtype=torch.int64),
-            "site": torch.tensor([_site_order(t[1]) for t in triples], dtype=torch.int64),
+            "site": torch.tensor([site_order(t[1]) for t in triples], dtype=torch.int64),
             "index": torch.tensor([t[2] for t in triples], dtype=torch.int64),
         }
         with atomic_path(d / TENSOR_FILE) as tmp:
@@ -510,7 +384,7 @@ class Monitor:
             order = list(zip(raw["layer"].tolist(), raw["site"].tolist(), raw["index"].tolist()))
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{jpath}: malformed monitor ({type(exc).__name__}: {exc}).") from None
-        if order != [(layer, _site_order(site), i) for layer, site, i in neurons]:
+        if order != [(layer, site_order(site), i) for layer, site, i in neurons]:
             raise DataError(f"{jpath}: the tensor file's neurons are not the set's neurons in order.")
         if doc["neuron_set"].get("fingerprint") != neuron_fingerprint(neurons):
             raise DataError(f"{jpath}: neuron set fingerprint does not match its neurons.")
@@ -553,8 +427,6 @@ def fit_monitor(model: torch.nn.Module, tokenizer: Any, neuron_set: NeuronSet, h
     (``config.held_out``, seeded). The readout is fitted on the fit parts; each threshold of ``config.fprs``
     is chosen on the held-out benign scores, and the held-out AUC and TPR at each threshold are stored.
     ``model_checksum`` (e.g. ``LoadedModel.checksum``) is what :meth:`Monitor.load` checks models against."""
-    from safeneurons.evaluate.judges.guard import balanced_weights, fit_logistic
-
     cfg = config or MonitorConfig()
     model_checksum = "" if model_checksum == "unknown" else model_checksum  # LoadedModel's "no weight files"
     if not neuron_set:
@@ -580,10 +452,10 @@ def fit_monitor(model: torch.nn.Module, tokenizer: Any, neuron_set: NeuronSet, h
             for name, ps in groups.items()}
     x = np.concatenate([acts["harmful"][splits["harmful"][0]], acts["harmless"][splits["harmless"][0]]])
     y = np.concatenate([np.ones(splits["harmful"][0].size, bool), np.zeros(splits["harmless"][0].size, bool)])
-    mean, scale = _standardiser(x)
-    weight, bias = fit_logistic((x - mean) / scale, y, cfg.l2, sample_weight=balanced_weights(y))
-    monitor = Monitor(neuron_set, mean, scale, weight, bias, model_checksum=model_checksum, model_shape=shape,
-                      chat_template=cfg.chat_template, system_prompt=cfg.system_prompt, max_length=cfg.max_length)
+    fitted = fit_readout(x, y, cfg.l2)
+    weight = fitted.weight
+    monitor = Monitor.of(neuron_set, fitted, model_checksum=model_checksum, model_shape=shape,
+                         chat_template=cfg.chat_template, system_prompt=cfg.system_prompt, max_length=cfg.max_length)
     held = {name: monitor.probabilities(acts[name][splits[name][1]]) for name in groups}
     train_scores = monitor.probabilities(x)
     stats: dict[str, dict[str, Any]] = {}

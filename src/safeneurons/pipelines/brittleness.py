@@ -54,6 +54,7 @@ from safeneurons.pipelines.common import (
 )
 from safeneurons.pipelines.ledger import check_writable, needs_ledger, open_look
 from safeneurons.pipelines.rundir import RunDir, default_run_dir
+from safeneurons.pipelines.scoring import RecordedJudge
 from safeneurons.stats import StatsConfig
 
 log = logging.getLogger("safeneurons.brittleness")
@@ -318,23 +319,8 @@ class _Scorer:
         self.run, self.lm, self.cfg, self.evalset, self.progress = run, lm, cfg, evalset, progress
         self.cache = GenerationCache(Path(cfg.cache_dir) / rf.GENERATIONS if cfg.cache_dir
                                      else run.file(rf.GENERATIONS))
-        self._judge: Any = None
+        self.judge = RecordedJudge(run, rf.BR_JUDGE, cfg.judge, cfg.judge_params)
         self._texts: list[str] | None = None
-
-    def judge(self) -> Any:
-        if self._judge is None:
-            from safeneurons.evaluate.judges import make_judge
-            from safeneurons.evaluate.validation import judge_record
-
-            self._judge = make_judge(self.cfg.judge, **self.cfg.judge_params)
-            self.run.write_json(rf.BR_JUDGE, judge_record(self._judge))
-        return self._judge
-
-    def judge_about(self) -> dict[str, Any]:
-        path = self.run.file(rf.BR_JUDGE)
-        if not path.exists():
-            self.judge()
-        return read_json(path)
 
     def texts(self) -> list[str]:
         if self._texts is None:
@@ -356,7 +342,7 @@ class _Scorer:
         with self.run.stage(stage) as info:
             replies = generate(lm.model, lm.tokenizer, self.evalset.texts(), self.cfg.generation, interventions=ns,
                                cache=self.cache, model_key=lm.checksum, progress=self.progress)
-            verdicts = self.judge().judge_many([(p.text, t, p.language) for p, t in zip(prompts, replies)])
+            verdicts = self.judge.get().judge_many([(p.text, t, p.language) for p, t in zip(prompts, replies)])
             records = [{"condition": stage, "id": p.id, "prompt": p.text, "response": t, "verdict": v.to_dict()}
                        for p, t, v in zip(prompts, replies, verdicts)]
             row = AsrTable.from_records(records).get(stage)
@@ -515,7 +501,7 @@ def run_brittleness(cfg: BrittlenessConfig, out: str | Path | None = None, progr
                  "identified_fraction": 100 * n_identified / n_total,
                  "exclude": {"path": str(cfg.exclude), "n": len(exclude)} if exclude is not None else None,
                  "split": cfg.data.split, "n_eval": len(evalset),
-                 **scorer.judge_about(), **summarize(points, list(attack)),
+                 **scorer.judge.about(), **summarize(points, list(attack)),
                  "points": points}
     run.write_json(rf.BR_CURVE, curve_doc)
     run.write_text(rf.BR_CURVE_MD, curve_markdown(curve_doc))

@@ -356,7 +356,7 @@ def _refusal(lang: str, setting: str = "jail_filter: template") -> str:
     return REFUSALS[lang]
 
 
-def _translate(lm: Any, texts: list[str], lang: str, gen: GenerationConfig, cache: Any = None) -> list[str]:
+def translate_texts(lm: Any, texts: list[str], lang: str, gen: GenerationConfig, cache: Any = None) -> list[str]:
     """``texts`` translated into ``lang`` by the model itself (the source text where it answers nothing)."""
     from safeneurons.evaluate.generate import generate
 
@@ -443,7 +443,7 @@ def run_multilingual(cfg: MultilingualConfig, out: str | Path | None = None, pro
                 jail = with_answers(jail, lang)
             norm = norm_base
             if cfg.norm_source == "translate" and lang != cfg.hr_language:
-                texts = _translate(lm, norm_en.texts(), lang, cfg.generation, cache)
+                texts = translate_texts(lm, norm_en.texts(), lang, cfg.generation, cache)
                 norm = PromptSet(f"{norm_en.name}[{lang}]", [Prompt(t, language=lang) for t in texts])
                 if needs_responses:
                     norm = with_answers(norm, lang)
@@ -639,7 +639,7 @@ def _translations(lm: Any, cfg: MultilingualConfig, texts: list[str], languages:
     from dataclasses import replace
 
     gen = replace(cfg.generation, max_new_tokens=max(96, cfg.generation.max_new_tokens))
-    return {lang: _translate(lm, texts, lang, gen, cache) for lang in languages}
+    return {lang: translate_texts(lm, texts, lang, gen, cache) for lang in languages}
 
 
 def _benign_examples(lm: Any, cfg: MultilingualConfig, cache: Any, progress: bool,

@@ -173,7 +173,8 @@ def seed_caches(source: str | Path, dest: str | Path) -> list[str]:
     merged into one ``dest`` already has, so several earlier runs can seed one run), every importance
     ``partial/`` cell (keyed by model, prompts, config and shard), every ``capability_cache/`` result (keyed
     by model, interventions, task, questions and shots), every ``stats_cache/`` file of identification
-    statistics (keyed by model, chat template, prompts and statistics settings) and every trained SS-Neuron expansion with its
+    statistics (keyed by model, chat template, prompts and statistics settings), every ``feature_cache/`` shard of
+    last-prompt-token features (keyed by model, zeroed neurons, columns, rendering and prompt) and every trained SS-Neuron expansion with its
     ``trained.json`` (keyed by starting weights, target neurons, training data and settings; hard-linked), at
     the same relative paths. A changed setting therefore recomputes exactly what it changes; nothing else is
     carried over (other trained models, finished stages), so results are those a fresh run would give. Other
@@ -202,7 +203,8 @@ def seed_caches(source: str | Path, dest: str | Path) -> list[str]:
                 a.backup(b)  # consistent even with an unmerged write-ahead log
             tmp.replace(target)
         copied.append(str(db.relative_to(src)))
-    keyed_dirs = [p for name in (rf.PARTIAL_DIR, rf.CAPABILITY_CACHE, rf.STATS_CACHE) for p in src.rglob(name) if p.is_dir()]
+    keyed_dirs = [p for name in (rf.PARTIAL_DIR, rf.CAPABILITY_CACHE, rf.STATS_CACHE, rf.FEATURE_CACHE)
+                  for p in src.rglob(name) if p.is_dir()]
     copied += copy_missing((f for part in sorted(keyed_dirs) for f in sorted(part.rglob("*")) if f.is_file()), src, dst)
     trained = [m.parent for m in sorted(src.glob(rf.expansion_marker("*")))]
     copied += copy_missing((f for d in trained for f in sorted(d.rglob("*")) if f.is_file()), src, dst, link=True)

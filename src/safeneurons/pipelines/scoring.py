@@ -13,6 +13,33 @@ from safeneurons.pipelines.rundir import RunDir
 log = logging.getLogger("safeneurons.pipeline")
 
 
+class RecordedJudge:
+    """A judge loaded on first use (a resumed run whose replies are all judged loads none), whose record
+    (:func:`safeneurons.evaluate.validation.judge_record`: name, version, validation line) is written to the run
+    file ``rel`` when it loads."""
+
+    def __init__(self, run: RunDir, rel: str, name: str, params: Mapping[str, Any]) -> None:
+        self.run, self.rel, self.name, self.params = run, rel, name, dict(params)
+        self._judge: Any = None
+
+    def get(self) -> Any:
+        if self._judge is None:
+            from safeneurons.evaluate.judges import make_judge
+            from safeneurons.evaluate.validation import judge_record
+
+            self._judge = make_judge(self.name, **self.params)
+            self.run.write_json(self.rel, judge_record(self._judge))
+        return self._judge
+
+    def about(self) -> dict[str, Any]:
+        """The judge's record (loading the judge only when this run has not written it yet)."""
+        from safeneurons.io import read_json
+
+        if not self.run.file(self.rel).exists():
+            self.get()
+        return read_json(self.run.file(self.rel))
+
+
 def asr_stage(run: RunDir, judge: Any, evalset: PromptSet, completions: Mapping[str, list[str]],
               conds: Mapping[str, NeuronSet | None], examples: int = 3, prefix: str = "") -> Any:
     """Judge every completion, write ``asr.json`` / ``asr.md`` / ``verdicts.jsonl`` and examples."""

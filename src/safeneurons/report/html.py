@@ -24,6 +24,7 @@ from safeneurons.report.load import (
     AsrResults,
     BrittlenessCurve,
     Missing,
+    MonitorEval,
     NeuronsData,
     NeuronSetInfo,
     RunData,
@@ -41,7 +42,7 @@ FIG_DIR = "figures"
 
 #: Figure files a single-run report may write (removed when a rebuild no longer draws them).
 REPORT_FIGURES = ("neurons_per_layer", "score_distributions", "attack_asr", "category_asr", "brittleness_curve",
-                  "capability", "training_curves", "training_rounds", "language_asr", "language_overlap",
+                  "monitor_roc", "capability", "training_curves", "training_rounds", "language_asr", "language_overlap",
                   "language_counts")
 MAX_SET_PANELS = 8  # neuron sets drawn per layer (a multilingual run has four per language)
 COMPARE_FIGURES = ("compare_attack_asr", "compare_neurons_per_layer", "compare_score_distributions",
@@ -126,6 +127,16 @@ def draw_run_figures(run: RunData, figs: FigureSet) -> None:
                   "95% Wilson intervals; dotted: the break threshold; dash-dotted: the identified set's size. Lower "
                   "panels: the share of degenerate replies and the perplexity of benign text.",
                   "line charts of attack success, degenerate replies and perplexity against neurons zeroed")
+    if isinstance(run.monitor_eval, MonitorEval) and run.monitor_eval.record.curves:
+        ev = run.monitor_eval
+        rates = " and ".join(f"{f:.0%}" for f in ev.record.fprs)
+        figs.draw("monitor_roc", lambda: plots.fig_monitor_roc(ev),
+                  "ROC curves of every readout on the held-out prompts of each scored pair (rows: conditions). Solid: "
+                  "fitted on that condition; dashed: fitted on the original model and applied unchanged. Markers: the "
+                  f"operating points of the thresholds chosen on validation benign prompts for {rates} FPR (circle, "
+                  "square); dotted lines: those rates; cross: the model's own refusal. FPR axis: linear up to the smallest "
+                  "rate, logarithmic above.",
+                  "ROC curves of the monitors, random sets, residual probe and refusal")
     if isinstance(run.capability, dict):
         cap = run.capability
         figs.draw("capability", lambda: plots.fig_capability(cap),
@@ -199,6 +210,7 @@ def render_report(run: RunData, figures: Mapping[str, plots.FigureRef | Missing]
         if isinstance(run.brittleness, BrittlenessCurve) else [],
         "brittleness_summary": views.brittleness_summary(run.brittleness)
         if isinstance(run.brittleness, BrittlenessCurve) else None,
+        "monitor_tables": views.monitor_tables(run.monitor_eval) if isinstance(run.monitor_eval, MonitorEval) else [],
     }
     return environment().get_template("report.html.j2").render(**ctx)
 

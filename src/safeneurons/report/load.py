@@ -77,6 +77,11 @@ train run); extra keys are ignored, missing optional keys are shown as "n/a".
                                        random_ci_high?}], points [BrittlenessPoint]}``; ``curve.md`` (shown
                                        verbatim), ``judge.json`` ``{judge_note}`` and
                                        ``iterative/steps.json`` ``[{before, after, added, stats_reused}]``
+``monitor_eval.json``                  :class:`safeneurons.runformat.MonitorEvalRecord` ``{schema, model, split,
+                                       fprs, bootstrap, judge, judge_note, conditions, readouts, fits, skipped,
+                                       data, multijail, groups, notes, rows [MonitorEvalRow], curves
+                                       [MonitorEvalCurve]}``; ``monitor_eval.md`` (shown verbatim) and
+                                       ``monitor_eval/judge.json`` ``{judge_note}``
 =====================================  ===================================================================
 """
 
@@ -86,7 +91,7 @@ import json
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, TypeVar
 
@@ -1165,6 +1170,63 @@ def parse_iterative_steps(raw: Any) -> list[IterativeStepInfo]:
     return out
 
 
+@dataclass
+class MonitorEval:
+    """``monitor_eval.json``: the readouts compared on held-out prompts (:class:`~safeneurons.runformat.MonitorEvalRecord`,
+    rows whose numbers are not numbers left out and listed in ``problems``)."""
+
+    record: rf.MonitorEvalRecord
+    problems: tuple[str, ...] = ()
+
+    @property
+    def judge_note(self) -> str:
+        return self.record.judge_note
+
+    @property
+    def conditions(self) -> list[str]:
+        names = [_label(c.get("name")) for c in self.record.conditions if _label(c.get("name"))]
+        return names or list(dict.fromkeys(r.condition for r in self.record.rows))
+
+    @property
+    def groups(self) -> list[str]:
+        return self.record.groups or list(dict.fromkeys(r.group for r in self.record.rows
+                                                        if not r.group.startswith("multijail:")))
+
+    @property
+    def languages(self) -> list[str]:
+        return list(dict.fromkeys(r.group.split(":", 1)[1] for r in self.record.rows if r.group.startswith("multijail:")))
+
+
+def _eval_row_ok(row: rf.MonitorEvalRow) -> str:
+    """Why a row cannot be shown (empty: it can)."""
+    if _count(row.n_pos) is None or _count(row.n_neg) is None:
+        return "n_pos / n_neg are not counts"
+    if row.auroc is not None and _prob(row.auroc) is None:
+        return f"AUROC {_text(row.auroc, 40)} is not in [0, 1]"
+    return ""
+
+
+def parse_monitor_eval(raw: Any) -> MonitorEval:
+    """``monitor_eval.json`` (as :func:`safeneurons.pipelines.monitor_eval.run_monitor_eval` writes it)."""
+    d = _mapping(raw, "the file")
+    if d.get("schema") not in (None, rf.ME_SCHEMA):
+        raise _Invalid(f"schema {_text(d.get('schema'), 60)} is not {rf.ME_SCHEMA}")
+    try:
+        rec = rf.MonitorEvalRecord.from_dict(d)
+    except (rf.RecordError, TypeError, AttributeError) as exc:
+        raise _Invalid(str(exc)) from None
+    problems, keep = [], []
+    for i, row in enumerate(rec.rows):
+        why = _eval_row_ok(row)
+        if why:
+            problems.append(f"row {i} ({_label(row.readout)} on {_label(row.group)}): {why}")
+        else:
+            keep.append(row)
+    if not keep:
+        raise _Invalid("no row with counts and an AUROC")
+    return MonitorEval(replace(rec, rows=keep), tuple(problems))
+
+
 @dataclass(frozen=True)
 class Analysis:
     """``analysis.json`` of an analyze run."""
@@ -1344,6 +1406,8 @@ class RunData:
     ml_asr_md: str | Missing = field(default_factory=lambda: _absent(rf.ML_ASR_MD))
     brittleness: BrittlenessCurve | Missing = field(default_factory=lambda: _absent(rf.BR_CURVE))
     brittleness_md: str | Missing = field(default_factory=lambda: _absent(rf.BR_CURVE_MD))
+    monitor_eval: MonitorEval | Missing = field(default_factory=lambda: _absent(rf.ME_RESULT))
+    monitor_eval_md: str | Missing = field(default_factory=lambda: _absent(rf.ME_RESULT_MD))
 
     @property
     def model_name(self) -> str:
@@ -1599,7 +1663,15 @@ def load_run(path: str | Path, _subrun: bool = False) -> RunData:
     run.brittleness = _load_brittleness(r)
     if (root / rf.BR_DIR).is_dir():
         run.brittleness_md = r.text(rf.BR_CURVE_MD, listed=False)
+    if (root / rf.ME_RESULT).exists() or command == "monitor-eval":
+        run.monitor_eval = r.json(rf.ME_RESULT, parse_monitor_eval)
+        run.monitor_eval_md = r.text(rf.ME_RESULT_MD, listed=False)
+        about = r.json(rf.ME_JUDGE, lambda raw: _mapping(raw, "the file"), listed=False)
+        if isinstance(run.monitor_eval, MonitorEval) and not run.monitor_eval.judge_note and isinstance(about, Mapping):
+            run.monitor_eval.record = replace(run.monitor_eval.record, judge_note=_text(about.get("judge_note"), 600))
     run.files = _file_statuses(r.read, run)
+    if isinstance(run.monitor_eval, MonitorEval):
+        run.problems.extend(f"{rf.ME_RESULT}: {p}" for p in run.monitor_eval.problems)
     if isinstance(run.asr, AsrResults):
         run.problems.extend(f"{ASR}: {p}" for p in run.asr.problems)
     if isinstance(run.brittleness, BrittlenessCurve):

@@ -27,6 +27,7 @@ from safeneurons.report.load import (
     CapabilityRow,
     LanguageCounts,
     Missing,
+    MonitorEval,
     NeuronSetInfo,
     Overlap,
     Round,
@@ -539,6 +540,80 @@ def fig_brittleness(curve: BrittlenessCurve) -> Figure:
     ax_ppl.set_xlim(0, right)
     ax_ppl.set_xticks([0, *positive], [f"{f:g}" for f in [0, *positive]], fontsize=7)
     ax_ppl.xaxis.set_minor_formatter(NullFormatter())
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# monitor evaluation
+
+READOUT_COLORS = {"FULL": "#C44E52", "ES": "#DD8452", "SAS": "#55A868", "PROBE": "#4C72B0", "REFUSAL": "#222222"}
+RATE_MARKERS = ("o", "s", "^", "D")
+
+
+def _dense_segments(xs: Sequence[float], ys: Sequence[float], k: int = 24) -> tuple[list[float], list[float]]:
+    """The polyline through ``(xs, ys)`` with ``k`` points on each sloped segment, so that a segment that is
+    straight in linear FPR (tied scores, chance) is drawn as such on a non-linear axis."""
+    ox, oy = [xs[0]], [ys[0]]
+    for x0, y0, x1, y1 in zip(xs, ys, xs[1:], ys[1:]):
+        steps = k if x1 > x0 else 1
+        for i in range(1, steps + 1):
+            ox.append(x0 + (x1 - x0) * i / steps)
+            oy.append(y0 + (y1 - y0) * i / steps)
+    return ox, oy
+
+
+def fig_monitor_roc(ev: MonitorEval) -> Figure:
+    """ROC curves per readout: one row of panels per condition, one panel per scored pair. Solid: fitted on that
+    condition; dashed: fitted on the original model and applied unchanged. Markers: the deployed thresholds'
+    operating points (circle: the first rate, square: the second, ...); dotted verticals: the rates; a black
+    cross: the model's own refusal (one point). The FPR axis is linear up to the smallest rate and logarithmic
+    above it, so the low-FPR end where a monitor operates is readable."""
+    rec = ev.record
+    groups = [g for g in ev.groups if g in {c.group for c in rec.curves}] or list(dict.fromkeys(c.group for c in rec.curves))
+    conds = [c for c in ev.conditions if any(x.condition == c for x in rec.curves)]
+    rows, cols = max(1, len(conds)), max(1, len(groups))
+    fig = Figure(figsize=(4.2 * cols, 3.9 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    rates = [f"{f:g}" for f in rec.fprs]
+    for i, cond in enumerate(conds):
+        for j, group in enumerate(groups):
+            ax = axes[i][j]
+            for k, f in enumerate(rec.fprs):
+                ax.axvline(f, color="#999999", linewidth=0.7, linestyle=":")
+            for c in rec.curves:
+                if c.condition != cond or c.group != group or c.readout == "REFUSAL":
+                    continue
+                transferred = bool(c.fitted_on) and c.fitted_on != cond
+                color = READOUT_COLORS.get(c.readout) or color_for(c.readout)
+                label = c.readout + (f" ({c.fitted_on} fit)" if transferred else "")
+                xs, ys = _dense_segments(c.fpr, c.tpr)
+                ax.plot(xs, ys, color=color, linewidth=1.1, linestyle="--" if transferred else "-",
+                        alpha=0.75 if transferred else 1.0, label=_short(label, 30))
+                row = next((r for r in rec.rows if r.condition == cond and r.group == group and r.readout == c.readout
+                            and r.fitted_on == c.fitted_on), None)
+                for m, key in enumerate(rates):
+                    point = row.deployed.get(key) if row is not None else None
+                    if isinstance(point, dict) and isinstance(point.get("fpr"), (int, float)):
+                        ax.plot([point["fpr"]], [point["tpr"]], marker=RATE_MARKERS[m % len(RATE_MARKERS)],
+                                color=color, markersize=4, linestyle="none", alpha=0.75 if transferred else 1.0)
+            ref = next((r for r in rec.rows if r.condition == cond and r.group == group and r.readout == "REFUSAL"), None)
+            if ref is not None and isinstance(ref.deployed.get("refuses"), dict):
+                p = ref.deployed["refuses"]
+                ax.plot([p["fpr"]], [p["tpr"]], marker="x", color=READOUT_COLORS["REFUSAL"], markersize=7,
+                        linestyle="none", label="REFUSAL (own reply)")
+            ax.plot(*_dense_segments([0.0, 1.0], [0.0, 1.0], 200), color="#BBBBBB", linewidth=0.6)
+            ax.set_xscale("symlog", linthresh=min(rec.fprs) if rec.fprs else 0.01, linscale=0.5)
+            ticks = sorted({0.0, *rec.fprs, 0.2, 0.5, 1.0})
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=7)
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlim(0, 1.0)
+            ax.set_ylim(-0.01, 1.01)
+            ax.set_title(_short(f"{cond}: {group}", 60), fontsize=8)
+            ax.set_xlabel("false-positive rate")
+            if j == 0:
+                ax.set_ylabel("true-positive rate")
+            ax.legend(loc="lower right", fontsize=6)
     fig.tight_layout()
     return fig
 

@@ -13,16 +13,17 @@ from safeneurons.io import write_text_atomic
 
 KEEP_SUFFIXES = {".json", ".jsonl", ".md", ".yaml", ".html", ".png"}
 SKIP_DIRS = {rf.COMPLETIONS_DIR, rf.IMPORTANCE_DIR, rf.PARTIAL_DIR, rf.CAPABILITY_CACHE, rf.MODEL_SUBDIR,
-             rf.TRAINER_SUBDIR}
+             rf.TRAINER_SUBDIR, rf.FEATURE_CACHE, rf.ME_REPLIES_DIR, rf.ME_SCORES_DIR, rf.ME_MONITORS_DIR}
 MAX_BYTES = 2_000_000
 
 
 def publish_run(run_dir: str | Path, dest: str | Path, full: bool = False,
                 full_examples: int = rf.FULL_EXAMPLES) -> list[Path]:
     """Copy result files under ``MAX_BYTES`` each (no ``*.safetensors``, ``*.sqlite``, model or trainer dirs,
-    raw completions). Every ``verdicts.json`` (the attack's, each ``attack-<model>/``'s, the multilingual
-    one) keeps one record per scored prompt and the reply with the judge's reason for ``full_examples``
-    records per condition and language only (docs/results/index.md); ``full``: copy them whole. Training
+    raw completions, nor a monitor evaluation's raw replies, per-prompt scores and fitted monitors). Every
+    ``verdicts.json`` (the attack's, each ``attack-<model>/``'s, the multilingual one) keeps one record per
+    scored prompt and the reply with the judge's reason for ``full_examples`` records per condition and
+    language only (docs/results/index.md); ``full``: copy them whole. Training
     runs keep their preference pairs, train logs and each round's neuron sets. The report is built from
     the whole run first; one built from the published folder shows the same tables."""
     from safeneurons.report import build_report

@@ -12,6 +12,7 @@ from safeneurons.report.load import (
     AsrResults,
     BrittlenessCurve,
     CapabilityRow,
+    MonitorEval,
     Example,
     ManifestInfo,
     Missing,
@@ -43,6 +44,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("attack", "Attack success"),
     Section("categories", "Attack success per category"),
     Section("brittleness", "Brittleness"),
+    Section("monitor", "Monitor evaluation"),
     Section("capability", "Capability"),
     Section("examples", "Example completions"),
     Section("training", "Training"),
@@ -82,6 +84,7 @@ COMMAND_SECTIONS: dict[str, frozenset[str]] = {
     # training: only with expansion, shown when written
     "multilingual": _BASE_SECTIONS | {"neurons", "multilingual", "examples"},
     "analyze": _BASE_SECTIONS | {"neurons"},
+    "monitor-eval": _BASE_SECTIONS | {"neurons", "monitor"},
 }
 
 
@@ -161,6 +164,8 @@ def overview(run: RunData) -> list[tuple[str, str]]:
                      " \u00b7 ".join(f"{m.attacker} {fraction_text(m.fraction)}" +
                                       (f" ({num(m.n_neurons)} neurons)" if m.fraction is not None else "")
                                       for m in run.brittleness.neurons_to_break if m.seed is None) or NA))
+    if isinstance(run.monitor_eval, MonitorEval):
+        rows.extend(monitor_overview(run.monitor_eval))
     broken = [f.file for f in run.files if f.status in ("unreadable", "invalid")]
     if broken:
         rows.append(("unreadable files", ", ".join(broken) + " (see Files read)"))
@@ -325,6 +330,266 @@ def brittleness_examples(curve: BrittlenessCurve) -> dict[str, list[Example]]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# monitor evaluation
+
+DASH = "\u2014"
+
+
+def _ci_pct(ci: Any) -> str:
+    return f"[{100 * ci[0]:.1f}\u2013{100 * ci[1]:.1f}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 \
+        and all(isinstance(x, (int, float)) for x in ci) else ""
+
+
+def auc_text(auc: float | None, ci: Any = None) -> str:
+    """``0.912 [0.871–0.948]``."""
+    if auc is None:
+        return NA
+    band = f" [{ci[0]:.3f}\u2013{ci[1]:.3f}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
+    return f"{auc:.3f}{band}"
+
+
+def rate_text(k: Any, n: Any, ci: Any = None) -> str:
+    """``12 / 60 (20.0%) [11.8–31.8]``."""
+    if not isinstance(k, int) or not isinstance(n, int) or not n:
+        return NA
+    return f"{k} / {n} ({100 * k / n:.1f}%) {_ci_pct(ci)}".rstrip()
+
+
+def _point_text(p: Any) -> str:
+    """A deployed operating point: ``TPR 40.0% [..] / FPR 1.6% [..]``."""
+    if not isinstance(p, dict):
+        return DASH
+    tpr, fpr = p.get("tpr"), p.get("fpr")
+    if not isinstance(tpr, (int, float)) or not isinstance(fpr, (int, float)):
+        return NA
+    return f"{pct(tpr)} {_ci_pct(p.get('tpr_ci'))} / {pct(fpr)} {_ci_pct(p.get('fpr_ci'))}"
+
+
+def _rates(ev: MonitorEval) -> list[str]:
+    return [f"{f:g}" for f in ev.record.fprs]
+
+
+def _readout_order(ev: MonitorEval) -> dict[str, int]:
+    names = [str(r.get("name")) for r in ev.record.readouts if r.get("name")]
+    return {n: i for i, n in enumerate(names)}
+
+
+def _probe_layers(ev: MonitorEval) -> dict[str, Any]:
+    return {str(f.get("condition")): f.get("layer") for f in ev.record.fits if f.get("readout") == "PROBE"}
+
+
+def readout_label(row: Any, ev: MonitorEval) -> str:
+    """``FULL``, ``PROBE (layer 14)``, ``RANDOM0 · fitted on ORI`` (a readout applied unchanged to another
+    condition)."""
+    name = row.readout
+    if name == "PROBE":
+        layer = _probe_layers(ev).get(row.fitted_on)
+        name += f" (layer {layer})" if isinstance(layer, int) else ""
+    if name == "REFUSAL" and ev.record.judge:
+        name += f" ({ev.record.judge})"
+    if row.fitted_on and row.fitted_on != row.condition:
+        name += f" \u00b7 fitted on {row.fitted_on}"
+    return name
+
+
+def _sorted_rows(rows: Sequence[Any], ev: MonitorEval) -> list[Any]:
+    order = _readout_order(ev)
+    return sorted(rows, key=lambda r: (r.fitted_on != r.condition and r.fitted_on != "", order.get(r.readout, 99)))
+
+
+def _table(title: str, columns: list[str], rows: list[dict[str, Any]], note: str = "", first: str = "readout"
+           ) -> dict[str, Any]:
+    return {"title": title, "note": note, "first": first, "columns": columns, "rows": rows}
+
+
+def monitor_overview(ev: MonitorEval) -> list[tuple[str, str]]:
+    """The overview's line: each readout's AUROC on the first scored pair of the original model."""
+    if not ev.groups or not ev.conditions:
+        return []
+    cond, group = ev.conditions[0], ev.groups[0]
+    rows = _sorted_rows([r for r in ev.record.rows if r.condition == cond and r.group == group
+                         and r.fitted_on in (cond, "")], ev)
+    return [(f"monitor AUROC ({group}, {cond})", " \u00b7 ".join(f"{r.readout} {r.auroc:.3f}" for r in rows
+                                                                  if r.auroc is not None) or NA)]
+
+
+def monitor_tables(ev: MonitorEval) -> list[dict[str, Any]]:
+    """Every table of the Monitor evaluation section (and of ``monitor_eval.md``), in order."""
+    rec, rates = ev.record, _rates(ev)
+    tables = [_data_table(ev), _fits_table(ev)]
+    for cond in ev.conditions:
+        for group in ev.groups:
+            rows = _sorted_rows([r for r in rec.rows if r.condition == cond and r.group == group], ev)
+            if not rows:
+                continue
+            n = f"{rows[0].n_pos} harmful, {rows[0].n_neg} benign"
+            cells = []
+            for r in rows:
+                at = [rate_text(r.tpr_at_fpr.get(k, {}).get("k"), r.tpr_at_fpr.get(k, {}).get("n"),
+                                r.tpr_at_fpr.get(k, {}).get("ci")) for k in rates]
+                dep = ([_point_text(r.deployed.get(k)) for k in rates] if "refuses" not in r.deployed
+                       else [_point_text(r.deployed["refuses"]) + " (its own point)"] * len(rates))
+                delta = r.delta_vs_random
+                dtext = (f"{delta['delta']:+.3f} {_ci_num(delta.get('ci'))}".rstrip()
+                         if isinstance(delta, dict) and isinstance(delta.get("delta"), (int, float)) else DASH)
+                cells.append({"label": readout_label(r, ev), "cells": [auc_text(r.auroc, r.auroc_ci), dtext, *at, *dep]})
+            tables.append(_table(
+                f"{cond}: {group} ({n}, {rec.split} split)",
+                ["AUROC [95% CI]", "\u0394 AUROC vs best random [95% CI]",
+                 *[f"TPR at {float(k):.0%} FPR (ROC)" for k in rates],
+                 *[f"deployed t({float(k):.0%}): TPR / FPR" for k in rates]], cells,
+                "AUROC: stratified bootstrap interval. TPR at x% FPR (ROC): the threshold read off these benign prompts "
+                "(an oracle point of the curve). Deployed: the threshold chosen on the validation benign prompts "
+                "before scoring; Wilson intervals."))
+    tables += _false_alarm_tables(ev) + _multijail_tables(ev) + _survival_tables(ev)
+    return tables
+
+
+def _ci_num(ci: Any) -> str:
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 and \
+        all(isinstance(x, (int, float)) for x in ci) else ""
+
+
+def _data_table(ev: MonitorEval) -> dict[str, Any]:
+    rows = [{"label": str(d.get("source")), "cells": [str(d.get("label", NA)), *(num(d.get(k)) if isinstance(
+        d.get(k), int) else NA for k in ("train", "validation", "scored", "removed_identification", "removed_overlap"))]}
+        for d in ev.record.data]
+    mj = ev.record.multijail
+    note = ""
+    if mj.get("languages"):
+        note = (f"MultiJail: {mj.get('rows', NA)} harmful rows in each of {', '.join(map(str, mj['languages']))}; "
+                f"benign side of its AUROC: {mj.get('benign', NA)}.")
+    return _table("Prompts", ["label", "train", "validation", "scored", "identification prompts removed",
+                              "fit prompts removed"], rows, note, first="source")
+
+
+def _fits_table(ev: MonitorEval) -> dict[str, Any]:
+    rates = _rates(ev)
+    rows = []
+    for f in ev.record.fits:
+        val = f.get("validation") if isinstance(f.get("validation"), dict) else {}
+        th = f.get("thresholds") if isinstance(f.get("thresholds"), dict) else {}
+        real = val.get("realised_fpr") if isinstance(val.get("realised_fpr"), dict) else {}
+        layer = f" (layer {f['layer']})" if isinstance(f.get("layer"), int) else ""
+        rows.append({"label": f"{f.get('condition')} \u00b7 {f.get('readout')}{layer}", "cells": [
+            f"{f.get('n_train_pos', NA)} / {f.get('n_train_neg', NA)}",
+            f"{val.get('n_pos', NA)} / {val.get('n_neg', NA)}", auc_text(val.get("auroc")),
+            *[f"{th[k]:.4g} (FPR {pct(real.get(k))})" if isinstance(th.get(k), (int, float)) else NA for k in rates]]})
+    skipped = "; ".join(f"{s.get('set')}: {s.get('reason')}" for s in ev.record.skipped)
+    return _table("Fits (training part; thresholds and probe layer chosen on the validation part)",
+                  ["train harmful / benign", "validation harmful / benign", "validation AUROC",
+                   *[f"deployed t({float(k):.0%}) (validation FPR)" for k in rates]], rows,
+                  f"Skipped: {skipped}." if skipped else "", first="condition \u00b7 readout")
+
+
+def _false_alarm_tables(ev: MonitorEval) -> list[dict[str, Any]]:
+    """Benign prompts flagged at the deployed thresholds, per benign scored source."""
+    rec, rates = ev.record, _rates(ev)
+    pairs = [g for g in ev.groups if " vs " in g]
+    if not pairs:
+        return []
+    rows = []
+    for cond in ev.conditions:
+        for r in _sorted_rows([r for r in rec.rows if r.condition == cond and r.group == pairs[0]], ev):
+            cells = []
+            for g in pairs:
+                row = next((x for x in rec.rows if x.condition == cond and x.group == g and x.readout == r.readout
+                            and x.fitted_on == r.fitted_on), None)
+                for k in (rates if "refuses" not in r.deployed else ["refuses"] * len(rates)):
+                    p = row.deployed.get(k) if row is not None else None
+                    cells.append(rate_text(p.get("fp"), p.get("n_neg"), p.get("fpr_ci")) if isinstance(p, dict) else DASH)
+            rows.append({"label": f"{cond} \u00b7 {readout_label(r, ev)}", "cells": cells})
+    cols = [f"{g.split(' vs ', 1)[1]} at t({float(k):.0%})" for g in pairs for k in rates]
+    return [_table("False alarms: benign prompts flagged at the deployed thresholds", cols, rows,
+                   "Flagged benign prompts (k / n, Wilson interval) per benign source; XSTest's safe prompts look "
+                   "harmful and are the hard case. REFUSAL: the model refuses them (over-refusal).",
+                   first="condition \u00b7 readout")]
+
+
+def _multijail_tables(ev: MonitorEval) -> list[dict[str, Any]]:
+    rec, langs = ev.record, ev.languages
+    if not langs:
+        return []
+    rate = _rates(ev)[0] if _rates(ev) else None
+    out = []
+    benign = rec.multijail.get("benign", "")
+    for cond in ev.conditions:
+        rows = [r for r in rec.rows if r.condition == cond and r.group.startswith("multijail:")]
+        names = _sorted_rows(list({(r.readout, r.fitted_on): r for r in rows}.values()), ev)
+        flagged, aucs = [], []
+        for ref in names:
+            per = {r.group.split(":", 1)[1]: r for r in rows if r.readout == ref.readout and r.fitted_on == ref.fitted_on}
+            key = "refuses" if "refuses" in ref.deployed else rate
+            flagged.append({"label": readout_label(ref, ev), "cells": [
+                f"{pct(per[lang].deployed[key]['tpr'])} {_ci_pct(per[lang].deployed[key].get('tpr_ci'))}".rstrip()
+                if lang in per and isinstance(per[lang].deployed.get(key), dict) else DASH for lang in langs]})
+            aucs.append({"label": readout_label(ref, ev), "cells": [auc_text(per[lang].auroc) if lang in per else DASH
+                                                                    for lang in langs]})
+        if flagged:
+            at = f"t({float(rate):.0%})" if rate else "its threshold"
+            out.append(_table(f"{cond}: MultiJail harmful rows flagged at the English {at}", langs, flagged,
+                              "Readouts fitted on English prompts only; REFUSAL: the share of rows the model refuses."))
+            out.append(_table(f"{cond}: MultiJail AUROC (harmful rows vs {benign})", langs, aucs,
+                              "" if "translated" in benign else "Against English benign prompts: a language shift "
+                              "alone can move this AUROC."))
+    return out
+
+
+def _survival_tables(ev: MonitorEval) -> list[dict[str, Any]]:
+    """Per scored pair (and all): each readout on the original model and on every other condition, applied as
+    fitted on ORI and fitted again."""
+    rec = ev.record
+    if len(ev.conditions) < 2:
+        return []
+    base, others = ev.conditions[0], ev.conditions[1:]
+    rate = _rates(ev)[0] if _rates(ev) else None
+    out = []
+    for group in ev.groups:
+        rows = []
+        for name in sorted({r.readout for r in rec.rows}, key=lambda n: _readout_order(ev).get(n, 99)):
+            def cell(cond: str, fitted_on: str) -> str:
+                r = next((x for x in rec.rows if x.condition == cond and x.group == group and x.readout == name
+                          and x.fitted_on == fitted_on), None)
+                if r is None:
+                    return DASH
+                key = "refuses" if "refuses" in r.deployed else rate
+                p = r.deployed.get(key) if key else None
+                return auc_text(r.auroc, r.auroc_ci) + (f"; TPR {pct(p.get('tpr'))}" if isinstance(p, dict) else "")
+            own = "" if name == "REFUSAL" else None
+            cells = [cell(base, base if own is None else own)]
+            for c in others:
+                cells += [cell(c, base) if own is None else DASH, cell(c, c if own is None else own)]
+            rows.append({"label": name, "cells": cells})
+        cols = [f"{base}"] + [x for c in others for x in (f"{c}: fitted on {base}", f"{c}: refitted")]
+        out.append(_table(f"Survival: {group}", cols, rows,
+                          f"AUROC [95% CI]; TPR at the deployed t({float(rate):.0%})" if rate else "AUROC [95% CI]"))
+    return out
+
+
+def markdown_tables(title: str, tables: Sequence[dict[str, Any]], footer: str = "") -> str:
+    """The tables as Markdown: a heading, each table with its title and note."""
+    lines = [f"# {title}", ""]
+    for t in tables:
+        lines += [f"## {t['title']}", "", "| " + " | ".join([t["first"], *t["columns"]]) + " |",
+                  "|" + "---|" * (len(t["columns"]) + 1)]
+        lines += ["| " + " | ".join([str(r["label"]), *map(str, r["cells"])]).replace("\n", " ") + " |"
+                  for r in t["rows"]]
+        if t["note"]:
+            lines += ["", t["note"]]
+        lines.append("")
+    if footer:
+        lines += [footer, ""]
+    return "\n".join(lines)
+
+
+def monitor_markdown(ev: MonitorEval) -> str:
+    """``monitor_eval.md``: the section's tables, its notes and the judge line."""
+    notes = "\n".join(f"- {n}" for n in ev.record.notes)
+    footer = "\n\n".join(x for x in (f"Notes:\n\n{notes}" if notes else "", ev.judge_note) if x)
+    return markdown_tables("Monitor evaluation", monitor_tables(ev), footer)
+
+
 def sections_for(run: RunData) -> dict[str, SectionView]:
     """Which sections have data, and the Missing markers to show where they do not."""
     def sv(sid: str, *parts: Any, need_all: bool = False) -> SectionView:
@@ -360,6 +625,7 @@ def sections_for(run: RunData) -> dict[str, SectionView]:
         "attack": sv("attack", run.asr, *extra(run.robustness), *run.over_refusal.values(), *([True] if subs else [])),
         "categories": sv("categories", cats, *sub_cats),
         "brittleness": sv("brittleness", run.brittleness),
+        "monitor": sv("monitor", run.monitor_eval),
         "capability": sv("capability", run.capability, *extra(run.robustness), *sub_caps),
         "examples": sv("examples", examples_src, *extra(run.ml_completions), *([True] if subs else [])),
         "training": sv("training", *trainings, run.rounds, *extra(run.pairs)),
