@@ -59,8 +59,16 @@ def _run_config(path: Path) -> dict[str, Any]:
     raise DataError(f"{path}: no manifest.json above it inside {RESULTS}.")
 
 
+def scored_on_test(path: Path) -> bool:
+    """Whether the run that wrote ``path`` scored the sealed test split (``--split test``): its items are the
+    test half, looked at once and logged in test-ledger.jsonl, and must not be moved to dev."""
+    cfg = _run_config(path)
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    return "test" in (cfg.get("split"), data.get("split"))
+
+
 def _files(roots: list[Path], pattern: str) -> list[Path]:
-    return sorted(f for root in roots for f in root.rglob(pattern))
+    return sorted(f for root in roots for f in root.rglob(pattern) if not scored_on_test(f))
 
 
 def verdict_keys(roots: list[Path] | None = None) -> dict[str, set[str]]:

@@ -112,7 +112,13 @@ def test_an_identification_dataset_as_evaluation_set_keeps_its_rows_not_sampled_
 
 
 def _published(name):
-    return sorted(RESULTS.rglob(name))
+    """Files ``name`` of published runs that scored dev (or predate the split); test-split runs are left out."""
+    sys.path.insert(0, str(ROOT / "data"))
+    try:
+        from build_burned import scored_on_test
+    finally:
+        sys.path.remove(str(ROOT / "data"))
+    return sorted(f for f in RESULTS.rglob(name) if not scored_on_test(f))
 
 
 @needs_data
@@ -140,6 +146,22 @@ def test_prompts_scored_in_published_runs_are_never_test():
     salt, norm = prompts_mod.SPLIT_SALT, prompts_mod.normalise
     raw = [t for t in texts if int(prompts_mod.sha256_text(f"{salt}:{norm(t)}")[:8], 16) < 2**31]
     assert raw
+
+
+@needs_data
+def test_published_test_split_runs_scored_only_test_rows():
+    """A published --split test run (e.g. multilingual-0.5b-expansion-test) scored only rows of the test half."""
+    sys.path.insert(0, str(ROOT / "data"))
+    try:
+        from build_burned import scored_on_test
+    finally:
+        sys.path.remove(str(ROOT / "data"))
+    files = [f for f in RESULTS.rglob("verdicts.json") if scored_on_test(f)]
+    assert files
+    for f in files:
+        for rec in json.loads(f.read_text()):
+            key = rec["id"] if rec["id"].startswith("multijail-") else rec["prompt"]
+            assert split_of(key) == "test", (f, rec["id"])
 
 
 @needs_data
