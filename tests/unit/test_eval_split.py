@@ -111,14 +111,19 @@ def test_an_identification_dataset_as_evaluation_set_keeps_its_rows_not_sampled_
     assert not {normalise(p.text) for p in other} & {normalise(p.text) for p in load_prompts("advbench")}
 
 
-def _published(name):
-    """Files ``name`` of published runs that scored dev (or predate the split); test-split runs are left out."""
+def _scored_on_test(path):
+    """data/build_burned.scored_on_test: whether the published run that wrote ``path`` scored --split test."""
     sys.path.insert(0, str(ROOT / "data"))
     try:
         from build_burned import scored_on_test
     finally:
         sys.path.remove(str(ROOT / "data"))
-    return sorted(f for f in RESULTS.rglob(name) if not scored_on_test(f))
+    return scored_on_test(path)
+
+
+def _published(name):
+    """Files ``name`` of published runs that scored dev (or predate the split); test-split runs are left out."""
+    return sorted(f for f in RESULTS.rglob(name) if not _scored_on_test(f))
 
 
 @needs_data
@@ -151,12 +156,7 @@ def test_prompts_scored_in_published_runs_are_never_test():
 @needs_data
 def test_published_test_split_runs_scored_only_test_rows():
     """A published --split test run (e.g. multilingual-0.5b-expansion-test) scored only rows of the test half."""
-    sys.path.insert(0, str(ROOT / "data"))
-    try:
-        from build_burned import scored_on_test
-    finally:
-        sys.path.remove(str(ROOT / "data"))
-    files = [f for f in RESULTS.rglob("verdicts.json") if scored_on_test(f)]
+    files = [f for f in RESULTS.rglob("verdicts.json") if _scored_on_test(f)]
     assert files
     for f in files:
         for rec in json.loads(f.read_text()):
