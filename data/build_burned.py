@@ -62,7 +62,8 @@ def _run_config(path: Path) -> dict[str, Any]:
 def scored_on_test(path: Path) -> bool:
     """Whether the run that wrote ``path`` scored the sealed test split (``--split test``): its items are the
     test half, looked at once and logged in test-ledger.jsonl, and must not be moved to dev."""
-    cfg = _run_config(path)
+    manifest = next((d / "manifest.json" for d in path.parents if (d / "manifest.json").is_file()), None)
+    cfg = (read_json(manifest).get("config") or {}) if manifest else {}
     data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     return "test" in (cfg.get("split"), data.get("split"))
 
