@@ -100,9 +100,11 @@ def test_experimental_settings_are_checked_where_they_now_live():
 
 def _command_class(path: Path) -> type:
     from safeneurons.pipelines.attack import AttackConfig
+    from safeneurons.pipelines.monitor_eval import MonitorEvalConfig
 
     command = json.loads((path.parent / "manifest.json").read_text(encoding="utf-8"))["command"]
-    return {"train": TrainRunConfig, "multilingual": MultilingualConfig}.get(command, AttackConfig)
+    return {"train": TrainRunConfig, "multilingual": MultilingualConfig,
+            "monitor-eval": MonitorEvalConfig}.get(command, AttackConfig)
 
 
 PUBLISHED_CONFIGS = sorted(PUBLISHED.glob("*/config.yaml"))
