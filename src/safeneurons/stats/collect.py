@@ -31,7 +31,7 @@ from safeneurons.models.hooks import site_hooks
 from safeneurons.models.layout import ModelLayout, model_layout
 from safeneurons.neurons import ModelShape
 from safeneurons.stats.encode import Encoded, encode, length_sorted_batches, pad_batch, pad_token_id
-from safeneurons.stats.moments import RunningMoments
+from safeneurons.stats.moments import RunningMoments, Span, Workspace
 
 log = logging.getLogger("safeneurons.stats")
 POSITIONS = ("last", "prompt_mean", "prompt_tokens", "response_mean", "response_tokens", "all_tokens")
@@ -128,31 +128,73 @@ class ActivationStats:
                    json.loads(meta.get("meta", "{}")))
 
 
-def _selection(batch: Sequence[Encoded], width: int, position: str) -> tuple[torch.Tensor, str]:
-    """A [B, T] boolean mask of the positions to use (padding excluded) and the reduction."""
-    sel = torch.zeros((len(batch), width), dtype=torch.bool)
+@dataclass(frozen=True)
+class BatchPlan:
+    """Which activations of a right-padded batch ``[B, T]`` count, built once per batch from the token counts.
+
+    The hooks view a site's activation as rows ``[B*T, W]`` (row ``r*T + t`` is token ``t`` of prompt ``r``).
+    Token positions accumulate the rows in ``spans`` where they are (no copy; adjacent spans are joined, so
+    a batch without padding is one span). ``last`` gathers one row per prompt (``gather``); ``prompt_mean`` /
+    ``response_mean`` average each prompt's rows ``segments`` into one sample; both give ``B`` samples and
+    ``spans == ((0, B),)``. No position reads a padding row, so padding cannot change a result."""
+
+    n: int
+    spans: tuple[Span, ...]
+    gather: torch.Tensor | None = None
+    segments: tuple[Span, ...] | None = None
+
+    def samples(self, x: torch.Tensor, ws: Workspace) -> torch.Tensor:
+        """The rows that ``spans`` index, from a site activation ``x`` ``[B, T, W]``."""
+        rows = x.reshape(-1, x.shape[-1])
+        if self.gather is not None:  # .to() is a no-op unless the model is split over devices
+            return rows.index_select(0, self.gather.to(rows.device))
+        if self.segments is not None:  # a prompt's mean as a matrix product with ones: one read, BLAS
+            return torch.cat([ws.ones(b - a, rows.dtype, rows.device) @ rows[a:b] / (b - a)
+                              for a, b in self.segments])
+        return rows
+
+
+def batch_plan(batch: Sequence[Encoded], width: int, position: str,
+               device: torch.device | str = "cpu") -> BatchPlan:
+    """The :class:`BatchPlan` of ``position`` for ``batch`` padded on the right to ``width`` tokens."""
+    segs = []
     for r, e in enumerate(batch):
         n, p = len(e.ids), e.prompt_len
         if position == "last":
-            sel[r, p - 1] = True
+            a, b = p - 1, p
         elif position.startswith("prompt"):
-            sel[r, :p] = True
+            a, b = 0, p
         elif position.startswith("response"):
             if n <= p:
                 raise DataError(f"position {position!r} needs a response, but prompt {r} of the batch has none.")
-            sel[r, p:n] = True
+            a, b = p, n
         else:
-            sel[r, :n] = True
-    reduce = "mean" if position in ("last", "prompt_mean", "response_mean") else "tokens"
-    return sel, reduce
+            a, b = 0, n
+        segs.append((r * width + a, r * width + b))
+    if position == "last":
+        gather = torch.tensor([a for a, _ in segs], dtype=torch.long).to(device)
+        return BatchPlan(len(batch), ((0, len(batch)),), gather=gather)
+    if position.endswith("_mean"):
+        return BatchPlan(len(batch), ((0, len(batch)),), segments=tuple(segs))
+    spans: list[Span] = []
+    for a, b in segs:
+        if spans and spans[-1][1] == a:
+            spans[-1] = (spans[-1][0], b)
+        else:
+            spans.append((a, b))
+    return BatchPlan(sum(b - a for a, b in segs), tuple(spans))
 
 
-def _reduce(x: torch.Tensor, sel: torch.Tensor, reduce: str) -> torch.Tensor:
-    sel = sel.to(x.device)
-    if reduce == "tokens":
-        return x[sel]
-    m = sel.unsqueeze(-1).to(x.dtype)
-    return (x * m).sum(1) / m.sum(1)
+def _prompt_names(idx: Sequence[int]) -> str:
+    """``"3-5"`` for a run of consecutive indices, else the sorted list (the first 8)."""
+    s = sorted(idx)
+    if s == list(range(s[0], s[-1] + 1)):
+        return f"{s[0]}-{s[-1]}" if len(s) > 1 else str(s[0])
+    return ", ".join(map(str, s[:8])) + (", ..." if len(s) > 8 else "")
+
+
+#: batches between two finiteness checks (each check is one host sync; a failing check still names the batch)
+CHECK_EVERY = 16
 
 
 def decoder_of(model: nn.Module) -> nn.Module:
@@ -173,6 +215,7 @@ def collect_stats(model: nn.Module, tokenizer: Any, groups: Mapping[str, PromptS
     pad = pad_token_id(tokenizer)
     device = next(model.parameters()).device
     decoder = decoder_of(model)
+    workspace = Workspace()  # scratch shared by every hook and batch of this pass
     result: dict[str, dict[tuple[int, str], RunningMoments]] = {}
     meta: dict[str, Any] = {"position": cfg.position, "chat_template": cfg.chat_template, "groups": {}}
     for gname, prompts in groups.items():
@@ -192,35 +235,52 @@ def collect_stats(model: nn.Module, tokenizer: Any, groups: Mapping[str, PromptS
 
         def make_hook(layer: int, site: str):
             lay = layout.site(site)
+            cell = cells[(layer, site)]
 
             def observe(x: torch.Tensor) -> None:
-                x = x[..., lay.offset : lay.offset + lay.width]
-                samples = _reduce(x, state["sel"], state["reduce"])
-                # any inf/nan makes the sum non-finite (5x cheaper than isfinite(x).all()); half-precision
-                # activations are summed in float32 so a large but finite batch cannot overflow. The sums are
-                # checked once per batch (one device sync per batch, not one per hook)
-                wide = torch.float32 if samples.dtype in (torch.float16, torch.bfloat16) else None
-                state["sums"].append(((layer, site), samples.sum(dtype=wide)))
-                cells[(layer, site)].add(samples)
+                plan: BatchPlan = state["plan"]
+                samples = plan.samples(x[..., lay.offset : lay.offset + lay.width], workspace)
+                state["probes"].append(cell.add(samples, plan.spans, workspace))
+                state["keys"].append((layer, site))
 
             return observe
 
-        hooks = [(layer, site, make_hook(layer, site)) for layer in range(layout.n_layers) for site in cfg.sites]
+        def check(pending: list[tuple[list[int], list[tuple[int, str]], torch.Tensor]]) -> None:
+            """One host sync for the pending batches; names the first non-finite (batch, layer, site) in the
+            order the forward pass ran the hooks."""
+            if not pending:
+                return
+            finite = torch.isfinite(torch.cat([p for _, _, p in pending])).cpu()
+            if not bool(finite.all()):
+                first = int((~finite).nonzero()[0])
+                for idx, keys, _ in pending:
+                    if first < len(keys):
+                        layer, site = keys[first]
+                        raise NumericalError(
+                            f"non-finite activations at {layer}.{site} for prompts {_prompt_names(idx)} of "
+                            f"group {gname!r}; not averaged. Try dtype float32.")
+                    first -= len(keys)
+            pending.clear()
+
+        hooks = [(layer, site, make_hook(layer, site))
+                 for layer in range(layout.n_layers) for site in cfg.sites]
+        pending: list[tuple[list[int], list[tuple[int, str]], torch.Tensor]] = []
         with site_hooks(layout, hooks):
             batches = length_sorted_batches(encoded, cfg.batch_size)
             bar = tqdm(batches, desc=f"stats {gname}", disable=not progress, unit="batch", leave=False)
             for idx in bar:
                 batch = [encoded[i] for i in idx]
                 ids, mask = pad_batch(batch, pad, "right")
-                state["sel"], state["reduce"] = _selection(batch, ids.shape[1], cfg.position)
-                state["sums"] = []
+                state["plan"] = batch_plan(batch, ids.shape[1], cfg.position, device)
+                state["probes"], state["keys"] = [], []
                 decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-                finite = torch.isfinite(torch.stack([t.float() for _, t in state["sums"]] or [torch.zeros(())])).cpu()
-                if not bool(finite.all()):
-                    layer, site = state["sums"][int((~finite).nonzero()[0])][0]
-                    raise NumericalError(
-                        f"non-finite activations at {layer}.{site} for prompts {min(idx)}-{max(idx)} of group "
-                        f"{gname!r}; not averaged. Try dtype float32.")
+                # each hook's probe is non-finite exactly when its activations were: kept on the device and
+                # read every CHECK_EVERY batches (one sync), so the forward passes are not stalled per batch
+                if state["probes"]:
+                    pending.append((idx, state["keys"], torch.stack([p.to(device) for p in state["probes"]])))
+                if len(pending) >= CHECK_EVERY:
+                    check(pending)
+            check(pending)
         result[gname] = {cell: moments.to("cpu") for cell, moments in cells.items()}
         meta["groups"][gname] = {
             "n_prompts": len(texts),
