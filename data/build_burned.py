@@ -49,20 +49,29 @@ ABOUT = ("Evaluation items scored in the runs published under docs/results (verd
          "every item whose sha256(normalise(key)) is listed here on the dev side, never in test.")
 
 
-def _run_config(path: Path) -> dict[str, Any]:
-    """The config of the run that wrote ``path`` (the nearest manifest.json above it)."""
+def _manifest_above(path: Path) -> Path | None:
+    """The nearest manifest.json above ``path`` (not looking above docs/results), or None."""
     for parent in path.parents:
         if (parent / "manifest.json").is_file():
-            return read_json(parent / "manifest.json").get("config") or {}
+            return parent / "manifest.json"
         if parent == RESULTS:
             break
-    raise DataError(f"{path}: no manifest.json above it inside {RESULTS}.")
+    return None
+
+
+def _run_config(path: Path) -> dict[str, Any]:
+    """The config of the run that wrote ``path`` (the nearest manifest.json above it)."""
+    manifest = _manifest_above(path)
+    if manifest is None:
+        raise DataError(f"{path}: no manifest.json above it inside {RESULTS}.")
+    return read_json(manifest).get("config") or {}
 
 
 def scored_on_test(path: Path) -> bool:
     """Whether the run that wrote ``path`` scored the sealed test split (``--split test``): its items are the
-    test half, looked at once and logged in test-ledger.jsonl, and must not be moved to dev."""
-    manifest = next((d / "manifest.json" for d in path.parents if (d / "manifest.json").is_file()), None)
+    test half, looked at once and logged in test-ledger.jsonl, and must not be moved to dev. A folder without a
+    manifest (a copy outside docs/results) did not."""
+    manifest = _manifest_above(path)
     cfg = (read_json(manifest).get("config") or {}) if manifest else {}
     data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     return "test" in (cfg.get("split"), data.get("split"))
