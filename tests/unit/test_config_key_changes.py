@@ -99,12 +99,9 @@ def test_experimental_settings_are_checked_where_they_now_live():
 # every standing recipe: configs/, the package's, every published run's
 
 def _command_class(path: Path) -> type:
-    from safeneurons.pipelines.attack import AttackConfig
-    from safeneurons.pipelines.monitor_eval import MonitorEvalConfig
+    from safeneurons.cli.reference import config_class
 
-    command = json.loads((path.parent / "manifest.json").read_text(encoding="utf-8"))["command"]
-    return {"train": TrainRunConfig, "multilingual": MultilingualConfig,
-            "monitor-eval": MonitorEvalConfig}.get(command, AttackConfig)
+    return config_class(json.loads((path.parent / "manifest.json").read_text(encoding="utf-8"))["command"])
 
 
 PUBLISHED_CONFIGS = sorted(PUBLISHED.glob("*/config.yaml"))

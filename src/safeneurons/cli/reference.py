@@ -35,7 +35,7 @@ COMMANDS: dict[str, str] = {
     "monitor fit": "safeneurons.pipelines.monitor:MonitorFitRunConfig",
     "monitor evaluate": "safeneurons.pipelines.monitor_eval:MonitorEvalConfig",
 }
-ALIASES = {"train": "train safeneuron"}
+ALIASES = {"train": "train safeneuron", "monitor-eval": "monitor evaluate"}  # also the names run manifests record
 # the keys each command's --help names (tests check that they exist)
 MAIN_KEYS: dict[str, tuple[str, ...]] = {
     "identify": ("model.spec", "data.harmful", "data.harmless", "data.n_identify", "stats.position",
