@@ -13,7 +13,6 @@ rest, one forward pass per prompt; an interrupted pass loses at most one shard. 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from safeneurons import runformat as rf
-from safeneurons.io import atomic_path, read_safetensors
+from safeneurons.io import atomic_path, read_safetensors, sha256_text
 from safeneurons.neurons import NeuronSet
 
 log = logging.getLogger("safeneurons.monitor")
@@ -44,7 +43,7 @@ class Features:
 
 
 def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+    return sha256_text(text)[:24]
 
 
 def feature_key(lm: Any, columns: NeuronSet, zeroed: NeuronSet | None, residual: bool, rendering: dict[str, Any]) -> str:
@@ -55,11 +54,11 @@ def feature_key(lm: Any, columns: NeuronSet, zeroed: NeuronSet | None, residual:
     checksum = str(getattr(lm, "checksum", "") or "")
     model = checksum if checksum not in ("", "unknown") else f"unknown:{lm.spec}:{lm.name}"
     template = str(getattr(lm.tokenizer, "chat_template", None) or "")
-    blob = json.dumps({"v": 1, "model": model, "template": hashlib.sha256(template.encode()).hexdigest(),
+    blob = json.dumps({"v": 1, "model": model, "template": sha256_text(template),
                        "zeroed": fingerprint(zeroed) if zeroed is not None else "none",
                        "columns": neuron_fingerprint(columns) if columns else "none", "residual": residual,
                        "rendering": rendering}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    return sha256_text(blob)[:32]
 
 
 def _shards(folder: Path) -> dict[str, tuple[Path, int]]:
@@ -105,7 +104,7 @@ def cached_features(run: Any, lm: Any, texts: Sequence[str], columns: NeuronSet,
         tensors = {"neurons": torch.from_numpy(f.neurons.astype(np.float32))}
         if f.residual is not None:
             tensors["residual"] = torch.from_numpy(np.ascontiguousarray(f.residual, dtype=np.float32))
-        path = run.file(rf.me_feature_shard(key, hashlib.sha256("".join(hashes).encode()).hexdigest()[:16]))
+        path = run.file(rf.me_feature_shard(key, sha256_text("".join(hashes))[:16]))
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"key": key, "prompts": json.dumps(hashes)})
         have.update({h: (path, row) for row, h in enumerate(hashes)})
