@@ -8,31 +8,17 @@ separately), with a 95 % Wilson interval."""
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from safeneurons.errors import DataError
+from safeneurons.evaluate.asr import wilson_interval
 from safeneurons.evaluate.generate import GenerationConfig, generate
 
 if TYPE_CHECKING:
     from safeneurons.data.prompts import Prompt, PromptSet
     from safeneurons.evaluate.cache import GenerationCache
     from safeneurons.evaluate.judges.base import Judge
-
-
-def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    try:
-        from safeneurons.evaluate.asr import wilson_interval
-    except ImportError:  # pragma: no cover - asr.py ships with the package
-        if n == 0:
-            return 0.0, 1.0
-        p, z2 = k / n, z * z
-        denom = 1 + z2 / n
-        center = (p + z2 / (2 * n)) / denom
-        half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-        return (0.0 if k == 0 else max(0.0, center - half)), (1.0 if k == n else min(1.0, center + half))
-    return wilson_interval(k, n, z)
 
 
 def _as_prompts(prompts: "PromptSet | Iterable[Prompt | str] | None") -> tuple[str, list[tuple[str, str, str, str]]]:
@@ -88,7 +74,7 @@ def over_refusal(model: Any, tokenizer: Any, prompts: "PromptSet | Sequence[Prom
     labels = Counter(v.label for v in verdicts)
     n = len(verdicts) - labels.get("unjudged", 0)
     k = labels.get("refusal", 0)
-    lo, hi = _wilson(k, n)
+    lo, hi = wilson_interval(k, n)
     by_cat: dict[str, dict[str, float]] = {}
     for (_, _, _, cat), v in zip(items, verdicts):
         if v.label == "unjudged":
