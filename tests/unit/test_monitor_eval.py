@@ -112,7 +112,7 @@ def test_the_probe_layer_and_thresholds_are_chosen_on_the_validation_part_only()
     from safeneurons.pipelines.monitor_eval import PROBE, Readout, fit_readouts
 
     data, texts, neurons, residual = _synthetic()
-    cfg = MonitorEvalConfig(neurons="x", residual_probe=True)
+    cfg = MonitorEvalConfig(neurons="x", residual_probe=True, probe_layer_on=())
     readouts = [Readout("SET", "neurons", cols=np.arange(5)), Readout(PROBE, "residual")]
     before = fit_readouts(readouts, neurons, residual, texts, data, cfg)
     assert before[PROBE].layer == 2 and before[PROBE].info["validation_auroc_by_layer"][2] > 0.8
@@ -132,6 +132,45 @@ def test_the_probe_layer_and_thresholds_are_chosen_on_the_validation_part_only()
         assert after[name].thresholds == before[name].thresholds
         assert np.array_equal(after[name].model.weight, before[name].model.weight)
         assert after[name].info == before[name].info
+
+
+def test_the_probe_layer_is_chosen_on_the_form_matched_validation_rows():
+    """Validation rows of two kinds: a form-mixed pair (AdvBench vs Self-Instruct) that layer 0 separates by form
+    alone, and a same-form pair (XSTest) that only layer 2 separates. With probe_layer_on naming the same-form
+    pair the probe reads layer 2; choosing on every validation row picks the form detector (layer 0)."""
+    from safeneurons.pipelines.monitor_eval import PROBE, Readout, fit_readouts
+    from safeneurons.pipelines.monitor_eval_data import EvalData, EvalPrompt
+
+    rng = np.random.default_rng(1)
+    prompts = []
+    for part, n in (("train", 80), ("validation", 80)):
+        for i in range(n):
+            harmful, matched = bool(i % 2), i % 4 >= 2
+            source = ("xstest:unsafe" if harmful else "xstest:safe") if matched else (
+                "advbench" if harmful else "self_instruct")
+            prompts.append(EvalPrompt(f"{part} {i}", source, harmful, part))
+    texts = [p.text for p in prompts]
+    y = np.array([p.harmful for p in prompts])
+    form = np.array([p.source in ("advbench", "self_instruct") for p in prompts])
+    residual = rng.normal(0, 1, (len(prompts), 3, 4))
+    residual[:, 0, 0] += 6.0 * (y & form) - 6.0 * (~y & form)  # layer 0: perfect on the form-mixed pair only
+    residual[:, 2, 1] += 1.2 * y  # layer 2: the harmfulness signal, weaker but on both pairs
+    data = EvalData(prompts, {}, [], [])
+    readouts = [Readout(PROBE, "residual")]
+    neurons = rng.normal(0, 1, (len(prompts), 2))
+    matched = fit_readouts(readouts, neurons, residual, texts, data, MonitorEvalConfig(neurons="x"))[PROBE]
+    assert matched.layer == 2
+    assert matched.info["layer_chosen_on"] == {"sources": ["xstest:unsafe", "xstest:safe"], "n_pos": 20, "n_neg": 20}
+    every = fit_readouts(readouts, neurons, residual, texts, data,
+                         MonitorEvalConfig(neurons="x", probe_layer_on=()))[PROBE]
+    assert every.layer == 0
+
+
+def test_probe_layer_on_must_name_a_harmful_and_a_benign_fit_source():
+    with pytest.raises(ConfigError, match="probe_layer_on"):
+        MonitorEvalConfig(neurons="x", probe_layer_on=("xstest:unsafe",))
+    with pytest.raises(ConfigError, match="probe_layer_on"):
+        MonitorEvalConfig(neurons="x", probe_layer_on=("xstest:unsafe", "harmbench"))
 
 
 def test_rows_with_identical_features_tie_exactly():
@@ -386,6 +425,8 @@ def test_the_report_shows_the_evaluation(planted_run):
     assert 'data-file="figures/monitor_roc.png"' in section and (out / "figures" / "monitor_roc.png").is_file()
     for title in ("Prompts", "Fits (training part", "ORI: ", "PRUNED: ", "False alarms", "Survival: "):
         assert title in section, title
+    assert re.search(r"The probe(&#39;|')s layer is chosen on the validation prompts of \S+ vs \S+ \(16 harmful / 10 "
+                     r"benign\)", section)
     assert "Not in this run" not in html and "Could not be read" not in html
     assert (out / "roc.png").stat().st_size > 1000
     assert "monitor AUROC" in html  # the overview line

@@ -9,7 +9,10 @@ prompt goes where), all from one forward pass per prompt (:mod:`.feature_cache`)
 * ``RANDOM<seed>``: the same readout on a random set with FULL's per-layer counts, drawn outside FULL
   (:meth:`~safeneurons.neurons.NeuronSet.random_matched`), one per seed;
 * ``PROBE``: the readout on the residual stream of one layer, chosen by validation AUROC among all layers
-  (:func:`safeneurons.evaluate.readouts.fit_probe`) — the standard linear-probe baseline;
+  (:func:`safeneurons.evaluate.readouts.fit_probe`) — the standard linear-probe baseline. The AUROC that chooses
+  the layer is read on the validation prompts of ``probe_layer_on`` only (default XSTest unsafe vs safe, the same
+  form): on a validation part that is mostly AdvBench vs Self-Instruct every layer separates form at AUROC ≥ 0.98
+  and the choice would be a form detector;
 * ``REFUSAL``: the model's own behaviour: its greedy reply judged (``judge``, default the validated ``guard``),
   score 1 for a refusal and 0 otherwise (compliance, degenerate or unjudged). Not fitted.
 
@@ -118,6 +121,11 @@ class MonitorEvalConfig:
                 "ROC curve's TPR at each"})
     residual_probe: bool = field(default=True, metadata={
         "help": "fit the residual-stream probe (PROBE; keeps every layer's residual stream in the feature cache)"})
+    probe_layer_on: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "fit sources whose validation rows choose the probe's layer: a harmful and a benign source of the "
+                "same form, so the layer reads harmfulness and not prompt form (null: the first of fit_harmful and "
+                "of fit_harmless, XSTest unsafe vs safe by default; []: every validation row, which with AdvBench "
+                "vs Self-Instruct picks a form detector)"})
     batch_size: int = field(default=8, metadata={"help": "prompts per forward pass of the feature pass"})
     max_length: int = field(default=512, metadata={"help": "longest prompt in tokens for features (its end is kept)"})
     refusal: bool = field(default=True, metadata={
@@ -154,6 +162,8 @@ class MonitorEvalConfig:
         for key in ("sets", "random_seeds", "fit_harmful", "fit_harmless", "score_harmful", "score_harmless",
                     "multijail_languages"):
             setattr(self, key, tuple(getattr(self, key)))
+        if self.probe_layer_on is not None:
+            self.probe_layer_on = tuple(self.probe_layer_on)
         self.fprs = tuple(float(f) for f in self.fprs)
         require("sets", list(self.sets), MATCHED_TO in self.sets and len(set(self.sets)) == len(self.sets),
                 f"distinct set names including {MATCHED_TO} (the random sets match it)")
@@ -163,6 +173,11 @@ class MonitorEvalConfig:
             require(key, list(getattr(self, key)), bool(getattr(self, key)), "one or more prompt sources")
         require("score_harmless", list(self.score_harmless), len(self.score_harmless) == len(self.score_harmful),
                 f"as many sources as score_harmful ({len(self.score_harmful)}): they are paired by position")
+        require("probe_layer_on", self.probe_layer_on, not self.probe_layer_on or (
+            any(s in self.fit_harmful for s in self.probe_layer_on)
+            and any(s in self.fit_harmless for s in self.probe_layer_on)
+            and all(s in self.fit_harmful + self.fit_harmless for s in self.probe_layer_on)),
+            "[] or fit sources, at least one of fit_harmful and one of fit_harmless")
         require("fit_share", self.fit_share, 0 < self.fit_share < 1, "a share in (0, 1)")
         require("validation_share", self.validation_share, 0 < self.validation_share < 1, "a share in (0, 1)")
         for key in ("n_fit", "n_score", "multijail_n"):
@@ -184,6 +199,12 @@ class MonitorEvalConfig:
                 raise ConfigError(f"multijail_languages: {exc}") from None
         check_judge_name(self.judge, "judge")
         check_judge_params(self.judge, self.judge_params, "judge_params")
+
+    def layer_sources(self) -> tuple[str, ...]:
+        """The sources whose validation rows choose the probe's layer (empty: every validation row)."""
+        if self.probe_layer_on is None:
+            return self.fit_harmful[0], self.fit_harmless[0]
+        return self.probe_layer_on
 
 
 # -- conditions and readouts -------------------------------------------------------------------------------
@@ -297,8 +318,9 @@ def _rows(texts: Sequence[str], prompts: Sequence[EvalPrompt]) -> np.ndarray:
 
 def fit_readouts(readouts: Sequence[Readout], neurons: np.ndarray, residual: np.ndarray | None,
                  texts: Sequence[str], data: EvalData, cfg: MonitorEvalConfig) -> dict[str, Fit]:
-    """Every readout fitted on the training prompts; the probe's layer and every threshold chosen on the
-    validation prompts. Scored prompts are not read."""
+    """Every readout fitted on the training prompts; the probe's layer chosen on the validation prompts of
+    ``cfg.layer_sources()`` (all of them when empty) and every threshold on the validation prompts. Scored prompts
+    are not read."""
     from safeneurons.evaluate.readouts import fit_probe, fit_readout
     from safeneurons.evaluate.roc import realised_fpr, roc_auc, threshold_for_fpr
 
@@ -311,9 +333,19 @@ def fit_readouts(readouts: Sequence[Readout], neurons: np.ndarray, residual: np.
         layer, extra = None, {}
         if r.kind == "residual":
             assert residual is not None
-            probe = fit_probe(residual[rt], yt, residual[rv], yv, cfg.l2)
+            on = cfg.layer_sources()
+            chooser = [p for p in val if not on or p.source in on]
+            yc = np.array([p.harmful for p in chooser], dtype=bool)
+            if yc.all() or not yc.any():
+                raise DataError(f"monitor evaluate: the validation part holds {int(yc.sum())} harmful and "
+                                f"{int((~yc).sum())} benign prompts of probe_layer_on {list(on)}; "
+                                "both are needed to choose the probe's layer (raise n_fit or validation_share, or "
+                                "name other sources).")
+            probe = fit_probe(residual[rt], yt, residual[_rows(texts, chooser)], yc, cfg.l2)
             model, layer = probe.readout, probe.layer
-            extra = {"layer": layer, "validation_auroc_by_layer": probe.to_dict()["validation_auroc"]}
+            extra = {"layer": layer, "validation_auroc_by_layer": probe.to_dict()["validation_auroc"],
+                     "layer_chosen_on": {"sources": list(on) or "all validation rows",
+                                         "n_pos": int(yc.sum()), "n_neg": int((~yc).sum())}}
         else:
             model = fit_readout(neurons[rt][:, r.cols], yt, cfg.l2)
         fit = Fit(r, model, layer, {}, {})

@@ -477,10 +477,17 @@ def _fits_table(ev: MonitorEval) -> dict[str, Any]:
             f"{val.get('n_pos', NA)} / {val.get('n_neg', NA)}", auc_text(val.get("auroc")),
             *[f"{th[k]:.4g} (FPR {pct(real.get(k))})" if isinstance(th.get(k), (int, float)) else NA for k in rates]]})
     skipped = "; ".join(f"{s.get('set')}: {s.get('reason')}" for s in ev.record.skipped)
+    notes = [f"Skipped: {skipped}."] if skipped else []
+    chosen = next((f["layer_chosen_on"] for f in ev.record.fits if isinstance(f.get("layer_chosen_on"), dict)), None)
+    if chosen is not None:
+        src = chosen.get("sources")
+        notes.append(f"The probe's layer is chosen on the validation prompts of "
+                     f"{' vs '.join(map(str, src)) if isinstance(src, list) else src} "
+                     f"({chosen.get('n_pos', NA)} harmful / {chosen.get('n_neg', NA)} benign).")
     return _table("Fits (training part; thresholds and probe layer chosen on the validation part)",
                   ["train harmful / benign", "validation harmful / benign", "validation AUROC",
                    *[f"deployed t({float(k):.0%}) (validation FPR)" for k in rates]], rows,
-                  f"Skipped: {skipped}." if skipped else "", first="condition \u00b7 readout")
+                  " ".join(notes), first="condition \u00b7 readout")
 
 
 def _false_alarm_tables(ev: MonitorEval) -> list[dict[str, Any]]:
