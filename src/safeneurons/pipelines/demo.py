@@ -1,4 +1,5 @@
-"""The README's main job: configs for the demo (0.5B, ~15 min on 2 CPU cores) and the headline run."""
+"""The README's main job: configs for the demo (1.5B, under 15 min on 2 CPU cores from a fresh clone) and the headline
+run."""
 
 from __future__ import annotations
 
