@@ -126,7 +126,7 @@ def score_cmd(
 @friendly_errors
 def evaluate_cmd(
     neurons: Annotated[str | None, typer.Option("--neurons", help="folder of neuron sets, e.g. "
-                                                                  "docs/results/demo/neurons (sets neurons)")] = None,
+                                                                  "docs/results/demo-0.5b/neurons (sets neurons)")] = None,
     model: ModelOpt = None,
     attack_set: Annotated[str | None, typer.Option("--attack-set", help="NeuronSet JSON zeroed for the PRUNED "
                                                                         "condition (sets attack_set)")] = None,

@@ -92,7 +92,7 @@ class MonitorEvalConfig:
     model: ModelConfig = field(default_factory=ModelConfig, metadata={
         "help": "the model whose neurons are read (--model sets model.spec)"})
     neurons: str = field(default="", metadata={
-        "help": "folder of neuron sets (e.g. docs/results/demo/neurons; --neurons): the sets named in sets are "
+        "help": "folder of neuron sets (e.g. docs/results/demo-0.5b/neurons; --neurons): the sets named in sets are "
                 "read from <name>.json; their provenance names the identification prompts, which are never fitted "
                 "on or scored"})
     sets: tuple[str, ...] = field(default=("FULL", "ES", "SAS"), metadata={
@@ -272,7 +272,7 @@ def load_sets(cfg: MonitorEvalConfig) -> tuple[dict[str, NeuronSet], list[dict[s
     """The sets named in ``sets`` from the ``neurons`` folder, and those skipped (fewer than 2 neurons)."""
     folder = Path(cfg.neurons)
     if not cfg.neurons:
-        raise ConfigError("monitor evaluate needs neuron sets: --neurons FOLDER (e.g. docs/results/demo/neurons).")
+        raise ConfigError("monitor evaluate needs neuron sets: --neurons FOLDER (e.g. docs/results/demo-0.5b/neurons).")
     if not folder.is_dir():
         raise ConfigError(f"neurons = {cfg.neurons!r} is not a folder of neuron sets (<name>.json).")
     sets, skipped = {}, []

@@ -123,7 +123,8 @@ def shifted_sums(v: torch.Tensor, spans: Sequence[Span], shift: torch.Tensor | N
 
 @dataclass
 class RunningMoments:
-    """Count, mean, M2 and (optionally) the count of positive values, per feature (float64 state)."""
+    """Count, mean, M2 and (optionally) the count of positive values, per feature (float64 state, updated in
+    place by :meth:`add` and :meth:`merge`)."""
 
     width: int
     track_positive: bool = False
@@ -176,12 +177,16 @@ class RunningMoments:
             return
         n = self.n
         tot = n + m
+        # Chan et al.'s pairwise update, in place: the state tensors keep the addresses they got before the
+        # first forward pass. Re-allocating them per batch (``mean = mean + ...``) put long-lived 40 KB blocks
+        # between the forward's freed activations, and glibc's heap then kept 100-350 MiB more than a bare
+        # forward (benchmarks/README.md, "Peak memory"). Same operations in the same order: same bits.
         delta = mu_b - self.mean
-        self.mean = self.mean + delta * (m / tot)
-        self.m2 = self.m2 + m2_b + delta**2 * (n * m / tot)
+        self.m2.add_(m2_b).add_(delta.square().mul_(n * m / tot))
+        self.mean.add_(delta.mul_(m / tot))
         self.n = tot
         if self.track_positive and pos_b is not None:
-            self.n_positive = self.n_positive + pos_b
+            self.n_positive.add_(pos_b)
 
     def merge(self, other: "RunningMoments") -> "RunningMoments":
         """Merge another accumulator into this one (in place) and return self."""
@@ -214,5 +219,7 @@ class RunningMoments:
     @classmethod
     def from_state_dict(cls, d: dict[str, torch.Tensor]) -> "RunningMoments":
         width = int(d["mean"].shape[0])
-        return cls(width, "n_positive" in d, int(d["n"][0]), d["mean"].to(torch.float64),
-                   d["m2"].to(torch.float64), d.get("n_positive"))
+        pos = d.get("n_positive")
+        # copies: the state is updated in place (:meth:`_merge`), so it must not share memory with ``d``'s source
+        return cls(width, pos is not None, int(d["n"][0]), d["mean"].to(torch.float64, copy=True),
+                   d["m2"].to(torch.float64, copy=True), None if pos is None else pos.to(torch.float64, copy=True))
