@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from safeneurons.errors import DataError
+from safeneurons.evaluate.roc import roc_auc
 
 
 def standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,8 +90,6 @@ def fit_probe(train: np.ndarray, y_train: np.ndarray, validation: np.ndarray, y_
               l2: float) -> ProbeFit:
     """A readout per layer of ``train`` (``[n, layers, width]``), fitted on the training rows; the layer whose
     readout has the largest AUROC on ``validation`` (ties: the earliest) is kept."""
-    from safeneurons.evaluate.monitor import roc_auc
-
     train, validation = np.asarray(train), np.asarray(validation)
     yv = np.asarray(y_validation, dtype=bool)
     if train.ndim != 3 or validation.ndim != 3 or train.shape[1:] != validation.shape[1:]:

@@ -327,21 +327,21 @@ def fit_readouts(readouts: Sequence[Readout], neurons: np.ndarray, residual: np.
     train, val = data.part("train"), data.part("validation")
     rt, rv = _rows(texts, train), _rows(texts, val)
     yt = np.array([p.harmful for p in train])
-    yv = np.array([p.harmful for p in val])
+    yv = np.array([p.harmful for p in val], dtype=bool)
     out: dict[str, Fit] = {}
     for r in readouts:
         layer, extra = None, {}
         if r.kind == "residual":
             assert residual is not None
             on = cfg.layer_sources()
-            chooser = [p for p in val if not on or p.source in on]
-            yc = np.array([p.harmful for p in chooser], dtype=bool)
+            pick = np.array([not on or p.source in on for p in val], dtype=bool)
+            yc = yv[pick]
             if yc.all() or not yc.any():
                 raise DataError(f"monitor evaluate: the validation part holds {int(yc.sum())} harmful and "
                                 f"{int((~yc).sum())} benign prompts of probe_layer_on {list(on)}; "
                                 "both are needed to choose the probe's layer (raise n_fit or validation_share, or "
                                 "name other sources).")
-            probe = fit_probe(residual[rt], yt, residual[_rows(texts, chooser)], yc, cfg.l2)
+            probe = fit_probe(residual[rt], yt, residual[rv[pick]], yc, cfg.l2)
             model, layer = probe.readout, probe.layer
             extra = {"layer": layer, "validation_auroc_by_layer": probe.to_dict()["validation_auroc"],
                      "layer_chosen_on": {"sources": list(on) or "all validation rows",
